@@ -1,0 +1,150 @@
+"""Frozen config objects: what the loader returns and everything else reads.
+
+Durations are float seconds, sizes are int bytes, relative paths are already
+resolved against the prefix. Nothing here can be mutated after loading.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """One ``[[server.location]]``; ``kind`` is "=", "^~", "~", "~*" or "" (plain prefix)."""
+
+    kind: str
+    pattern: str
+    rewrite: str | None = None
+    access: str | None = None
+    content: str | None = None
+    header_filter: str | None = None
+    body_filter: str | None = None
+    log: str | None = None
+    proxy_pass: str | None = None           # "http://upstream-name/optional-uri" or "http://host:port"
+    proxy_next_upstream: tuple[str, ...] = ("error", "timeout")
+    proxy_connect_timeout: float = 60.0
+    proxy_read_timeout: float = 60.0
+    proxy_send_timeout: float = 60.0
+    root: str | None = None
+    index: tuple[str, ...] = ("index.html",)
+    client_max_body_size: int | None = None  # None: inherit the server's
+    key: str = ""                            # "server[0].location[2]", for messages
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    listen: tuple[Listen, ...]
+    server_name: tuple[str, ...] = ()
+    access_log: str | None = None            # None means "off"
+    keepalive_timeout: float = 75.0
+    keepalive_requests: int = 1000
+    client_max_body_size: int = 1024 * 1024
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    send_timeout: float = 60.0
+    locations: tuple[Location, ...] = ()
+    key: str = ""                            # "server[0]"
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    host: str
+    port: int
+    weight: int = 1
+    backup: bool = False
+    max_fails: int | None = None             # None: the upstream's
+    fail_timeout: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    path: str = "/healthz"
+    interval: float = 2.0
+    timeout: float = 1.0
+    healthy: int = 2
+    unhealthy: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    name: str
+    servers: tuple[Peer, ...]
+    balancer: str = "round_robin"            # round_robin | least_conn | hash | "module:function"
+    hash_key: str | None = None
+    keepalive: int = 32
+    keepalive_timeout: float = 60.0
+    keepalive_requests: int = 1000
+    max_fails: int = 1
+    fail_timeout: float = 10.0
+    health_check: HealthCheck | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SharedDictSpec:
+    name: str
+    capacity: int = 0                        # bytes, embedded backend
+    backend: str = "embedded"                # "embedded" or a "redis://..." / "unix://..." URL
+
+
+@dataclass(frozen=True, slots=True)
+class Hooks:
+    init_worker: str | None = None
+    exit_worker: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    listen: Listen | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    path: str                                # the config file ("<builtin>" for the welcome page)
+    prefix: str
+    workers: int = 1                         # 0 = single process
+    worker_shutdown_timeout: float = 10.0
+    privileged_agent: bool = False
+    user: str | None = None
+    pid: str = "logs/pyresty.pid"
+    error_log: str = "logs/error.log"
+    error_log_level: str = "info"
+    code_path: tuple[str, ...] = (".",)
+    max_pending_timers: int = 1024
+    max_running_timers: int = 256
+    hooks: Hooks = field(default_factory=Hooks)
+    shared: tuple[SharedDictSpec, ...] = ()
+    upstreams: tuple[Upstream, ...] = ()
+    status: Status = field(default_factory=Status)
+    servers: tuple[Server, ...] = ()
+
+    @property
+    def control_socket(self) -> str:
+        """The master's control socket (``pyresty status``/``drain``), beside the pid file."""
+        return self.pid.rsplit(".", 1)[0] + ".sock" if self.pid.endswith(".pid") else self.pid + ".sock"
+
+    def handler_strings(self) -> list[tuple[str, str]]:
+        """Every ``(key path, "module:function")`` the config names, for import checks."""
+        found: list[tuple[str, str]] = []
+        for hook in ("init_worker", "exit_worker"):
+            value = getattr(self.hooks, hook)
+            if value:
+                found.append((f"hooks.{hook}", value))
+        for up in self.upstreams:
+            if ":" in up.balancer:
+                found.append((f"upstream.{up.name}.balancer", up.balancer))
+        for server in self.servers:
+            for loc in server.locations:
+                for phase in ("rewrite", "access", "content", "header_filter", "body_filter", "log"):
+                    value = getattr(loc, phase)
+                    if value:
+                        found.append((f"{loc.key}.{phase}", value))
+        return found
