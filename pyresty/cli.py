@@ -1,0 +1,127 @@
+"""The ``pyresty`` command line (SPEC §2).
+
+    pyresty [-c FILE] [-p PREFIX] [--dev]     start in the foreground
+    pyresty -t [-c FILE]                      test the config (and import every handler)
+    pyresty -s reload|quit|stop|reopen        signal the running master
+    pyresty status [-c FILE]                  every process and its figures
+    pyresty drain [--timeout 30s] [-c FILE]   preStop: drain connections, wait for 0
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from pyresty import config as configuration
+from pyresty import errorlog
+from pyresty.config.model import Config
+from pyresty.errors import ConfigError
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+SIGNALS = {"reload": signal.SIGHUP, "quit": signal.SIGQUIT, "stop": signal.SIGTERM,
+           "reopen": signal.SIGUSR1}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pyresty", description="A programmable web server and gateway.")
+    parser.add_argument("command", nargs="?", choices=["status", "drain"],
+                        help="status: show every process; drain: preStop hook")
+    parser.add_argument("-c", dest="config", metavar="FILE", help="config file (TOML)")
+    parser.add_argument("-p", dest="prefix", metavar="PREFIX",
+                        help="prefix for relative paths (default: the config file's folder)")
+    parser.add_argument("-t", dest="test", action="store_true", help="test the config and exit")
+    parser.add_argument("-s", dest="signal", choices=sorted(SIGNALS), help="signal the master")
+    parser.add_argument("--dev", action="store_true", help="reload workers when code changes")
+    parser.add_argument("--timeout", default="30s", help="drain: how long to wait (default 30s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        config = _load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_FAILURE
+    if args.test:
+        return test_config(config, args)
+    if args.signal:
+        return send_signal(config, args)
+    if args.command == "status":
+        from pyresty.process.control import print_status
+        return print_status(config)
+    if args.command == "drain":
+        from pyresty.process.control import drain
+        try:
+            timeout = configuration.parse_duration(args.timeout)
+        except ValueError as exc:
+            print(f"pyresty: --timeout: {exc}", file=sys.stderr)
+            return EXIT_FAILURE
+        return drain(config, timeout)
+    return start(config, args)
+
+
+def _load(args: argparse.Namespace) -> Config:
+    if args.config is None:
+        return configuration.builtin()
+    return configuration.load(args.config, args.prefix)
+
+
+def test_config(config: Config, args: argparse.Namespace) -> int:
+    """``-t``: the config parsed (already) and every handler imported in a child."""
+    problems = check_handlers(config, args)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"pyresty: configuration file {config.path} test failed", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"pyresty: configuration file {config.path} test is successful")
+    return EXIT_OK
+
+
+def check_handlers(config: Config, args: argparse.Namespace | None = None) -> list[str]:
+    from pyresty.runtime.loader import check_config_in_child
+    if config.path == "<builtin>":
+        return []
+    prefix = args.prefix if args is not None else config.prefix
+    return check_config_in_child(config.path, prefix)
+
+
+def send_signal(config: Config, args: argparse.Namespace) -> int:
+    from pyresty.process.pidfile import read_pid
+    pid = read_pid(config.pid)
+    if pid is None:
+        print(f"pyresty: no running master: pid file {config.pid} is missing or stale",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    if args.signal == "reload":
+        problems = check_handlers(config, args)
+        if problems:
+            for problem in problems:
+                print(problem, file=sys.stderr)
+            print("pyresty: reload refused: the configuration is invalid", file=sys.stderr)
+            return EXIT_FAILURE
+    try:
+        os.kill(pid, SIGNALS[args.signal])
+    except ProcessLookupError:
+        print(f"pyresty: no running master: process {pid} from {config.pid} is gone",
+              file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def start(config: Config, args: argparse.Namespace) -> int:
+    errorlog.configure(config.error_log, config.error_log_level)
+    if config.workers == 0:
+        from pyresty.process.single import run_single
+        return run_single(config)
+    from pyresty.process.master import Master
+    return Master(config, args.config, args.prefix, dev=args.dev).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

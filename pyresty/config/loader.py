@@ -1,0 +1,402 @@
+"""Read a TOML config file into frozen ``Config`` objects, or report every problem.
+
+Theory of operation: ``tomllib`` turns the file into plain dicts and lists;
+``_Loader`` walks them section by section with the key tables of
+``schema.py``. A section first reports keys it does not know (with a "did you
+mean" hint), then runs each value through its validator; a validator that
+refuses a value raises ``ValueError(reason)`` and the walk goes on, so one run
+finds every problem. Checks that need the whole file (``proxy_pass`` naming an
+upstream, duplicate locations, two servers with one name) run once the
+sections are read. Any problem at all means ``ConfigError`` with every line;
+a caller never gets a half-valid ``Config``.
+
+Relative paths (``pid``, ``error_log``, ``access_log``, ``root``,
+``code_path``) resolve against the prefix: the config file's folder unless
+``pyresty -p`` gives one, as nginx resolves against its ``-p`` prefix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tempfile
+import tomllib
+from typing import Any
+
+from pyresty.config import schema
+from pyresty.config.model import (
+    Config,
+    HealthCheck,
+    Hooks,
+    Listen,
+    Location,
+    Peer,
+    Server,
+    SharedDictSpec,
+    Status,
+    Upstream,
+)
+from pyresty.config.problems import Problems, invalid, join_key, show, unknown_key
+from pyresty.errors import ConfigError
+
+__all__ = ["WELCOME_HANDLER", "builtin", "load"]
+
+WELCOME_HANDLER = "pyresty.server.welcome:page"
+
+_SECTIONS = ("hooks", "shared", "upstream", "status", "server")
+_PEERS_EXPECTED = 'an array of "host:port" or { addr = "host:port", ... }'
+_TOML_POSITION = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.DOTALL)
+
+
+def load(path: str, prefix: str | None = None) -> Config:
+    """Load and validate the config at ``path``; relative paths resolve against ``prefix``.
+
+    ``prefix`` defaults to the folder of the config file. Raises ``ConfigError``
+    whose ``problems`` list every problem found, one line each, starting with
+    ``path`` as given.
+    """
+    problems = Problems(path)
+    document = _read_toml(path, problems)
+    if document is None:
+        raise ConfigError(problems.lines)
+    absolute = os.path.abspath(path)
+    base = os.path.abspath(prefix if prefix is not None else os.path.dirname(absolute))
+    config = _Loader(problems, base).config(document, absolute)
+    if problems:
+        raise ConfigError(problems.lines)
+    return config
+
+
+def builtin(port: int = 8080) -> Config:
+    """The config ``pyresty`` runs without ``-c``: a welcome page on 127.0.0.1, one process."""
+    runtime = tempfile.gettempdir()
+    welcome = Location(kind="", pattern="/", content=WELCOME_HANDLER, key="server[0].location[0]")
+    server = Server(
+        listen=(Listen("127.0.0.1", port),),
+        access_log=None,
+        locations=(welcome,),
+        key="server[0]",
+    )
+    return Config(
+        path="<builtin>",
+        prefix=runtime,
+        workers=0,
+        pid=os.path.join(runtime, "pyresty-welcome.pid"),
+        error_log="stderr",
+        code_path=(),
+        servers=(server,),
+    )
+
+
+def _read_toml(path: str, problems: Problems) -> dict[str, Any] | None:
+    """The parsed document, or None after recording why the file cannot be used."""
+    try:
+        with open(path, "rb") as file:
+            return tomllib.load(file)
+    except OSError as exc:
+        problems.add("", f"cannot read the config file: {exc.strerror or exc}")
+    except UnicodeDecodeError as exc:
+        problems.add("", f"the config file is not UTF-8 text (byte {exc.start})")
+    except tomllib.TOMLDecodeError as exc:
+        problems.add("", _syntax_reason(str(exc)))
+    return None
+
+
+def _syntax_reason(message: str) -> str:
+    """``Expected '=' ... (at line 3, column 5)`` -> ``line 3, column 5: invalid TOML: Expected '=' ...``."""
+    match = _TOML_POSITION.fullmatch(message)
+    if match is None:
+        return f"invalid TOML: {message}"
+    reason, line, column = match.groups()
+    where = f"line {line}, column {column}" if line else "end of file"
+    return f"{where}: invalid TOML: {reason}"
+
+
+def _default(cls: type, name: str) -> Any:
+    """A dataclass field's default, so the model stays the one place defaults live."""
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            return item.default
+    raise KeyError(name)
+
+
+class _Loader:
+    """Walks one parsed document; every problem goes to ``problems``.
+
+    A builder returns None exactly when it (or a section below it) recorded a
+    problem; ``load`` raises then, so no half-built object escapes.
+    """
+
+    def __init__(self, problems: Problems, prefix: str) -> None:
+        self.problems = problems
+        self.prefix = prefix
+
+    # --- mechanics -------------------------------------------------------------
+
+    def mark(self) -> int:
+        return len(self.problems.lines)
+
+    def clean_since(self, mark: int) -> bool:
+        return len(self.problems.lines) == mark
+
+    def table(self, raw: Any, key: str, spec: dict[str, schema.Validator]) -> dict[str, Any]:
+        """Validated values of the keys present in ``raw``; NESTED keys are passed through raw."""
+        if not isinstance(raw, dict):
+            self.problems.add(key, str(invalid(raw, "a table")))
+            return {}
+        values: dict[str, Any] = {}
+        for name, value in raw.items():
+            where = join_key(key, name)
+            check = spec.get(name)
+            if check is None:
+                self.problems.add(where, unknown_key(name, spec))
+            elif check is schema.NESTED:
+                values[name] = value
+            else:
+                values[name] = self.value(where, check, value)
+        return values
+
+    def value(self, where: str, check: schema.Validator, raw: Any) -> Any:
+        """``check(raw)``, or None after recording why it was refused."""
+        try:
+            return check(raw)
+        except ValueError as exc:
+            self.problems.add(where, str(exc))
+            return None
+
+    def require(self, raw: Any, key: str, name: str, why: str = "") -> None:
+        if isinstance(raw, dict) and name not in raw:
+            self.problems.add(key, f'missing required key "{name}"' + (f" ({why})" if why else ""))
+
+    def array_of_tables(self, raw: Any, key: str, header: str) -> list[dict[str, Any]]:
+        if isinstance(raw, list) and all(isinstance(item, dict) for item in raw):
+            return raw
+        self.problems.add(key, str(invalid(raw, f"{header} tables")))
+        return []
+
+    def resolve(self, path: str) -> str:
+        return os.path.normpath(os.path.join(self.prefix, path))
+
+    # --- top level -----------------------------------------------------------
+
+    def config(self, document: dict[str, Any], path: str) -> Config:
+        values = self.table(document, "", schema.TOP)
+        sections = {name: values.pop(name) for name in _SECTIONS if name in values}
+        hooks = self.hooks(sections.get("hooks", {}))
+        shared = self.shared(sections.get("shared", {}))
+        upstreams = self.upstreams(sections.get("upstream", {}))
+        status = self.status(sections.get("status", {}))
+        known = sorted(sections["upstream"]) if isinstance(sections.get("upstream"), dict) else []
+        servers = self.servers(sections.get("server"), known)
+        self.check_status_listen(status, servers)
+        paths = self.paths(values)
+        return Config(
+            path=path,
+            prefix=self.prefix,
+            hooks=hooks,
+            shared=shared,
+            upstreams=upstreams,
+            status=status,
+            servers=servers,
+            **paths,
+            **{name: value for name, value in values.items() if value is not None},
+        )
+
+    def paths(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Pop pid, error_log and code_path from ``values``, resolved (defaults included)."""
+        pid = values.pop("pid", None) or _default(Config, "pid")
+        error_log = values.pop("error_log", None) or _default(Config, "error_log")
+        code_path = values.pop("code_path", _default(Config, "code_path")) or ()
+        return {
+            "pid": self.resolve(pid),
+            "error_log": error_log if error_log == "stderr" else self.resolve(error_log),
+            "code_path": tuple(self.resolve(folder) for folder in code_path),
+        }
+
+    def hooks(self, raw: Any) -> Hooks:
+        mark = self.mark()
+        values = self.table(raw, "hooks", schema.HOOKS)
+        return Hooks(**values) if self.clean_since(mark) else Hooks()
+
+    def status(self, raw: Any) -> Status:
+        mark = self.mark()
+        values = self.table(raw, "status", schema.STATUS)
+        return Status(**values) if self.clean_since(mark) else Status()
+
+    def check_status_listen(self, status: Status, servers: tuple[Server, ...]) -> None:
+        for server in servers:
+            if status.listen is not None and status.listen in server.listen:
+                self.problems.add("status.listen", f"{status.listen} is also a listen of {server.key}")
+
+    # --- shared dicts ----------------------------------------------------------
+
+    def shared(self, raw: Any) -> tuple[SharedDictSpec, ...]:
+        if not isinstance(raw, dict):
+            self.problems.add("shared", str(invalid(raw, "a table of dictionaries")))
+            return ()
+        found = [self.shared_entry(name, value, join_key("shared", name)) for name, value in raw.items()]
+        return tuple(spec for spec in found if spec is not None)
+
+    def shared_entry(self, name: str, raw: Any, key: str) -> SharedDictSpec | None:
+        """``name = "10m"`` (embedded) or ``name = { backend = "redis://...", size = "10m" }``."""
+        mark = self.mark()
+        self.value(key, schema.dict_name, name)
+        if isinstance(raw, dict):
+            values = self.table(raw, key, schema.SHARED_ENTRY)
+            if raw.get("backend", "embedded") == "embedded":
+                self.require(raw, key, "size", "the embedded backend needs a capacity")
+        else:
+            values = {"size": self.value(key, schema.SHARED_ENTRY["size"], raw)}
+        if not self.clean_since(mark):
+            return None
+        return SharedDictSpec(name, capacity=values.get("size", 0), backend=values.get("backend", "embedded"))
+
+    # --- upstreams -------------------------------------------------------------
+
+    def upstreams(self, raw: Any) -> tuple[Upstream, ...]:
+        if not isinstance(raw, dict):
+            self.problems.add("upstream", str(invalid(raw, "[upstream.NAME] tables")))
+            return ()
+        found = [self.upstream(name, value, join_key("upstream", name)) for name, value in raw.items()]
+        return tuple(up for up in found if up is not None)
+
+    def upstream(self, name: str, raw: Any, key: str) -> Upstream | None:
+        mark = self.mark()
+        self.value(key, schema.upstream_name, name)
+        values = self.table(raw, key, schema.UPSTREAM)
+        self.require(raw, key, "servers")
+        peers = self.peers(values.pop("servers"), join_key(key, "servers")) if "servers" in values else ()
+        if "health_check" in values:
+            values["health_check"] = self.health_check(values["health_check"], join_key(key, "health_check"))
+        self.check_balancer(raw, values, peers or (), key)
+        if not self.clean_since(mark) or peers is None:
+            return None
+        return Upstream(name=name, servers=peers, **values)
+
+    def peers(self, raw: Any, key: str) -> tuple[Peer, ...] | None:
+        if not isinstance(raw, list) or not raw:
+            self.problems.add(key, str(invalid(raw, _PEERS_EXPECTED)))
+            return None
+        found = [self.peer(item, f"{key}[{i}]") for i, item in enumerate(raw)]
+        peers = tuple(peer for peer in found if peer is not None)
+        if len(peers) != len(found):
+            return None
+        if all(peer.backup for peer in peers):
+            self.problems.add(key, "at least one server must not be a backup")
+            return None
+        return peers
+
+    def peer(self, raw: Any, key: str) -> Peer | None:
+        mark = self.mark()
+        if isinstance(raw, str):
+            address = self.value(key, schema.peer_address, raw)
+            return Peer(*address) if address else None
+        values = self.table(raw, key, schema.PEER)
+        self.require(raw, key, "addr")
+        if not self.clean_since(mark):
+            return None
+        host, port = values.pop("addr")
+        return Peer(host, port, **values)
+
+    def check_balancer(self, raw: Any, values: dict[str, Any], peers: tuple[Peer, ...], key: str) -> None:
+        """hash needs a key and, as in nginx, cannot fall back to backup servers."""
+        balancer = values.get("balancer") or "round_robin"
+        if balancer == "hash":
+            self.require(raw, key, "hash_key", 'balancer = "hash" hashes it')
+            for i, peer in enumerate(peers):
+                if peer.backup:
+                    reason = 'backup servers do not work with balancer = "hash"'
+                    self.problems.add(f"{key}.servers[{i}].backup", reason)
+        elif values.get("hash_key") and balancer in schema.BALANCERS:
+            reason = f'only used with balancer = "hash", not {show(balancer)}'
+            self.problems.add(join_key(key, "hash_key"), reason)
+
+    def health_check(self, raw: Any, key: str) -> HealthCheck | None:
+        mark = self.mark()
+        values = self.table(raw, key, schema.HEALTH_CHECK)
+        return HealthCheck(**values) if self.clean_since(mark) else None
+
+    # --- servers and locations -------------------------------------------------
+
+    def servers(self, raw: Any, upstreams: list[str]) -> tuple[Server, ...]:
+        if raw is None or raw == []:
+            self.problems.add("server", "at least one [[server]] is required")
+            return ()
+        tables = self.array_of_tables(raw, "server", "[[server]]")
+        found = [self.server(item, f"server[{i}]", upstreams) for i, item in enumerate(tables)]
+        servers = tuple(server for server in found if server is not None)
+        self.check_server_names(servers)
+        return servers
+
+    def server(self, raw: dict[str, Any], key: str, upstreams: list[str]) -> Server | None:
+        mark = self.mark()
+        values = self.table(raw, key, schema.SERVER)
+        self.require(raw, key, "listen")
+        locations = self.locations(values.pop("location", []), join_key(key, "location"), upstreams)
+        if not self.clean_since(mark):
+            return None
+        access_log = values.get("access_log")
+        if access_log is not None:
+            values["access_log"] = None if access_log == "off" else self.resolve(access_log)
+        return Server(key=key, locations=locations, **values)
+
+    def locations(self, raw: Any, key: str, upstreams: list[str]) -> tuple[Location, ...]:
+        tables = self.array_of_tables(raw, key, "[[server.location]]")
+        found = [self.location(item, f"{key}[{j}]", upstreams) for j, item in enumerate(tables)]
+        locations = tuple(loc for loc in found if loc is not None)
+        self.check_duplicate_locations(locations)
+        return locations
+
+    def location(self, raw: dict[str, Any], key: str, upstreams: list[str]) -> Location | None:
+        mark = self.mark()
+        values = self.table(raw, key, schema.LOCATION)
+        self.require(raw, key, "path")
+        handlers = [name for name in ("content", "proxy_pass", "root") if name in raw]
+        if len(handlers) > 1:
+            found = " and ".join(handlers)
+            self.problems.add(key, f"content, proxy_pass and root exclude each other (found {found})")
+        if values.get("proxy_pass"):
+            self.check_proxy_pass(values["proxy_pass"], join_key(key, "proxy_pass"), upstreams)
+        if not self.clean_since(mark):
+            return None
+        kind, pattern = values.pop("path")
+        if "root" in values:
+            values["root"] = self.resolve(values["root"])
+        return Location(kind=kind, pattern=pattern, key=key, **values)
+
+    def check_proxy_pass(self, url: str, key: str, upstreams: list[str]) -> None:
+        name = schema.proxy_upstream(url)
+        if name is None or name in upstreams:
+            return
+        known = ", ".join(upstreams) if upstreams else "none"
+        self.problems.add(key, f"unknown upstream {show(name)} (known: {known})")
+
+    def check_duplicate_locations(self, locations: tuple[Location, ...]) -> None:
+        """nginx refuses two prefix locations with one path ("^~" or not) and two exact ones."""
+        seen: dict[tuple[bool, str], Location] = {}
+        for loc in locations:
+            if loc.kind in ("~", "~*"):
+                continue
+            first = seen.setdefault((loc.kind == "=", loc.pattern), loc)
+            if first is not loc:
+                shown = f"{loc.kind} {loc.pattern}".strip()
+                reason = f"duplicate location {show(shown)} (same as {first.key})"
+                self.problems.add(f"{loc.key}.path", reason)
+
+    def check_server_names(self, servers: tuple[Server, ...]) -> None:
+        """A second server with the same name on the same address could never be chosen."""
+        owners: dict[tuple[Listen, str], Server] = {}
+        for server in servers:
+            for address in server.listen:
+                for name in server.server_name or ("",):
+                    first = owners.setdefault((address, name), server)
+                    if first is not server:
+                        self.report_name_clash(server, first, address, name)
+
+    def report_name_clash(self, server: Server, first: Server, address: Listen, name: str) -> None:
+        if name:
+            reason = f"{show(name)} on {address} is already used by {first.key}"
+            self.problems.add(f"{server.key}.server_name", reason)
+        else:
+            reason = f"{address} already has a server without server_name ({first.key})"
+            self.problems.add(f"{server.key}.listen", reason)

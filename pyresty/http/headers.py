@@ -1,0 +1,68 @@
+"""Case-insensitive, multi-valued HTTP header fields (RFC 9110 §5).
+
+Names compare case-insensitively; the spelling first used is kept for output.
+``h[name]`` and ``h.get(name)`` give the first value, ``h.get_all(name)`` every
+value; ``h[name] = value`` replaces, ``h.add(name, value)`` appends, and a list
+value sets several fields at once (``Set-Cookie``).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, MutableMapping
+
+
+class Headers(MutableMapping[str, str]):
+    __slots__ = ("_fields",)
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        # lowercased name -> [spelling, value, value, ...]
+        self._fields: dict[str, list[str]] = {}
+        for name, value in items:
+            self.add(name, value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._fields[name.lower()][1]
+
+    def __setitem__(self, name: str, value: object) -> None:
+        if isinstance(value, (list, tuple)):
+            self._fields[name.lower()] = [name, *map(str, value)]
+        else:
+            self._fields[name.lower()] = [name, str(value)]
+
+    def __delitem__(self, name: str) -> None:
+        del self._fields[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return (field[0] for field in self._fields.values())
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        field = self._fields.get(name.lower())
+        return field[1] if field else default
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name``, in arrival order (empty when absent)."""
+        field = self._fields.get(name.lower())
+        return field[1:] if field else []
+
+    def add(self, name: str, value: object) -> None:
+        """Append one more field ``name: value``."""
+        field = self._fields.get(name.lower())
+        if field is None:
+            self._fields[name.lower()] = [name, str(value)]
+        else:
+            field.append(str(value))
+
+    def fields(self) -> Iterator[tuple[str, str]]:
+        """Every (name, value) pair, one per field line."""
+        for field in self._fields.values():
+            name = field[0]
+            for value in field[1:]:
+                yield name, value
+
+    def __repr__(self) -> str:
+        return f"Headers({list(self.fields())!r})"

@@ -1,0 +1,148 @@
+"""HTTP/1.1 request parsing with limits (RFC 9112), on top of httptools.
+
+Theory of operation: the connection feeds every received byte string to
+``RequestParser.feed``; the parser calls the sink back with one ``on_head``
+per request, ``on_body`` for each piece of its body and ``on_end`` when the
+message is complete. Anything malformed raises ``HttpError(status)`` out of
+``feed``, after which the parser is dead and the connection must answer
+``status`` (when it can) and close.
+
+Limits and why (nginx's defaults, which operators know):
+- request target over 8 KiB -> 414 (nginx ``large_client_header_buffers 4 8k``);
+- one header line over 8 KiB -> 431 (the same 8k buffer);
+- all header lines over 32 KiB, or more than 100 fields -> 431 (4 x 8k; Apache's
+  ``LimitRequestFields 100``);
+- ``Transfer-Encoding`` together with ``Content-Length``, a bad chunk size, or
+  two different ``Content-Length`` values -> 400: llhttp refuses them, which is
+  what stops request smuggling (RFC 9112 §6.3).
+httptools buffers a header line until it ends, so bytes that arrive while a head
+is incomplete are counted too and the head is cut at ``MAX_HEAD`` even if no
+line ever ends.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+MAX_TARGET = 8 * 1024
+MAX_FIELD_LINE = 8 * 1024
+MAX_FIELDS_SIZE = 32 * 1024
+MAX_FIELDS = 100
+MAX_HEAD = MAX_TARGET + MAX_FIELDS_SIZE + 1024
+
+
+class HttpError(Exception):
+    """A request the server must refuse with ``status`` and then close."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+class RequestSink(Protocol):
+    def on_head(self, method: str, target: bytes, version: str,
+                fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_end(self) -> None: ...
+
+
+class RequestParser:
+    """Feeds bytes to httptools and turns its callbacks into sink calls."""
+
+    __slots__ = ("_sink", "_parser", "_target", "_target_len", "_fields", "_fields_size",
+                 "_in_head", "_head_bytes", "_error", "upgraded", "upgrade_data")
+
+    def __init__(self, sink: RequestSink) -> None:
+        self._sink = sink
+        self._parser = httptools.HttpRequestParser(self)
+        self._target: list[bytes] = []
+        self._target_len = 0
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._fields_size = 0
+        self._in_head = False
+        self._head_bytes = 0
+        self._error: HttpError | None = None
+        self.upgraded = False
+        self.upgrade_data = b""
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request head has begun and is not complete."""
+        return self._in_head
+
+    def feed(self, data: bytes) -> None:
+        """Parse ``data``; raises HttpError for a request that must be refused."""
+        whole_feed_in_head = self._in_head
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self.upgraded = True
+            self.upgrade_data = data[exc.args[0]:] if exc.args else b""
+            return
+        except httptools.HttpParserCallbackError:
+            error, self._error = self._error, None
+            if error is None:
+                raise
+            raise error from None
+        except httptools.HttpParserError as exc:
+            raise HttpError(400, f"malformed request: {exc}") from None
+        if self._in_head and whole_feed_in_head:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD:
+                if self._fields:
+                    raise HttpError(431, "request header fields too large")
+                raise HttpError(414, "request target too long")
+
+    def _fail(self, status: int, reason: str) -> None:
+        self._error = HttpError(status, reason)
+        raise self._error
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._head_bytes = 0
+        self._target = []
+        self._target_len = 0
+        self._fields = []
+        self._fields_size = 0
+
+    def on_url(self, piece: bytes) -> None:
+        self._target_len += len(piece)
+        if self._target_len > MAX_TARGET:
+            self._fail(414, "request target too long")
+        self._target.append(piece)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value) + 4
+        if size > MAX_FIELD_LINE:
+            self._fail(431, "request header line too long")
+        self._fields_size += size
+        self._fields.append((name, value))
+        if self._fields_size > MAX_FIELDS_SIZE or len(self._fields) > MAX_FIELDS:
+            self._fail(431, "request header fields too large")
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        parser = self._parser
+        target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
+        try:
+            self._sink.on_head(parser.get_method().decode("ascii"), target,
+                               parser.get_http_version(), self._fields,
+                               parser.should_keep_alive(), parser.should_upgrade())
+        except HttpError as exc:
+            self._error = exc
+            raise
+
+    def on_body(self, data: bytes) -> None:
+        try:
+            self._sink.on_body(data)
+        except HttpError as exc:
+            self._error = exc
+            raise
+
+    def on_message_complete(self) -> None:
+        self._sink.on_end()

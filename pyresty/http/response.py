@@ -1,0 +1,102 @@
+"""Response framing: status lines, header blocks, chunked encoding, error pages.
+
+Everything here returns bytes ready for the transport. Status lines and error
+pages are built once at import; the ``Date`` value is rebuilt at most once a
+second (RFC 9110 §6.6.1 only asks for one-second resolution).
+"""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+from http import HTTPStatus
+
+from pyresty import __version__
+
+SERVER = f"pyresty/{__version__}"
+
+_REASONS = {s.value: s.phrase for s in HTTPStatus}
+_REASONS[499] = "Client Closed Request"
+
+STATUS_LINES: dict[int, bytes] = {
+    code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in _REASONS.items()
+}
+
+
+def status_line(status: int) -> bytes:
+    line = STATUS_LINES.get(status)
+    if line is None:
+        line = f"HTTP/1.1 {status} {_REASONS.get(status, 'Unknown')}\r\n".encode("latin-1")
+    return line
+
+
+def reason(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+class _DateCache:
+    """The ``Date``/``Server`` header lines, refreshed when the second changes."""
+
+    __slots__ = ("second", "lines")
+
+    def __init__(self) -> None:
+        self.second = -1
+        self.lines = b""
+
+    def get(self) -> bytes:
+        now = int(time.time())
+        if now != self.second:
+            self.second = now
+            self.lines = f"Server: {SERVER}\r\nDate: {formatdate(now, usegmt=True)}\r\n".encode("latin-1")
+        return self.lines
+
+
+date_lines = _DateCache().get
+
+# RFC 9112 §7.1: a chunk is its size in hex, CRLF, the data, CRLF; size 0 ends the body.
+LAST_CHUNK = b"0\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+def _error_body(status: int) -> bytes:
+    title = f"{status} {reason(status)}"
+    return (
+        f"<html>\r\n<head><title>{title}</title></head>\r\n<body>\r\n"
+        f"<center><h1>{title}</h1></center>\r\n<hr><center>{SERVER}</center>\r\n</body>\r\n</html>\r\n"
+    ).encode("latin-1")
+
+
+_ERROR_BODIES: dict[int, bytes] = {}
+
+
+def error_body(status: int) -> bytes:
+    """The small HTML page nginx-style servers send with an error status."""
+    body = _ERROR_BODIES.get(status)
+    if body is None:
+        body = _ERROR_BODIES[status] = _error_body(status)
+    return body
+
+
+def error_response(status: int, *, close: bool = True, head: bool = False,
+                   extra: bytes = b"") -> bytes:
+    """A complete error response for ``status`` (used where no handler runs)."""
+    body = error_body(status)
+    lines = [
+        status_line(status),
+        date_lines(),
+        b"Content-Type: text/html\r\n",
+        b"Content-Length: %d\r\n" % len(body),
+        b"Connection: close\r\n" if close else b"Connection: keep-alive\r\n",
+        extra,
+        b"\r\n",
+    ]
+    if not head:
+        lines.append(body)
+    return b"".join(lines)
+
+
+# Responses that never carry a body (RFC 9110 §6.4.1).
+def bodiless(status: int) -> bool:
+    return status < 200 or status in (204, 304)

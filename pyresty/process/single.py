@@ -1,0 +1,32 @@
+"""``workers = 0``: one process that is master and worker at once (no reload)."""
+from __future__ import annotations
+
+import logging
+import os
+
+from pyresty.config.model import Config
+from pyresty.process import listeners
+from pyresty.process.pidfile import remove_pid, write_pid
+from pyresty.process.worker import WorkerProcess
+from pyresty.runtime.identity import Role
+
+log = logging.getLogger("pyresty.process")
+
+
+def run_single(config: Config) -> int:
+    try:
+        sockets = listeners.bind_all(listeners.listens_of(config))
+    except OSError as exc:
+        log.critical("cannot listen: %s", exc)
+        return 1
+    if config.shared:
+        from pyresty.runtime import shared
+        shared.wipe(config.shared, shared.base_dir_for(config.prefix))
+    write_pid(config.pid)
+    for listen in sockets:
+        log.info("listening on %s", listen)
+    try:
+        worker = WorkerProcess(config, Role.SINGLE, 0, 0, list(sockets.items()), None, os.getpid())
+        return worker.run()
+    finally:
+        remove_pid(config.pid)

@@ -1,0 +1,336 @@
+"""The life of a worker (or agent, or single) process: boot, serve, shut down.
+
+Boot, in order: identity and title, privileges dropped, error log, a fresh
+uvloop loop, user code imported from ``code_path`` (fresh after every fork:
+the master never imports it), shared dicts opened, timers, ``init_worker``,
+listeners. A failure anywhere in boot exits with ``WORKER_BOOT_ERROR`` so the
+master stops instead of respawning in a loop.
+
+Graceful shutdown (QUIT, or the master's channel closing) follows SPEC §4:
+1. listeners closed; 2. keepalive stopped, idle connections closed after a
+short linger; 3. every pending timer fires once with ``premature=True`` and
+new timers are refused; 4. requests, timer callbacks and pipes get the rest of
+``worker_shutdown_timeout``; 5. then everything left is cancelled, children
+are killed and connections closed; 6. ``exit_worker`` runs (at most 5 s, and
+never past the hard bound of ``worker_shutdown_timeout`` + 1 s), and the
+process exits. Nothing user code does can extend these deadlines: they are
+the loop's timers, and the master SIGKILLs a worker past the hard bound in
+case user code blocks the loop itself.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import inspect
+import json
+import logging
+import os
+import pwd
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import setproctitle
+import uvloop
+
+from pyresty import errorlog
+from pyresty.config.model import Config, Listen
+from pyresty.runtime import identity, loader
+from pyresty.runtime import timer as timers
+from pyresty.runtime.identity import Role
+
+log = logging.getLogger("pyresty.process")
+
+WORKER_BOOT_ERROR = 3      # exit code: do not respawn, the config or code is broken
+EXIT_HOOK_LIMIT = 5.0      # SPEC §4 step 6
+STATS_INTERVAL = 0.5       # how often a worker reports its figures to the master
+
+
+class Stop(enum.Enum):
+    GRACEFUL = "graceful"
+    FAST = "fast"
+
+
+class BootError(Exception):
+    """The process cannot start serving (reported, then WORKER_BOOT_ERROR)."""
+
+
+def title_for(role: Role, worker_id: int | None, shutting_down: bool = False) -> str:
+    if role is Role.AGENT:
+        name = "pyresty: privileged agent process"
+    elif role is Role.SINGLE:
+        name = "pyresty: single process"
+    else:
+        name = f"pyresty: worker process #{worker_id}"
+    return name + (" is shutting down" if shutting_down else "")
+
+
+class WorkerProcess:
+    """Hosts the HTTP server (none in the agent) and the runtime of one process."""
+
+    def __init__(self, config: Config, role: Role, worker_id: int | None, generation: int,
+                 sockets: Sequence[tuple[Listen, socket.socket]], channel: socket.socket | None,
+                 master_pid: int) -> None:
+        self.config = config
+        self.role = role
+        self.worker_id = worker_id
+        self.generation = generation
+        self.sockets = sockets
+        self.channel = channel
+        self.master_pid = master_pid
+        self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self.server: Any = None
+        self.scheduler: timers.TimerScheduler | None = None
+        self.stop_kind: Stop | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._exit_hook: Callable[..., Any] | None = None
+        self.state = "starting"
+        self.shutdown_started = 0.0
+
+    # entry point
+    def run(self) -> int:
+        """Run the process to its end; returns the exit code."""
+        errorlog.set_worker_tag(self.worker_id if self.role is not Role.AGENT else None)
+        identity.become(self.role, self.worker_id, max(self.config.workers, 1), self.generation,
+                        self.master_pid, self.config.prefix)
+        setproctitle.setproctitle(title_for(self.role, self.worker_id))
+        try:
+            self._drop_privileges()
+        except BootError as exc:
+            log.critical("%s", exc)
+            return WORKER_BOOT_ERROR
+        self.loop = uvloop.new_event_loop()
+        asyncio.set_event_loop(self.loop)
+        try:
+            return self.loop.run_until_complete(self._main())
+        finally:
+            self.loop.close()
+
+    async def _main(self) -> int:
+        self._stop_event = asyncio.Event()
+        try:
+            await self._boot()
+        except BootError as exc:
+            log.critical("%s", exc)
+            self._send({"event": "boot_error", "reason": str(exc)})
+            return WORKER_BOOT_ERROR
+        self.state = "serving"
+        if self.role is Role.SINGLE:
+            log.log(errorlog.NOTICE, "ready: single process serving")
+        else:
+            log.info("serving (generation %d)", self.generation)
+        self._send({"event": "ready"})
+        self._report()
+        await self._stop_event.wait()
+        if self.stop_kind is Stop.FAST:
+            await self._shutdown_fast()
+        else:
+            await self._shutdown_gracefully()
+        self._close_runtime()
+        return 0
+
+    # boot
+    def _drop_privileges(self) -> None:
+        user = self.config.user
+        if self.role is Role.AGENT or not user or os.geteuid() != 0:
+            return
+        try:
+            entry = pwd.getpwnam(user)
+        except KeyError:
+            raise BootError(f'{self.config.path}: user: unknown user "{user}"') from None
+        os.setgid(entry.pw_gid)
+        os.initgroups(user, entry.pw_gid)
+        os.setuid(entry.pw_uid)
+
+    async def _boot(self) -> None:
+        config = self.config
+        self._install_signals()
+        loader.install(config.code_path)
+        if config.shared:
+            from pyresty.runtime import shared
+            shared.open_all(config.shared, shared.base_dir_for(config.prefix))
+        self.scheduler = timers.TimerScheduler(
+            self.loop, max_pending=config.max_pending_timers,
+            max_running=config.max_running_timers, has_agent=config.privileged_agent)
+        timers.install(self.scheduler)
+        if self.role is not Role.AGENT:
+            from pyresty.server.server import HttpServer
+            try:
+                self.server = HttpServer(config, self.loop, loader.resolve)
+            except Exception as exc:
+                raise BootError(f"cannot load handlers: {exc}") from exc
+        init = self._hook("init_worker")
+        self._exit_hook = self._hook("exit_worker")
+        if init is not None:
+            try:
+                result = init()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                log.error("init_worker hook %s failed", config.hooks.init_worker, exc_info=True)
+                raise BootError(f"init_worker hook {config.hooks.init_worker} failed: "
+                                f"{exc.__class__.__name__}: {exc}") from exc
+        if self.server is not None:
+            await self.server.start(self.sockets)
+        if self.channel is not None:
+            self.loop.add_reader(self.channel.fileno(), self._on_channel)
+            self.loop.call_later(STATS_INTERVAL, self._report_tick)
+
+    def _hook(self, name: str) -> Callable[..., Any] | None:
+        handler = getattr(self.config.hooks, name)
+        if not handler:
+            return None
+        try:
+            return loader.resolve(handler, phase=name)
+        except Exception as exc:
+            raise BootError(f"{self.config.path}: hooks.{name}: {exc}") from exc
+
+    def _install_signals(self) -> None:
+        loop = self.loop
+        loop.add_signal_handler(signal.SIGQUIT, self.request_stop, Stop.GRACEFUL)
+        loop.add_signal_handler(signal.SIGTERM, self.request_stop, Stop.FAST)
+        loop.add_signal_handler(signal.SIGINT, self.request_stop, Stop.FAST)
+        loop.add_signal_handler(signal.SIGUSR1, self._reopen_logs)
+        if self.role is Role.SINGLE:
+            loop.add_signal_handler(signal.SIGHUP, self._single_reload)
+        else:
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    def request_stop(self, kind: Stop) -> None:
+        """Record a stop request (signal handler: nothing else happens here)."""
+        if self.stop_kind is None or kind is Stop.FAST:
+            self.stop_kind = kind
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def _reopen_logs(self) -> None:
+        errorlog.reopen()
+        if self.server is not None:
+            self.server.reopen_logs()
+
+    def _single_reload(self) -> None:
+        log.warning("reload needs a master process (workers >= 1); "
+                    "restart a single-process server to load new code")
+
+    # talking to the master
+    def _on_channel(self) -> None:
+        assert self.channel is not None
+        try:
+            data = self.channel.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self.loop.remove_reader(self.channel.fileno())
+            if self.stop_kind is None:
+                log.warning("the master is gone; shutting down")
+                self.request_stop(Stop.GRACEFUL)
+            return
+        for line in data.decode("utf-8", "replace").splitlines():
+            if line.strip() == "drain" and self.server is not None:
+                self.server.stop_keepalive()
+
+    def _send(self, message: dict[str, Any]) -> None:
+        if self.channel is None:
+            return
+        try:
+            self.channel.send(json.dumps(message).encode() + b"\n")
+        except (BlockingIOError, InterruptedError):
+            pass  # the master is slow: it gets the next report
+        except OSError:
+            pass
+
+    def _report(self) -> None:
+        figures: dict[str, Any] = {"event": "stats", "state": self.state}
+        if self.server is not None:
+            figures.update(self.server.stats())
+        if self.scheduler is not None:
+            figures["timers_pending"] = self.scheduler.pending_count()
+            figures["timers_running"] = self.scheduler.running_count()
+        if self.state == "shutting down":
+            figures["shutdown_for"] = round(self.loop.time() - self.shutdown_started, 3)
+        self._send(figures)
+
+    def _report_tick(self) -> None:
+        self._report()
+        if self.state != "exited":
+            self.loop.call_later(STATS_INTERVAL, self._report_tick)
+
+    # shutdown
+    async def _shutdown_gracefully(self) -> None:
+        loop = self.loop
+        timeout = self.config.worker_shutdown_timeout
+        self.shutdown_started = start = loop.time()
+        deadline = start + timeout
+        hard_deadline = deadline + 0.8
+        identity.current.exiting = True
+        self.state = "shutting down"
+        setproctitle.setproctitle(title_for(self.role, self.worker_id, shutting_down=True))
+        log.info("gracefully shutting down")
+        self._report()
+        server = self.server
+        if server is not None:
+            server.stop_accepting()                               # step 1
+            server.stop_keepalive()                               # step 2
+        if self.scheduler is not None:
+            self.scheduler.begin_exit()                           # step 3
+        await self._wait_all(deadline)                            # step 4
+        await self._force_stop()                                  # step 5
+        await self._run_exit_hook(min(EXIT_HOOK_LIMIT, hard_deadline - loop.time()))  # step 6
+        log.info("exiting after %.3f s", loop.time() - start)
+
+    async def _wait_all(self, deadline: float) -> None:
+        waits = []
+        remaining = max(0.0, deadline - self.loop.time())
+        if self.server is not None:
+            waits.append(self.server.wait_idle(remaining))
+        if self.scheduler is not None:
+            waits.append(self.scheduler.wait_idle(remaining))
+        if waits:
+            await asyncio.gather(*waits)
+
+    async def _force_stop(self) -> None:
+        if self.server is not None and self.server.connections:
+            log.info("worker_shutdown_timeout: closing %d connections", len(self.server.connections))
+        if self.server is not None:
+            self.server.abort_all()
+        if self.scheduler is not None:
+            await self.scheduler.cancel_running(grace=0.2)
+        if "pyresty.runtime.pipe" in sys.modules:
+            sys.modules["pyresty.runtime.pipe"].kill_all()
+        await asyncio.sleep(0)  # let aborted transports and cancelled tasks finish
+
+    async def _shutdown_fast(self) -> None:
+        identity.current.exiting = True
+        self.state = "shutting down"
+        self.shutdown_started = self.loop.time()
+        if self.server is not None:
+            self.server.stop_accepting()
+        if self.scheduler is not None:
+            self.scheduler.begin_exit()
+        await self._force_stop()
+        await self._run_exit_hook(1.0)
+
+    async def _run_exit_hook(self, limit: float) -> None:
+        hook = self._exit_hook
+        if hook is None or limit <= 0:
+            return
+        try:
+            result = hook()
+            if inspect.isawaitable(result):
+                await asyncio.wait_for(result, limit)
+        except TimeoutError:
+            log.error("exit_worker hook %s ran past %.1f s; abandoned",
+                      self.config.hooks.exit_worker, limit)
+        except Exception:
+            log.error("exit_worker hook %s failed", self.config.hooks.exit_worker, exc_info=True)
+
+    def _close_runtime(self) -> None:
+        self.state = "exited"
+        if self.server is not None:
+            self.server.close()
+        if self.config.shared and "pyresty.runtime.shared" in sys.modules:
+            sys.modules["pyresty.runtime.shared"].close_all()

@@ -1,0 +1,355 @@
+"""One client connection: HTTP/1.1 keepalive, pipelining, flow control, timeouts.
+
+Rules:
+- Requests on a connection are answered in order. The parser keeps reading
+  while a request is handled, so pipelined requests queue (``pending``) with
+  their bodies; past ``MAX_PIPELINED`` queued requests reading pauses.
+- A handler runs as soon as its head is parsed; ``read_body`` waits for the rest.
+- Writes go straight to the transport; ``drain`` waits while the transport is
+  above its high-water mark (``pause_writing``), so memory per slow client is
+  bounded by the transport limit plus one response buffer.
+- Timeouts are deadlines checked by the server's sweeper (one timer per
+  process, not one per connection): ``client_header_timeout`` while a head
+  arrives, ``client_body_timeout`` while a handler waits for body bytes,
+  ``keepalive_timeout`` while idle, ``send_timeout`` while writes are paused.
+- Graceful shutdown (SPEC §4 step 2): ``stop_keepalive`` makes every later
+  response carry ``Connection: close``; an idle connection is closed only
+  after a short linger and only when no request bytes are waiting in the
+  socket, so a request already on its way gets an answer, not a reset.
+"""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+import socket
+from collections import deque
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+from pyresty.http import response as wire
+from pyresty.http.parser import HttpError, RequestParser
+from pyresty.server.request import Request
+
+if TYPE_CHECKING:
+    from pyresty.config.model import Listen
+    from pyresty.server.server import HttpServer
+
+log = logging.getLogger("pyresty.http")
+
+MAX_PIPELINED = 16
+INF = float("inf")
+
+
+class Deadline(enum.Enum):
+    NONE = 0
+    IDLE = 1          # keepalive_timeout: close quietly
+    HEAD = 2          # client_header_timeout: 408 if bytes arrived, else close
+    BODY = 3          # client_body_timeout: the waiting handler gets 408
+    SEND = 4          # send_timeout: close
+    LINGER = 5        # shutdown: close if still idle
+
+
+class HttpConnection(asyncio.Protocol):
+    __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
+                 "current", "parsing", "pending", "requests", "closed", "closing",
+                 "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
+                 "loop", "_reading_paused")
+
+    def __init__(self, app: HttpServer, listen: Listen) -> None:
+        self.app = app
+        self.listen = listen
+        self.server_conf = app.default_server(listen)
+        self.loop = app.loop
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = RequestParser(self)
+        self.peer_host = "-"
+        self.peer_port = 0
+        self.current: Request | None = None
+        self.parsing: Request | None = None
+        self.pending: deque[Request] = deque()
+        self.requests = 0
+        self.closed = False
+        self.closing = False
+        self._write_paused = False
+        self._reading_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._body_waiter: asyncio.Future[None] | None = None
+        self.deadline = INF
+        self.deadline_kind = Deadline.NONE
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.peer_host, self.peer_port = peer[0], peer[1]
+        self.app.connection_opened(self)
+        self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.app.connection_closed(self)
+        for waiter in (self._drain_waiter, self._body_waiter):
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionResetError("client closed the connection"))
+        self._drain_waiter = self._body_waiter = None
+
+    def data_received(self, data: bytes) -> None:
+        if self.current is None and self.deadline_kind is not Deadline.HEAD:
+            self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
+        try:
+            self.parser.feed(data)
+        except HttpError as exc:
+            self.refuse(exc.status, exc.reason)
+        except Exception:  # a bug of ours: never take the worker down with it
+            log.critical("unexpected error while parsing a request from %s", self.peer_host,
+                         exc_info=True)
+            self.abort()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what is queued, then close (return False).
+        if self.current is None and not self.pending:
+            self.close()
+        else:
+            self.closing = True
+        return False
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self.set_deadline(Deadline.SEND, self.server_conf.send_timeout)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self.deadline_kind is Deadline.SEND:
+            self.clear_deadline()
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # parser sink
+    def on_head(self, method: str, target: bytes, version: str,
+                fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
+        req = Request(self, method, target, version, fields, keep_alive, upgrade)
+        req.start_time = self.loop.time()
+        self.requests += 1
+        if self.requests >= self.server_conf.keepalive_requests:
+            req.keep_alive = False
+        self.app.route(req, self)
+        length = req.header(b"content-length")
+        if length is not None and int(length) > req.route.client_max_body_size:
+            raise HttpError(413, "request body too large")
+        if length is None and req.header(b"transfer-encoding") is None:
+            req.end_body()
+        self.parsing = req
+        if self.current is None:
+            self.current = req
+            self.clear_deadline()
+            self.app.dispatch(req)
+        else:
+            self.pending.append(req)
+            if len(self.pending) >= MAX_PIPELINED and not self._reading_paused:
+                self._reading_paused = True
+                self.transport.pause_reading()
+
+    def on_body(self, data: bytes) -> None:
+        req = self.parsing
+        if req is None:
+            return
+        if req._body_size + len(data) > req.route.client_max_body_size:
+            raise HttpError(413, "request body too large")
+        req.feed_body(data)
+        if req is self.current and self.deadline_kind is Deadline.BODY:
+            self.set_deadline(Deadline.BODY, self.server_conf.client_body_timeout)
+        self._wake_body()
+
+    def on_end(self) -> None:
+        req = self.parsing
+        self.parsing = None
+        if req is not None:
+            req.end_body()
+        if req is self.current and self.deadline_kind is Deadline.BODY:
+            self.clear_deadline()
+        self._wake_body()
+
+    # used by Request
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.closed:
+            waiter = self._drain_waiter
+            if waiter is None:
+                waiter = self._drain_waiter = self.loop.create_future()
+            await waiter
+        if self.closed:
+            raise ConnectionResetError("client closed the connection")
+
+    async def wait_body(self, req: Request) -> None:
+        while not req.body_complete:
+            if self.closed:
+                raise ConnectionResetError("client closed the connection")
+            if req is self.current:
+                self.set_deadline(Deadline.BODY, self.server_conf.client_body_timeout)
+            self._body_waiter = self.loop.create_future()
+            await self._body_waiter
+
+    def _wake_body(self) -> None:
+        waiter = self._body_waiter
+        if waiter is not None:
+            self._body_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def keepalive_allowed(self, req: Request) -> bool:
+        if self.closing or self.app.draining:
+            return False
+        if not req.body_complete:
+            # The client may be holding the body back for a 100 Continue we never sent.
+            expect = req.header(b"expect")
+            if expect is not None and not req._continue_sent:
+                return False
+        return True
+
+    async def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+        """Send a file region: zero-copy ``os.sendfile`` while the kernel takes it
+        and nothing is queued in the transport; once the socket is full, the rest
+        goes through the transport's own buffered write path with ``drain``."""
+        sock = self.transport.get_extra_info("socket")
+        end = offset + count
+        if sock is not None and self.transport.get_write_buffer_size() == 0:
+            fd = sock.fileno()
+            while offset < end and not self.closed:
+                try:
+                    sent = os.sendfile(fd, file.fileno(), offset, end - offset)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
+                if sent == 0:
+                    break
+                offset += sent
+        while offset < end and not self.closed:
+            data = os.pread(file.fileno(), min(256 * 1024, end - offset), offset)
+            if not data:
+                raise ConnectionResetError("file shrank while being sent")
+            offset += len(data)
+            self.transport.write(data)
+            await self.drain()
+        if self.closed:
+            raise ConnectionResetError("client closed the connection")
+
+    # called by the server when a request's response is complete
+    def request_done(self, req: Request) -> None:
+        self.current = None
+        if self.closed:
+            return
+        if not req.keep_alive or self.closing:
+            self.close()
+            return
+        if self.pending:
+            nxt = self.pending.popleft()
+            if self._reading_paused and len(self.pending) < MAX_PIPELINED // 2:
+                self._reading_paused = False
+                self.transport.resume_reading()
+            self.current = nxt
+            self.app.dispatch(nxt)
+            return
+        if self.app.draining:
+            self.set_deadline(Deadline.LINGER, self.app.linger)
+        elif self.parser.in_head:
+            self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
+        else:
+            self.set_deadline(Deadline.IDLE, self.server_conf.keepalive_timeout)
+
+    # errors and closing
+    def refuse(self, status: int, reason: str) -> None:
+        """Answer a request the parser refused, then close (SPEC §11)."""
+        log.info("client %s sent a bad request (%d): %s", self.peer_host, status, reason)
+        self.app.count_refused(status)
+        req = self.current
+        if req is not None and req.started:
+            self.abort()
+            return
+        if req is not None:
+            req.finished = True  # the handler's output, if any, is dropped
+        self.write(wire.error_response(status))
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if not self.closed:
+            self.closing = True
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self.current is None and not self.pending and not self.parser.in_head
+
+    def set_deadline(self, kind: Deadline, timeout: float) -> None:
+        self.deadline_kind = kind
+        self.deadline = self.loop.time() + timeout
+
+    def clear_deadline(self) -> None:
+        self.deadline_kind = Deadline.NONE
+        self.deadline = INF
+
+    def expire(self) -> None:
+        """The sweeper found this connection's deadline passed."""
+        kind = self.deadline_kind
+        self.clear_deadline()
+        if kind is Deadline.HEAD:
+            if self.parser.in_head:
+                self.write(wire.error_response(408))
+            self.close()
+        elif kind is Deadline.BODY:
+            waiter = self._body_waiter
+            self._body_waiter = None
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(TimeoutError("client_body_timeout"))
+            else:
+                self.close()
+        elif kind is Deadline.LINGER:
+            self.close_if_idle()
+        else:
+            self.close()
+
+    def close_if_idle(self) -> bool:
+        """Close an idle connection unless request bytes already wait in the socket."""
+        if not self.idle or self.closed:
+            return False
+        if _bytes_waiting(self.transport):
+            return False
+        self.close()
+        return True
+
+    def stop_keepalive(self) -> None:
+        """Shutdown step 2 for this connection."""
+        if self.idle:
+            self.set_deadline(Deadline.LINGER, self.app.linger)
+
+
+def _bytes_waiting(transport: Any) -> bool:
+    """True when the kernel holds unread request bytes for this socket."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        probe = socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError:
+        return False
+    try:
+        return bool(probe.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return False
+    finally:
+        probe.close()

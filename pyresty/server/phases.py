@@ -1,0 +1,197 @@
+"""Request phases: rewrite, access, content, header_filter, body_filter, log.
+
+Each location is compiled once per process into a ``Route`` holding the
+resolved handler callables. ``handle`` runs one request through the phases as
+a single coroutine; ``start`` drives it synchronously and only creates a Task
+when a handler really suspends, so a handler that never awaits I/O costs no
+Task and no extra loop iteration.
+
+Rewrite may change ``r.path``: the location is matched again and the new
+location's rewrite runs, at most ``MAX_REMATCH`` times (nginx's limit of 10
+internal redirects), then the request fails with 500 and a logged error.
+"""
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import types
+from collections.abc import Callable, Coroutine, Generator
+from typing import TYPE_CHECKING, Any
+
+from pyresty.http import response as wire
+from pyresty.server.request import Exit, Request
+
+if TYPE_CHECKING:
+    from pyresty.config.model import Config, Location
+    from pyresty.server.server import HttpServer
+
+log = logging.getLogger("pyresty.http")
+
+MAX_REMATCH = 10
+PHASES = ("rewrite", "access", "content", "header_filter", "body_filter", "log")
+
+
+class Route:
+    """A location with its handlers resolved to callables."""
+
+    __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
+                 "log", "client_max_body_size", "static_root")
+
+    def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
+                 client_max_body_size: int) -> None:
+        self.location = location
+        self.rewrite = handlers.get("rewrite")
+        self.access = handlers.get("access")
+        self.content = handlers.get("content")
+        self.header_filter = handlers.get("header_filter")
+        self.body_filter = handlers.get("body_filter")
+        self.log = handlers.get("log")
+        self.client_max_body_size = client_max_body_size
+        self.static_root = location.root if location is not None else None
+
+
+def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
+    """Compile every location of ``config``; keys are ``id(location)``."""
+    routes: dict[int, Route] = {}
+    for server in config.servers:
+        for loc in server.locations:
+            handlers = {phase: resolve(getattr(loc, phase), phase=phase)
+                        for phase in PHASES if getattr(loc, phase)}
+            limit = loc.client_max_body_size
+            routes[id(loc)] = Route(loc, handlers,
+                                    server.client_max_body_size if limit is None else limit)
+    return routes
+
+
+def start(app: HttpServer, r: Request) -> None:
+    """Run ``r`` through its phases; a Task is made only if a handler suspends."""
+    coro = handle(app, r)
+    try:
+        waiting_on = coro.send(None)
+    except StopIteration:
+        return
+    task = app.loop.create_task(_resume(coro, waiting_on))
+    app.track(task)
+
+
+async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
+    await _continue(coro, waiting_on)
+
+
+@types.coroutine
+def _continue(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, None, None]:
+    # Hand the future the coroutine is blocked on to the Task, then let the
+    # Task drive the coroutine itself from where it stopped.
+    try:
+        yield waiting_on
+    except BaseException as exc:
+        # Cancelled while parked on waiting_on: deliver it to the coroutine.
+        try:
+            waiting_on = coro.throw(exc)
+        except StopIteration:
+            return
+        yield from _continue(coro, waiting_on)
+        return
+    yield from coro  # type: ignore[misc]
+
+
+async def handle(app: HttpServer, r: Request) -> None:
+    """All phases of one request, then the response end, the log phase and the access log."""
+    conn = r.conn
+    try:
+        route = r.route
+        if route.rewrite is not None:
+            route = await _rewrite(app, r, route)
+        if route.access is not None:
+            await route.access(r)
+        if route.content is not None:
+            await route.content(r)
+        elif route.static_root is not None:
+            await app.serve_static(r, route.location)
+        else:
+            raise Exit(404)
+    except Exit as exc:
+        _exit_response(r, exc.status)
+    except asyncio.CancelledError:
+        conn.abort()
+        _log_request(app, r, 499)
+        conn.request_done(r)
+        raise
+    except (ConnectionError, TimeoutError) as exc:
+        if conn.closed:
+            _log_request(app, r, 499)
+            conn.request_done(r)
+            return
+        if isinstance(exc, TimeoutError) and not r.started:
+            _exit_response(r, 408)
+            r.keep_alive = False
+        else:
+            log.error("%s while handling %s", exc.__class__.__name__, r, exc_info=True)
+            _fail(r)
+    except Exception:
+        log.error("handler failed on %s %s", r.method, r.uri, exc_info=True)
+        _fail(r)
+    if not conn.closed and not r.finished:
+        try:
+            r.finish()
+        except Exception:
+            log.error("filter failed on %s %s", r.method, r.uri, exc_info=True)
+            r.finished = True
+            conn.abort()
+    _log_request(app, r, r.status)
+    conn.request_done(r)
+    if r.route.log is not None:
+        await _log_phase(r)
+
+
+async def _rewrite(app: HttpServer, r: Request, route: Any) -> Any:
+    for _ in range(MAX_REMATCH):
+        path = r.path
+        await route.rewrite(r)
+        if r.path == path:
+            return route
+        app.rematch(r)
+        route = r.route
+        if route.rewrite is None:
+            return route
+    log.error("rewrite or internal redirection cycle while processing \"%s\"", r.path)
+    raise Exit(500)
+
+
+def _exit_response(r: Request, status: int) -> None:
+    if r.started:
+        return
+    r.status = status
+    if status >= 300:
+        r.discard_output()
+        if not wire.bodiless(status):
+            r.headers_out["Content-Type"] = "text/html"
+            r._out.append(wire.error_body(status))
+
+
+def _fail(r: Request) -> None:
+    """A handler raised: a 500 page if nothing was sent, else cut the connection."""
+    if r.started:
+        r.finished = True
+        r.keep_alive = False
+        r.conn.abort()
+        return
+    r.headers_out = type(r.headers_out)()
+    _exit_response(r, 500)
+
+
+def _log_request(app: HttpServer, r: Request, status: int) -> None:
+    app.requests_total += 1
+    access_log = app.access_log_for(r)
+    if access_log is not None:
+        access_log.write(r, status, app.loop.time())
+
+
+async def _log_phase(r: Request) -> None:
+    try:
+        result = r.route.log(r)
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.error("log handler failed on %s %s", r.method, r.uri, exc_info=True)

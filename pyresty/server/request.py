@@ -1,0 +1,290 @@
+"""The ``Request`` object handlers receive (SPEC §5).
+
+Theory of operation: output is buffered. ``say``/``print`` append to a buffer;
+when the content phase ends with the response not yet started, the whole body
+goes out in one write with a ``Content-Length``. ``flush()`` (or a buffer past
+``STREAM_AFTER`` bytes) starts the response instead: headers go out and the
+body continues chunked (HTTP/1.1) or close-delimited (HTTP/1.0). Writes wait
+while the transport is above its high-water mark, so a slow client cannot make
+the worker buffer without bound.
+
+``exit(status)`` and ``redirect`` raise ``Exit``, which the phase runner catches:
+they end the request from any phase. A plain ``return`` ends only the phase.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, BinaryIO
+from urllib.parse import parse_qs, unquote
+
+from pyresty.http import response as wire
+from pyresty.http.headers import Headers
+
+if TYPE_CHECKING:
+    from pyresty.server.connection import HttpConnection
+
+STREAM_AFTER = 64 * 1024  # buffered body bytes before the response starts streaming
+
+
+class Exit(Exception):
+    """Raised by ``Request.exit``/``redirect`` to end the request (internal)."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+class ResponseStarted(RuntimeError):
+    """A header change or ``exit`` after the response head was sent."""
+
+
+def _as_bytes(part: Any) -> bytes:
+    if isinstance(part, str):
+        return part.encode("utf-8")
+    if isinstance(part, (bytes, bytearray, memoryview)):
+        return bytes(part)
+    return str(part).encode("utf-8")
+
+
+class Request:
+    """One HTTP request and its response, shared by every phase that handles it."""
+
+    __slots__ = (
+        "conn", "method", "uri", "path", "query", "http_version", "_fields", "_headers",
+        "_args", "ctx", "status", "headers_out", "keep_alive", "upgrade", "route", "server",
+        "started", "finished", "eof", "start_time", "bytes_sent", "body_bytes_sent",
+        "_out", "_out_size", "_chunked", "_body", "_body_size", "_body_done", "_body_waiter",
+        "_continue_sent", "upstream_addr", "upstream_status", "upstream_response_time",
+    )
+
+    def __init__(self, conn: HttpConnection, method: str, target: bytes, version: str,
+                 fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
+        self.conn = conn
+        self.method = method
+        self.uri = target.decode("latin-1")
+        raw_path, _, self.query = self.uri.partition("?")
+        if raw_path[:1] != "/":
+            raw_path = _origin_path(raw_path)
+        self.path: str = unquote(raw_path) if "%" in raw_path else raw_path
+        self.http_version = version
+        self._fields = fields
+        self._headers: Headers | None = None
+        self._args: dict[str, list[str]] | None = None
+        self.ctx: dict[str, Any] = {}
+        self.status = 200
+        self.headers_out = Headers()
+        self.keep_alive = keep_alive
+        self.upgrade = upgrade
+        self.route: Any = None
+        self.server: Any = None
+        self.started = False
+        self.finished = False
+        self.eof = False
+        self.start_time = 0.0
+        self.bytes_sent = 0
+        self.body_bytes_sent = 0
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._chunked = False
+        self._body: list[bytes] = []
+        self._body_size = 0
+        self._body_done = False
+        self._body_waiter: Any = None
+        self._continue_sent = False
+        self.upstream_addr: str | None = None
+        self.upstream_status: int | None = None
+        self.upstream_response_time: float | None = None
+
+    # request side
+    @property
+    def headers(self) -> Headers:
+        """Request header fields (case-insensitive, multi-valued)."""
+        if self._headers is None:
+            self._headers = Headers(
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._fields)
+        return self._headers
+
+    @property
+    def args(self) -> dict[str, list[str]]:
+        """Query arguments: name -> every value, in order."""
+        if self._args is None:
+            self._args = parse_qs(self.query, keep_blank_values=True)
+        return self._args
+
+    @property
+    def client_addr(self) -> str:
+        """The client's IP address."""
+        return self.conn.peer_host
+
+    def header(self, name: bytes) -> bytes | None:
+        """Fast access to one raw request field (lowercase ``name``), without building Headers."""
+        for field, value in self._fields:
+            if len(field) == len(name) and field.lower() == name:
+                return value
+        return None
+
+    async def read_body(self) -> bytes:
+        """The whole request body (b"" when there is none).
+
+        Sends ``100 Continue`` first when the client asked for it. Waits for the
+        body at most ``client_body_timeout`` between reads; raises ``Exit(408)``
+        when the client is slower than that.
+        """
+        if not self._body_done:
+            if not self._continue_sent and not self.started:
+                expect = self.header(b"expect")
+                if expect is not None and expect.lower() == b"100-continue":
+                    self._continue_sent = True
+                    self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            await self.conn.wait_body(self)
+        return b"".join(self._body)
+
+    # called by the connection as body bytes arrive
+    def feed_body(self, data: bytes) -> None:
+        self._body.append(data)
+        self._body_size += len(data)
+
+    def end_body(self) -> None:
+        self._body_done = True
+
+    @property
+    def body_complete(self) -> bool:
+        return self._body_done
+
+    # response side
+    async def say(self, *parts: Any) -> None:
+        """Buffer ``parts`` and a newline for the response body."""
+        await self.print(*parts, "\n")
+
+    async def print(self, *parts: Any) -> None:
+        """Buffer ``parts`` (str, bytes, or anything else as ``str(part)``) for the body."""
+        for part in parts:
+            data = part.encode("utf-8") if type(part) is str else _as_bytes(part)
+            self._out.append(data)
+            self._out_size += len(data)
+        if self._out_size >= STREAM_AFTER:
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Send the buffered body now (starting the response if needed)."""
+        if self.finished:
+            return
+        if not self.started:
+            self._start(None)
+        data = self._take_output(eof=False)
+        if data:
+            self._write_body(data)
+        await self.conn.drain()
+
+    def exit(self, status: int) -> None:
+        """End the request with ``status`` from any phase (raises; does not return)."""
+        raise Exit(status)
+
+    def redirect(self, url: str, status: int = 302) -> None:
+        """Answer with a redirect to ``url`` (raises; does not return)."""
+        if self.started:
+            raise ResponseStarted("cannot redirect: the response has started")
+        self.headers_out["Location"] = url
+        raise Exit(status)
+
+    async def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+        """Send ``count`` bytes of ``file`` from ``offset`` as the body (sendfile)."""
+        if not self.started:
+            if "content-length" not in self.headers_out:
+                self.headers_out["Content-Length"] = str(count)
+            self._start(count)
+        if self.method == "HEAD" or count == 0:
+            return
+        await self.conn.send_file(file, offset, count)
+        self.body_bytes_sent += count
+        self.bytes_sent += count
+
+    # internals used by the phase runner
+    def _take_output(self, eof: bool) -> bytes:
+        out = self._out
+        data = out[0] if len(out) == 1 else b"".join(out)
+        if out:
+            self._out = []
+            self._out_size = 0
+        body_filter = self.route.body_filter if self.route is not None else None
+        if body_filter is not None:
+            self.eof = eof
+            data = _as_bytes(body_filter(self, data) or b"")
+        return data
+
+    def _start(self, length: int | None) -> None:
+        """Send the response head; ``length`` None means the body streams."""
+        route = self.route
+        if route is not None and route.header_filter is not None:
+            route.header_filter(self)
+        self.started = True
+        status = self.status
+        headers_out = self.headers_out
+        conn = self.conn
+        keep_alive = self.keep_alive and conn.keepalive_allowed(self)
+        parts = [wire.status_line(status), wire.date_lines()]
+        if headers_out:
+            for name, value in headers_out.fields():
+                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        if "content-type" not in headers_out and not wire.bodiless(status):
+            parts.append(b"Content-Type: text/plain\r\n")
+        if length is None and "content-length" not in headers_out and not wire.bodiless(status):
+            if self.http_version == "1.1":
+                self._chunked = True
+                parts.append(b"Transfer-Encoding: chunked\r\n")
+            else:
+                keep_alive = False
+        elif length is not None and "content-length" not in headers_out and not wire.bodiless(status):
+            parts.append(b"Content-Length: %d\r\n" % length)
+        if not keep_alive:
+            self.keep_alive = False
+        parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        head = b"".join(parts)
+        self.bytes_sent += len(head)
+        conn.write(head)
+
+    def _write_body(self, data: bytes) -> None:
+        if self.method == "HEAD" or wire.bodiless(self.status):
+            return
+        self.body_bytes_sent += len(data)
+        if self._chunked:
+            data = wire.chunk(data)
+        self.bytes_sent += len(data)
+        self.conn.write(data)
+
+    def finish(self) -> None:
+        """End the response: one write with Content-Length, or the last chunk."""
+        if self.finished:
+            return
+        self.finished = True
+        if not self.started:
+            body = self._take_output(eof=True)
+            head_only = self.method == "HEAD" or wire.bodiless(self.status)
+            self._start(len(body))
+            if body and not head_only:
+                self.body_bytes_sent += len(body)
+                self.bytes_sent += len(body)
+                self.conn.write(body)
+            return
+        data = self._take_output(eof=True)
+        if data:
+            self._write_body(data)
+        if self._chunked:
+            self.bytes_sent += 5
+            self.conn.write(wire.LAST_CHUNK)
+
+    def discard_output(self) -> None:
+        self._out = []
+        self._out_size = 0
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+def _origin_path(target: str) -> str:
+    """The path of an absolute-form or asterisk-form target (RFC 9112 §3.2)."""
+    if target == "*":
+        return "*"
+    scheme, sep, rest = target.partition("://")
+    if sep:
+        slash = rest.find("/")
+        return rest[slash:] if slash >= 0 else "/"
+    return target

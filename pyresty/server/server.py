@@ -1,0 +1,193 @@
+"""The HTTP server one process hosts: listeners, connections, routing, shutdown.
+
+A worker process (or the single process of ``workers = 0``) creates one
+``HttpServer`` from its config and the listening sockets it inherited, and
+drives its shutdown through the methods named after SPEC §4's steps:
+``stop_accepting`` (1), ``stop_keepalive`` (2), ``wait_idle`` (4) and
+``abort_all`` (5).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from pyresty.server import phases
+from pyresty.server.access_log import AccessLog
+from pyresty.server.connection import HttpConnection
+from pyresty.server.router import Router
+
+if TYPE_CHECKING:
+    from pyresty.config.model import Config, Listen, Location, Server
+    from pyresty.server.request import Request
+
+log = logging.getLogger("pyresty.http")
+
+SWEEP_INTERVAL = 0.25   # how often connection deadlines are checked (s)
+LINGER = 0.1            # how long an idle connection may still bring a request at shutdown (s)
+BACKLOG = 511           # nginx's default listen backlog
+
+
+class HttpServer:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
+                 resolve: Callable[..., Callable[..., Any]]) -> None:
+        self.config = config
+        self.loop = loop
+        self.router = Router(config.servers)
+        self.routes = phases.build_routes(config, resolve)
+        self.fallback = phases.Route(None, {}, 1024 * 1024)
+        self.connections: set[HttpConnection] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.draining = False
+        self.linger = LINGER
+        self.requests_total = 0
+        self.connections_total = 0
+        self.refused_total = 0
+        self._listeners: list[asyncio.AbstractServer] = []
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._idle_waiter: asyncio.Future[None] | None = None
+        self._defaults: dict[Listen, Server] = {}
+        self._shared_listen: set[Listen] = set()
+        for server in config.servers:
+            for listen in server.listen:
+                if listen in self._defaults:
+                    self._shared_listen.add(listen)
+                else:
+                    self._defaults[listen] = server
+        self._access_logs: dict[int, AccessLog | None] = {}
+        opened: dict[str, AccessLog] = {}
+        for server in config.servers:
+            path = server.access_log
+            if path is not None and path not in opened:
+                opened[path] = AccessLog(path)
+            self._access_logs[id(server)] = opened.get(path) if path else None
+        self._static: Callable[..., Any] | None = None
+
+    # listening
+    async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:
+        """Serve on already-bound listening sockets."""
+        for listen, sock in sockets:
+            server = await self.loop.create_server(
+                lambda listen=listen: HttpConnection(self, listen), sock=sock, backlog=BACKLOG)
+            self._listeners.append(server)
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    def stop_accepting(self) -> None:
+        """Shutdown step 1: close this process's listeners."""
+        for server in self._listeners:
+            server.close()
+        self._listeners.clear()
+
+    def stop_keepalive(self) -> None:
+        """Shutdown step 2: ``Connection: close`` from now on; idle connections go."""
+        self.draining = True
+        for conn in list(self.connections):
+            conn.stop_keepalive()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Shutdown step 4: wait until every connection has closed (True) or timeout."""
+        if not self.connections:
+            return True
+        self._idle_waiter = self.loop.create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+    def abort_all(self) -> None:
+        """Shutdown step 5: cancel every request still running and close every connection."""
+        for task in list(self.tasks):
+            task.cancel()
+        for conn in list(self.connections):
+            conn.abort()
+
+    def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        for access_log in {id(a): a for a in self._access_logs.values() if a}.values():
+            access_log.close()
+
+    def reopen_logs(self) -> None:
+        for access_log in {id(a): a for a in self._access_logs.values() if a}.values():
+            access_log.reopen()
+
+    # connections
+    def connection_opened(self, conn: HttpConnection) -> None:
+        self.connections.add(conn)
+        self.connections_total += 1
+        if self.draining:
+            conn.stop_keepalive()
+
+    def connection_closed(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if not self.connections and self._idle_waiter is not None and not self._idle_waiter.done():
+            self._idle_waiter.set_result(None)
+
+    def default_server(self, listen: Listen) -> Server:
+        return self._defaults[listen]
+
+    def count_refused(self, status: int) -> None:
+        self.refused_total += 1
+
+    def _sweep(self) -> None:
+        now = self.loop.time()
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            try:
+                conn.expire()
+            except Exception:
+                log.critical("error while expiring a connection", exc_info=True)
+                conn.abort()
+        for access_log in self._access_logs.values():
+            if access_log is not None:
+                access_log.flush()
+        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+
+    # requests
+    def route(self, req: Request, conn: HttpConnection) -> None:
+        """Choose the virtual server and location for a new request."""
+        server = conn.server_conf
+        if conn.listen in self._shared_listen:
+            host = req.header(b"host")
+            server = self.router.server_for(conn.listen, host.decode("latin-1") if host else None)
+        req.server = server
+        self._set_route(req, server)
+
+    def rematch(self, req: Request) -> None:
+        self._set_route(req, req.server)
+
+    def _set_route(self, req: Request, server: Server) -> None:
+        loc = self.router.match(server, req.path)
+        if loc is None:
+            req.route = self.fallback
+        else:
+            req.route = self.routes[id(loc)]
+
+    def dispatch(self, req: Request) -> None:
+        phases.start(self, req)
+
+    def track(self, task: asyncio.Task[None]) -> None:
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def access_log_for(self, req: Request) -> AccessLog | None:
+        server = req.server
+        return self._access_logs.get(id(server)) if server is not None else None
+
+    async def serve_static(self, r: Request, location: Location) -> None:
+        if self._static is None:
+            from pyresty.server.static import serve
+            self._static = serve
+        await self._static(r, location)
+
+    # figures for status and metrics
+    def stats(self) -> dict[str, int]:
+        return {
+            "connections": len(self.connections),
+            "active_requests": sum(1 for c in self.connections if c.current is not None),
+            "requests": self.requests_total,
+            "connections_total": self.connections_total,
+            "refused": self.refused_total,
+        }
