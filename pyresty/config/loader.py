@@ -300,7 +300,9 @@ class _Loader:
 
     def check_balancer(self, raw: Any, values: dict[str, Any], peers: tuple[Peer, ...], key: str) -> None:
         """hash needs a key and, as in nginx, cannot fall back to backup servers."""
-        balancer = values.get("balancer") or "round_robin"
+        balancer = values.get("balancer", "round_robin")
+        if balancer is None:  # refused already; no second guess about hash_key
+            return
         if balancer == "hash":
             self.require(raw, key, "hash_key", 'balancer = "hash" hashes it')
             for i, peer in enumerate(peers):

@@ -415,7 +415,7 @@ SERVER: dict[str, Validator] = {
     "access_log": text,
     "keepalive_timeout": duration(positive=False),  # 0 turns keepalive off, as in nginx
     "keepalive_requests": integer(1),
-    "client_max_body_size": size(),
+    "client_max_body_size": size(),  # 0 turns the check off, as in nginx
     "client_header_timeout": _POSITIVE,
     "client_body_timeout": _POSITIVE,
     "send_timeout": _POSITIVE,

@@ -63,6 +63,7 @@ import os
 import signal
 import subprocess
 import time
+from asyncio import base_subprocess
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -249,20 +250,24 @@ class _Child(asyncio.SubprocessProtocol):
         _live.pop(self.pid, None)
         self.transport.close()
 
-    def _close_without_loop(self) -> None:
-        """Mark the transports closed so that their finalizers stay quiet.
+    def close_ends(self) -> None:
+        """Close our ends of the pipes: readers get what is buffered, then EOF.
 
-        Each close() tries to schedule a callback on the closed loop and
-        raises RuntimeError after it has marked itself closing; the fds are
-        then closed by the pipe objects' own finalizers.
+        Safe on a closed loop too: each close() marks its transport closing
+        before it fails to schedule a callback there, and the pipe objects'
+        finalizers close the fds.
         """
         for fd in (0, 1, 2):
+            transport = self.transport.get_pipe_transport(fd)
+            if transport is not None:
+                with contextlib.suppress(RuntimeError):
+                    transport.close()
+        if self.finished and isinstance(self.transport, base_subprocess.BaseSubprocessTransport):
+            # Reaped behind the loop's back: close asyncio's transport now or
+            # its finalizer complains. Its close() polls waitpid (ECHILD) and
+            # never signals a reaped pid; uvloop's would, so it is left alone.
             with contextlib.suppress(RuntimeError):
-                pipe = self.transport.get_pipe_transport(fd)
-                if pipe is not None:
-                    pipe.close()
-        with contextlib.suppress(RuntimeError):
-            self.transport.close()
+                self.transport.close()
 
     def update_flow(self) -> None:
         for pipe in (self.stdout, self.stderr):
@@ -293,23 +298,19 @@ class _Child(asyncio.SubprocessProtocol):
         return True
 
     def abandon(self) -> None:
-        """Nobody can use this child any more: SIGKILL its group, close our ends."""
+        """Nobody can use this child any more: SIGKILL its group, close our ends.
+
+        Closing our ends means a grandchild that left the group cannot keep
+        the child registered by holding the pipes open. With the loop alive,
+        the loop reaps the leader and _try_finish unregisters it; with the
+        loop closed nothing else will, so it is reaped here.
+        """
         if self.finished:
             return
         self.signal(signal.SIGKILL)
         if self.loop.is_closed():
             _reap_now(self, deadline=time.monotonic() + 1.0)
-            self._close_without_loop()
-            return
-        # Close our ends so that a grandchild which left the group cannot
-        # keep the pipes open; the loop reaps the leader, then _try_finish
-        # unregisters. (Closing the transport itself here could race the
-        # loop's own waitpid.)
-        for pipe in (self.stdout, self.stderr):
-            if pipe is not None:
-                pipe.shutdown()
-        if self.stdin is not None:
-            self.stdin.close()
+        self.close_ends()
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -607,7 +608,10 @@ def close_all(timeout: float = 1.0) -> int:
     for child in children:
         with contextlib.suppress(PipeError):
             child.signal(signal.SIGKILL)
-    return sum(_reap_now(child, deadline) for child in children)
+    reaped = [child for child in children if _reap_now(child, deadline)]
+    for child in reaped:
+        child.close_ends()
+    return len(reaped)
 
 
 def _reap_now(child: _Child, deadline: float) -> bool:

@@ -210,8 +210,9 @@ class Request:
             data = _as_bytes(body_filter(self, data) or b"")
         return data
 
-    def _start(self, length: int | None) -> None:
-        """Send the response head; ``length`` None means the body streams."""
+    def _start(self, length: int | None, body: bytes = b"") -> None:
+        """Send the response head (and ``body`` with it, in one write);
+        ``length`` None means the body streams."""
         route = self.route
         if route is not None and route.header_filter is not None:
             route.header_filter(self)
@@ -237,6 +238,8 @@ class Request:
         if not keep_alive:
             self.keep_alive = False
         parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+        if body:
+            parts.append(body)
         head = b"".join(parts)
         self.bytes_sent += len(head)
         conn.write(head)
@@ -257,12 +260,11 @@ class Request:
         self.finished = True
         if not self.started:
             body = self._take_output(eof=True)
-            head_only = self.method == "HEAD" or wire.bodiless(self.status)
-            self._start(len(body))
-            if body and not head_only:
-                self.body_bytes_sent += len(body)
-                self.bytes_sent += len(body)
-                self.conn.write(body)
+            if self.method == "HEAD" or wire.bodiless(self.status):
+                self._start(len(body))
+            else:
+                self.body_bytes_sent = len(body)
+                self._start(len(body), body)
             return
         data = self._take_output(eof=True)
         if data:

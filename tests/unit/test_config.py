@@ -517,6 +517,14 @@ def test_a_bad_upstream_is_not_also_unknown(folder: Path) -> None:
     assert len(problems(folder, text)) == 1
 
 
+def test_a_refused_balancer_does_not_also_refuse_hash_key(folder: Path) -> None:
+    text = UP + 'balancer = "hsh"\nhash_key = "$uri"\n' + SERVER
+    assert problems(folder, text) == [
+        'pyresty.toml: upstream.api.balancer: invalid value "hsh" '
+        '(expected round_robin, least_conn, hash or "module:function")'
+    ]
+
+
 def test_error_message_joins_problems_without_traceback(folder: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(write(folder, "workers = -1\nuser = 1\n" + SERVER))
