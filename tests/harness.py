@@ -152,9 +152,7 @@ class Pyresty:
         finally:
             if self.proc.stdout:
                 self.proc.stdout.close()
-        leftovers = wait_for(lambda: not session_pids(self.pid) or None, 5,
-                             "every server process to exit") if session_pids(self.pid) else None
-        del leftovers
+        wait_for(lambda: not session_pids(self.pid), 5, "every server process to exit")
         bad = [line for line in self.log_text().splitlines()
                if re.search(r"\[(alert|crit|emerg)\]", line)
                and not any(re.search(p, line) for p in self.expect_log)]

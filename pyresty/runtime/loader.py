@@ -234,10 +234,15 @@ def install(code_path: Sequence[str]) -> None:
         _finder = OneFileFinder()
         for name, module in list(sys.modules.items()):
             _finder.record(name, module)
-    if _finder in sys.meta_path:
-        sys.meta_path.remove(_finder)
+    # Also drop finders left by an earlier copy of this module (a reload of it).
+    sys.meta_path[:] = [f for f in sys.meta_path if not _is_one_file_finder(f)]
     sys.meta_path.insert(0, _finder)
     importlib.invalidate_caches()
+
+
+def _is_one_file_finder(finder: object) -> bool:
+    kind = type(finder)
+    return kind.__qualname__ == "OneFileFinder" and kind.__module__ == __name__
 
 
 def uninstall() -> None:

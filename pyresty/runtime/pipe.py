@@ -22,6 +22,11 @@ Rules
      price is memory, bounded by what the child writes during the wait, and
      the wait is bounded by its timeout.
    - Reading resumes once a buffer is down to half of ``buffer_size``.
+   - So output that is never read is kept: a child that floods stderr
+     while you only read stdout costs that much memory until the Proc is
+     dropped. Pass ``merge_stderr=True`` or read both sides concurrently;
+     ``shutdown("stderr")`` closes the pipe (the child's next write there
+     fails, as in a shell pipeline whose reader exited).
 4. One task at a time per pipe: a second concurrent read of the same pipe
    raises ``PipeError("stdout is busy")``. Reads of stdout and stderr, a
    write and a wait may run concurrently in different tasks.
@@ -42,7 +47,8 @@ Rules
    could read, wait for or kill it any more). ``close_all()`` kills and
    reaps what is left; it runs at interpreter exit and the process model
    calls it before ``os._exit``. A forked process starts with an empty
-   registry: its parent's children are not its own.
+   registry and never signals its parent's children, even through a Proc
+   it inherited.
 
 Theory of operation
 -------------------
@@ -180,6 +186,7 @@ class _Child(asyncio.SubprocessProtocol):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, buffer_size: int, merge_stderr: bool) -> None:
         self.loop = loop
+        self.owner = os.getpid()  # a forked copy of this object must not signal our children
         self.pid = 0
         self.transport: Any = None
         self.stdin: Any = None
@@ -248,6 +255,7 @@ class _Child(asyncio.SubprocessProtocol):
             return
         self.finished = True
         _live.pop(self.pid, None)
+        self._lose_stdin("stdin is closed (the child exited)")
         self.transport.close()
 
     def close_ends(self) -> None:
@@ -285,10 +293,10 @@ class _Child(asyncio.SubprocessProtocol):
             self.waiting -= 1
             self.update_flow()
 
-    def signal(self, sig: int) -> bool:
+    def send_signal(self, sig: int) -> bool:
         """Send sig to the child's process group; False if there is none left."""
-        if self.finished:
-            return False  # the group is gone; its number may be someone else's by now
+        if self.finished or os.getpid() != self.owner:
+            return False  # the group is gone (its number may be reused), or not ours
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:
@@ -305,12 +313,24 @@ class _Child(asyncio.SubprocessProtocol):
         the loop reaps the leader and _try_finish unregisters it; with the
         loop closed nothing else will, so it is reaped here.
         """
-        if self.finished:
+        if self.finished or os.getpid() != self.owner:
             return
-        self.signal(signal.SIGKILL)
+        self.send_signal(signal.SIGKILL)
         if self.loop.is_closed():
             _reap_now(self, deadline=time.monotonic() + 1.0)
-        self.close_ends()
+            self.close_ends()
+        elif _running_loop() is self.loop:
+            self.close_ends()
+        else:  # a finalizer run by another thread, or outside the loop's run
+            with contextlib.suppress(RuntimeError):
+                self.loop.call_soon_threadsafe(self.close_ends)
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _wake_all(waiters: list[asyncio.Future[None]]) -> None:
@@ -423,11 +443,11 @@ class Proc:
         _check_size("n", n, minimum=0)
         return await self._read("stdout", lambda pipe: pipe.take_bytes(n))
 
-    async def stdout_read_any(self, most: int) -> bytes:
-        """1..most bytes as soon as any are there; b"" at EOF. Raises PipeTimeout,
-        PipeError, ValueError (most < 1)."""
-        _check_size("most", most, minimum=1)
-        return await self._read("stdout", lambda pipe: pipe.take_any(most))
+    async def stdout_read_any(self, max: int) -> bytes:  # noqa: A002 - ngx.pipe's name
+        """1..max bytes as soon as any are there; b"" at EOF. Raises PipeTimeout,
+        PipeError, ValueError (max < 1)."""
+        _check_size("max", max, minimum=1)
+        return await self._read("stdout", lambda pipe: pipe.take_any(max))
 
     async def stderr_read_line(self) -> bytes | None:
         """As stdout_read_line; PipeError if stderr is merged into stdout."""
@@ -442,10 +462,10 @@ class Proc:
         _check_size("n", n, minimum=0)
         return await self._read("stderr", lambda pipe: pipe.take_bytes(n))
 
-    async def stderr_read_any(self, most: int) -> bytes:
+    async def stderr_read_any(self, max: int) -> bytes:  # noqa: A002 - ngx.pipe's name
         """As stdout_read_any; PipeError if stderr is merged into stdout."""
-        _check_size("most", most, minimum=1)
-        return await self._read("stderr", lambda pipe: pipe.take_any(most))
+        _check_size("max", max, minimum=1)
+        return await self._read("stderr", lambda pipe: pipe.take_any(max))
 
     # -- writing, shutdown, wait, kill --
 
@@ -461,7 +481,10 @@ class Proc:
         child = self._child
         if child.stdin is None:
             raise PipeError(child.stdin_error or "stdin is closed")
-        child.stdin.write(payload)
+        try:
+            child.stdin.write(payload)
+        except (RuntimeError, OSError) as exc:  # uvloop raises on a closing pipe
+            raise PipeError(f"stdin write failed: {exc}") from exc
         if child.write_paused:
             async with child.waiting_on(), _deadline(self._timeouts["write"], "write"):
                 while child.write_paused and child.stdin is not None:
@@ -519,7 +542,7 @@ class Proc:
         for an unknown signal, PipeError if the kernel refuses (EPERM).
         """
         _check_signal(sig)
-        self._child.signal(sig)
+        self._child.send_signal(sig)
 
 
 def _check_size(name: str, value: int, minimum: int) -> None:
@@ -591,7 +614,7 @@ def kill_all(sig: int = signal.SIGKILL) -> int:
     sent = 0
     for child in list(_live.values()):
         with contextlib.suppress(PipeError):
-            sent += child.signal(sig)
+            sent += child.send_signal(sig)
     return sent
 
 
@@ -607,7 +630,7 @@ def close_all(timeout: float = 1.0) -> int:
     children = list(_live.values())
     for child in children:
         with contextlib.suppress(PipeError):
-            child.signal(signal.SIGKILL)
+            child.send_signal(signal.SIGKILL)
     reaped = [child for child in children if _reap_now(child, deadline)]
     for child in reaped:
         child.close_ends()

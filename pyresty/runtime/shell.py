@@ -95,14 +95,15 @@ async def _feed(proc: pipe.Proc, data: bytes | str | None) -> None:
 async def _communicate(proc: pipe.Proc, stdin: bytes | str | None,
                        out: bytearray, err: bytearray, max_size: int) -> bool:
     """Feed stdin and read both streams to EOF; False if one passed max_size."""
+    within_size = True
     try:
         async with asyncio.TaskGroup() as tasks:
             tasks.create_task(_feed(proc, stdin))
             tasks.create_task(_collect(proc.stdout_read_any, out, max_size))
             tasks.create_task(_collect(proc.stderr_read_any, err, max_size))
     except* _TooBig:
-        return False
-    return True
+        within_size = False
+    return within_size
 
 
 async def _kill_and_reap(proc: pipe.Proc) -> None:

@@ -167,10 +167,10 @@ class Request:
         """Send the buffered body now (starting the response if needed)."""
         if self.finished:
             return
-        if not self.started:
-            self._start(None)
         data = self._take_output(eof=False)
-        if data:
+        if not self.started:
+            self._start(None, data)
+        elif data:
             self._write_body(data)
         await self.conn.drain()
 
@@ -238,8 +238,9 @@ class Request:
         if not keep_alive:
             self.keep_alive = False
         parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        if body:
-            parts.append(body)
+        if body and not (self.method == "HEAD" or wire.bodiless(status)):
+            self.body_bytes_sent += len(body)
+            parts.append(wire.chunk(body) if self._chunked else body)
         head = b"".join(parts)
         self.bytes_sent += len(head)
         conn.write(head)
@@ -260,11 +261,7 @@ class Request:
         self.finished = True
         if not self.started:
             body = self._take_output(eof=True)
-            if self.method == "HEAD" or wire.bodiless(self.status):
-                self._start(len(body))
-            else:
-                self.body_bytes_sent = len(body)
-                self._start(len(body), body)
+            self._start(len(body), body)
             return
         data = self._take_output(eof=True)
         if data:

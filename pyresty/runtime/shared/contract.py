@@ -156,3 +156,21 @@ def is_a_list(key: bytes) -> TypeError:
 
 def not_a_number(key: bytes) -> TypeError:
     return TypeError(f"shared dict key {key_out(key)!r} does not hold a number")
+
+
+def base_value(value: object) -> Value:
+    """A subclass of a value type (IntEnum, HTTPStatus, a str enum) as its base type.
+
+    Raises TypeError for anything else.
+    """
+    if isinstance(value, bool):
+        return bool(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str.__str__(value)
+    if isinstance(value, bytes):
+        return bytes(value)
+    raise bad_value(value)

@@ -1,0 +1,540 @@
+"""The master process: binds listeners, forks and supervises workers, reloads.
+
+Rules (SPEC §4):
+- The master never imports user code: a reload always runs fresh code in
+  freshly forked workers. It reads only the TOML config.
+- Signal handlers only queue the signal; the main loop dispatches it to
+  ``handle_<name>`` (gunicorn's arbiter does the same, nginx sets flags).
+- Reload: parse the new config (a bad one is logged with every problem and
+  changes nothing), bind new listeners, fork a new generation, and only when
+  every new process reported ready ask the old generation to shut down
+  gracefully. A new process that fails at boot rolls the reload back: the old
+  generation never stopped serving.
+- Every process asked to stop has a hard deadline (``worker_shutdown_timeout``
+  + ``HARD_MARGIN``); past it the master SIGKILLs it, whatever user code does.
+- A worker of the current generation that dies is respawned with the same id
+  at once; one that fails at boot (``WORKER_BOOT_ERROR``) stops the master,
+  since respawning would fail the same way forever.
+
+Theory of operation: one thread, one ``selectors`` loop over the signal
+wake-up pipe, the workers' channels (JSON lines: ready, stats, boot_error),
+the control socket (``pyresty status``/``drain``) and the status listener
+(``/status``, ``/metrics``). ``waitpid(WNOHANG)`` runs after every wake-up.
+"""
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import setproctitle
+
+from pyresty import config as configuration
+from pyresty import errorlog
+from pyresty.config.model import Config, Listen
+from pyresty.errors import ConfigError
+from pyresty.process import listeners
+from pyresty.process.pidfile import remove_pid, write_pid
+from pyresty.process.worker import WORKER_BOOT_ERROR, WorkerProcess
+from pyresty.runtime import identity
+from pyresty.runtime.identity import Role
+
+log = logging.getLogger("pyresty.master")
+
+HARD_MARGIN = 0.9          # s past worker_shutdown_timeout before SIGKILL (SPEC: gone by +1 s)
+READY_TIMEOUT = 60.0       # s a new generation may take to boot before the reload is abandoned
+RESPAWN_BACKOFF = 5.0      # s between attempts to respawn a worker that fails at boot
+FAST_STOP_GRACE = 3.0      # s after TERM before the master SIGKILLs what is left
+TICK = 0.1                 # s, the longest the loop sleeps when deadlines are pending
+EXIT_FAILURE = 1
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    SHUTTING_DOWN = "shutting down"
+
+
+@dataclass(eq=False)
+class Child:
+    pid: int
+    role: Role
+    worker_id: int | None
+    generation: int
+    channel: socket.socket
+    started: float
+    state: State = State.STARTING
+    stop_deadline: float | None = None
+    stop_started: float | None = None
+    stats: dict[str, Any] = field(default_factory=dict)
+    buffer: bytes = b""
+
+    @property
+    def label(self) -> str:
+        if self.role is Role.AGENT:
+            return f"privileged agent (pid {self.pid})"
+        return f"worker #{self.worker_id} (pid {self.pid}, generation {self.generation})"
+
+
+@dataclass
+class Generation:
+    number: int
+    config: Config
+    sockets: list[tuple[Listen, socket.socket]]
+
+
+class Master:
+    def __init__(self, config: Config, config_arg: str | None, prefix_arg: str | None,
+                 dev: bool = False) -> None:
+        self.config = config
+        self.config_arg = config_arg
+        self.prefix_arg = prefix_arg
+        self.dev = dev
+        self.pid = os.getpid()
+        self.children: dict[int, Child] = {}
+        self.sockets: dict[Listen, socket.socket] = {}
+        self.current: Generation | None = None
+        self.pending: Generation | None = None     # a reload whose workers are booting
+        self.pending_since = 0.0
+        self.generations = 0
+        self.signals: list[int] = []
+        self.selector = selectors.DefaultSelector()
+        self.stopping: str | None = None            # "graceful" | "fast"
+        self.fast_deadline = 0.0
+        self.reload_queued = False
+        self.respawns: dict[tuple[Role, int | None], float] = {}
+        self.draining = False
+        self.exit_code = 0
+        self.control: Any = None
+        self.status_server: Any = None
+        self._wake_r, self._wake_w = os.pipe()
+
+    # main loop
+    def run(self) -> int:
+        config = self.config
+        identity.become(Role.MASTER, None, config.workers, 0, self.pid, config.prefix)
+        setproctitle.setproctitle("pyresty: master process " + " ".join(sys.argv))
+        try:
+            self.sockets = listeners.bind_all(listeners.listens_of(config))
+        except OSError as exc:
+            log.log(errorlog.EMERG, "cannot listen: %s", exc)
+            return EXIT_FAILURE
+        if config.shared:
+            from pyresty.runtime import shared
+            shared.wipe(config.shared, shared.base_dir_for(config.prefix))
+        write_pid(config.pid)
+        self._install_signals()
+        from pyresty.process.control import ControlServer, StatusServer
+        try:
+            self.control = ControlServer(self, config.control_socket)
+            if config.status.listen is not None:
+                self.status_server = StatusServer(self, config.status.listen)
+        except OSError as exc:
+            log.log(errorlog.EMERG, "cannot open the control socket: %s", exc)
+            remove_pid(config.pid)
+            return EXIT_FAILURE
+        for listen in self.sockets:
+            log.info("listening on %s", listen)
+        if self.dev:
+            from pyresty.process.devwatch import start_watcher
+            start_watcher(config, self.pid)
+        self.pending = self._start_generation(config)
+        self.pending_since = time.monotonic()
+        try:
+            while not self._finished():
+                self._loop_once()
+        finally:
+            self._cleanup()
+        return self.exit_code
+
+    def _loop_once(self) -> None:
+        timeout = TICK if self._deadlines_pending() else 1.0
+        for key, _ in self.selector.select(timeout):
+            key.data()
+        self._dispatch_signals()
+        self.reap_children()
+        self._check_deadlines()
+
+    def _finished(self) -> bool:
+        return self.stopping is not None and not self.children
+
+    def _deadlines_pending(self) -> bool:
+        return self.stopping is not None or self.pending is not None or bool(self.respawns) or any(
+            c.stop_deadline is not None or c.state is State.STARTING for c in self.children.values())
+
+    # signals
+    def _install_signals(self) -> None:
+        os.set_blocking(self._wake_w, False)
+        os.set_blocking(self._wake_r, False)
+        signal.set_wakeup_fd(self._wake_w)
+        for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
+                    signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, self._record_signal)
+        self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
+
+    def _record_signal(self, signum: int, frame: Any) -> None:
+        self.signals.append(signum)
+
+    def _drain_wakeups(self) -> None:
+        try:
+            while os.read(self._wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _dispatch_signals(self) -> None:
+        while self.signals:
+            signum = self.signals.pop(0)
+            handler = {
+                signal.SIGHUP: self.handle_hup, signal.SIGQUIT: self.handle_quit,
+                signal.SIGTERM: self.handle_term, signal.SIGINT: self.handle_term,
+                signal.SIGUSR1: self.handle_usr1,
+            }.get(signal.Signals(signum))
+            if handler is not None:
+                handler()
+
+    def handle_hup(self) -> None:
+        if self.stopping is not None:
+            return
+        if self.pending is not None:
+            self.reload_queued = True
+            return
+        self.reload()
+
+    def handle_quit(self) -> None:
+        if self.stopping is None:
+            log.log(errorlog.NOTICE, "graceful shutdown")
+        self.stopping = "graceful"
+        self._abandon_pending("the server is shutting down")
+        for child in list(self.children.values()):
+            self.stop_child(child)
+
+    def handle_term(self) -> None:
+        if self.stopping != "fast":
+            log.log(errorlog.NOTICE, "fast shutdown")
+            self.fast_deadline = time.monotonic() + FAST_STOP_GRACE
+        self.stopping = "fast"
+        for child in list(self.children.values()):
+            self._kill(child, signal.SIGTERM)
+
+    def handle_usr1(self) -> None:
+        errorlog.reopen()
+        log.log(errorlog.NOTICE, "reopening logs")
+        for child in list(self.children.values()):
+            self._kill(child, signal.SIGUSR1)
+
+    # generations
+    def _start_generation(self, config: Config) -> Generation:
+        self.generations += 1
+        sockets = [(listen, self.sockets[listen]) for listen in listeners.listens_of(config)]
+        gen = Generation(self.generations, config, sockets)
+        for worker_id in range(config.workers):
+            self.spawn_worker(gen, Role.WORKER, worker_id)
+        if config.privileged_agent:
+            self.spawn_worker(gen, Role.AGENT, None)
+        return gen
+
+    def reload(self) -> None:
+        """HUP: validate the new config, then start a new generation beside the old."""
+        log.log(errorlog.NOTICE, "reloading configuration")
+        try:
+            config = configuration.load(self.config_arg, self.prefix_arg) if self.config_arg \
+                else self.config
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("%s", problem)
+            log.error("reload refused: the configuration is invalid; still serving the old one")
+            return
+        if config.workers == 0:
+            log.error("reload refused: workers = 0 (single process) needs a restart")
+            return
+        try:
+            self.sockets = listeners.bind_all(listeners.listens_of(config), keep=self.sockets)
+        except OSError as exc:
+            log.error("reload refused: cannot listen: %s", exc)
+            return
+        self.pending = self._start_generation(config)
+        self.pending_since = time.monotonic()
+
+    def _generation_ready(self, gen: Generation) -> bool:
+        members = [c for c in self.children.values() if c.generation == gen.number]
+        expected = gen.config.workers + (1 if gen.config.privileged_agent else 0)
+        return len(members) == expected and all(c.state is State.SERVING for c in members)
+
+    def _promote(self, gen: Generation) -> None:
+        """The new generation is ready: it becomes current, the old one stops."""
+        old = self.current
+        self.current, self.pending = gen, None
+        self.config = gen.config
+        if old is not None:
+            errorlog.configure(gen.config.error_log, gen.config.error_log_level)
+        log.log(errorlog.NOTICE, "generation %d ready: %d workers%s", gen.number,
+                gen.config.workers, " and the privileged agent" if gen.config.privileged_agent else "")
+        for child in list(self.children.values()):
+            if old is not None and child.generation == old.number:
+                self.stop_child(child)
+        in_use = set(listeners.listens_of(gen.config))
+        for listen in [l for l in self.sockets if l not in in_use]:
+            self.sockets.pop(listen).close()   # old workers still hold their own copy
+            log.info("stopped listening on %s", listen)
+        if self.draining:
+            self.broadcast("drain")
+        if self.reload_queued:
+            self.reload_queued = False
+            self.reload()
+
+    def _abandon_pending(self, reason: str) -> None:
+        gen = self.pending
+        if gen is None:
+            return
+        self.pending = None
+        log.error("reload abandoned: %s; still serving generation %d", reason,
+                  self.current.number if self.current else 0)
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.generation == gen.number:
+                child.state = State.SHUTTING_DOWN
+                child.stop_started, child.stop_deadline = now, now + HARD_MARGIN
+                self._kill(child, signal.SIGKILL)
+        in_use = set(listeners.listens_of(self.config))
+        for listen in [l for l in self.sockets if l not in in_use]:
+            self.sockets.pop(listen).close()
+
+    # children
+    def spawn_worker(self, gen: Generation, role: Role, worker_id: int | None) -> Child:
+        parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the child: never returns into master code
+            code = 1
+            try:
+                parent_end.close()
+                self._forget_in_child()
+                code = WorkerProcess(gen.config, role, worker_id, gen.number, gen.sockets,
+                                     child_end, self.pid).run()
+            except BaseException:
+                logging.getLogger("pyresty.process").critical("worker crashed", exc_info=True)
+            finally:
+                logging.shutdown()
+                os._exit(code)
+        child_end.close()
+        parent_end.setblocking(False)
+        child = Child(pid, role, worker_id, gen.number, parent_end, time.monotonic())
+        self.children[pid] = child
+        self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(child))
+        log.info("started %s", child.label)
+        return child
+
+    def _forget_in_child(self) -> None:
+        """In a new child: drop what belongs to the master alone."""
+        signal.set_wakeup_fd(-1)
+        for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
+                    signal.SIGUSR1, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        for child in self.children.values():
+            child.channel.close()
+        if self.control is not None:
+            self.control.close_in_child()
+        if self.status_server is not None:
+            self.status_server.close_in_child()
+        self.selector.close()
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+
+    def stop_child(self, child: Child) -> None:
+        """Ask a child to shut down gracefully, with a hard deadline."""
+        if child.stop_deadline is not None:
+            return
+        timeout = self._config_of(child).worker_shutdown_timeout
+        now = time.monotonic()
+        child.stop_started = now
+        child.stop_deadline = now + timeout + HARD_MARGIN
+        child.state = State.SHUTTING_DOWN
+        self._kill(child, signal.SIGQUIT)
+
+    def _config_of(self, child: Child) -> Config:
+        for gen in (self.current, self.pending):
+            if gen is not None and gen.number == child.generation:
+                return gen.config
+        return self.config
+
+    def _kill(self, child: Child, sig: int) -> None:
+        try:
+            os.kill(child.pid, sig)
+        except ProcessLookupError:
+            pass
+
+    def reap_children(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            child = self.children.pop(pid, None)
+            if child is not None:
+                self._child_exited(child, status)
+
+    def _child_exited(self, child: Child, status: int) -> None:
+        self._on_channel(child)   # read what it said last
+        try:
+            self.selector.unregister(child.channel)
+        except (KeyError, ValueError):
+            pass
+        child.channel.close()
+        if os.WIFSIGNALED(status):
+            how = f"killed by signal {os.WTERMSIG(status)}"
+        else:
+            how = f"exited with code {os.WEXITSTATUS(status)}"
+        expected = child.stop_deadline is not None or self.stopping is not None
+        level = logging.INFO if expected and status == 0 else logging.WARNING if expected else \
+            logging.ERROR
+        took = f" after {time.monotonic() - child.stop_started:.3f} s" if child.stop_started else ""
+        log.log(level, "%s %s%s", child.label, how, took)
+        self._reader_check()
+        if expected:
+            return
+        boot_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR
+        starting = self.pending is not None and child.generation == self.pending.number
+        if starting and self.current is not None:
+            self._abandon_pending(f"{child.label} failed to start ({how})")
+            return
+        if starting:
+            log.log(errorlog.EMERG, "%s failed to start; stopping (see the errors above)", child.label)
+            self.exit_code = EXIT_FAILURE
+            self.handle_term()
+            return
+        if self.current is not None and child.generation == self.current.number:
+            if boot_error and child.state is State.STARTING:
+                # A respawn that cannot boot (its code changed on disk since the
+                # reload): keep the rest serving and try again later.
+                log.error("%s failed to start; trying again in %.0f s", child.label, RESPAWN_BACKOFF)
+                self.respawns[(child.role, child.worker_id)] = time.monotonic() + RESPAWN_BACKOFF
+                return
+            self.spawn_worker(self.current, child.role, child.worker_id)
+
+    def _reader_check(self) -> None:
+        if self.config.shared:
+            try:
+                from pyresty.runtime import shared
+                shared.reader_check(self.config.shared, shared.base_dir_for(self.config.prefix))
+            except Exception:
+                log.warning("shared dict reader check failed", exc_info=True)
+
+    def _on_channel(self, child: Child) -> None:
+        try:
+            while True:
+                data = child.channel.recv(65536)
+                if not data:
+                    break
+                child.buffer += data
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            pass
+        *lines, child.buffer = child.buffer.split(b"\n")
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            self._on_message(child, message)
+
+    def _on_message(self, child: Child, message: dict[str, Any]) -> None:
+        event = message.get("event")
+        if event == "ready":
+            if child.state is State.STARTING:
+                child.state = State.SERVING
+            if self.pending is not None and self._generation_ready(self.pending):
+                self._promote(self.pending)
+        elif event == "stats":
+            child.stats = message
+        elif event == "boot_error":
+            log.error("%s failed to start: %s", child.label, message.get("reason"))
+
+    def _check_deadlines(self) -> None:
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.stop_deadline is not None and now > child.stop_deadline:
+                log.warning("%s still running %.1f s after it was asked to stop; killing it",
+                            child.label, now - (child.stop_started or now))
+                child.stop_deadline = None
+                self._kill(child, signal.SIGKILL)
+        for (role, worker_id), when in list(self.respawns.items()):
+            if now >= when:
+                del self.respawns[(role, worker_id)]
+                if self.current is not None and self.stopping is None:
+                    self.spawn_worker(self.current, role, worker_id)
+        if self.stopping == "fast" and now > self.fast_deadline:
+            for child in list(self.children.values()):
+                self._kill(child, signal.SIGKILL)
+        if self.pending is not None and self.current is not None and \
+                now - self.pending_since > READY_TIMEOUT:
+            self._abandon_pending(f"the new workers were not ready within {READY_TIMEOUT:.0f} s")
+
+    # control
+    def broadcast(self, command: str) -> None:
+        for child in self.children.values():
+            if self.current is not None and child.generation == self.current.number:
+                try:
+                    child.channel.send(command.encode() + b"\n")
+                except OSError:
+                    pass
+
+    def drain(self) -> None:
+        self.draining = True
+        self.broadcast("drain")
+
+    def children_stats(self, pid: int) -> dict[str, Any]:
+        child = self.children.get(pid)
+        return child.stats if child is not None else {}
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """Every process, for ``pyresty status`` and ``/status``."""
+        rows = [{"role": "master", "id": None, "pid": self.pid,
+                 "generation": self.current.number if self.current else 0,
+                 "state": "shutting down" if self.stopping else "serving",
+                 "rss": _rss(self.pid)}]
+        now = time.monotonic()
+        for child in sorted(self.children.values(), key=lambda c: (c.generation, c.worker_id or 0)):
+            stats = child.stats
+            state = child.state.value
+            if child.state is State.SHUTTING_DOWN and child.stop_started is not None:
+                state = f"shutting down for {now - child.stop_started:.1f} s"
+            rows.append({
+                "role": "agent" if child.role is Role.AGENT else "worker", "id": child.worker_id,
+                "pid": child.pid, "generation": child.generation, "state": state,
+                "connections": stats.get("connections", 0), "requests": stats.get("requests", 0),
+                "active_requests": stats.get("active_requests", 0),
+                "timers_pending": stats.get("timers_pending", 0),
+                "timers_running": stats.get("timers_running", 0), "rss": _rss(child.pid),
+            })
+        return rows
+
+    def _cleanup(self) -> None:
+        if self.control is not None:
+            self.control.close()
+        if self.status_server is not None:
+            self.status_server.close()
+        for sock in self.sockets.values():
+            sock.close()
+        remove_pid(self.config.pid)
+        log.log(errorlog.NOTICE, "exit")
+
+
+def _rss(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+

@@ -1,0 +1,358 @@
+"""The process model with the real ``pyresty`` command: master, workers, signals, reload."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from harness import http_get, proc_title, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+APP = '''
+import asyncio, os
+import pyresty.runtime.worker as worker
+
+async def hello(r):
+    await r.say("v1 ", worker.id(), " ", os.getpid())
+
+async def slow(r):
+    await r.say("start")
+    await r.flush()
+    await asyncio.sleep(float(r.args.get("t", ["1"])[0]))
+    await r.say("done")
+
+async def stuck(r):
+    await asyncio.sleep(3600)
+
+def bye():
+    import logging
+    logging.getLogger("pyresty.app").warning("exit_worker ran in %d", os.getpid())
+'''
+
+CONFIG = '''
+workers = 2
+worker_shutdown_timeout = "{timeout}"
+[hooks]
+exit_worker = "app:bye"
+[status]
+listen = "127.0.0.1:{port2}"
+[[server]]
+listen = "127.0.0.1:{port}"
+keepalive_timeout = "30s"
+keepalive_requests = 100000
+[[server.location]]
+path = "= /hello"
+content = "app:hello"
+[[server.location]]
+path = "= /slow"
+content = "app:slow"
+[[server.location]]
+path = "= /stuck"
+content = "app:stuck"
+'''
+
+READY = r"\[notice\] .*generation (\d+) ready"
+
+
+def config(timeout: str = "3s") -> str:
+    return CONFIG.replace("{timeout}", timeout)
+
+
+def status(server) -> list[dict]:
+    code, _, body = http_get(server.ports[1], "/status")
+    assert code == 200
+    return json.loads(body)["processes"]
+
+
+def workers_of(server, generation: int | None = None) -> list[dict]:
+    return [p for p in status(server) if p["role"] == "worker"
+            and (generation is None or p["generation"] == generation)]
+
+
+def reload_and_wait(server, generation: int) -> None:
+    server.signal(signal.SIGHUP)
+    server.wait_log(rf"\[notice\] .*generation {generation} ready", timeout=20)
+
+
+def test_master_and_workers_titles_status(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    pids = server.processes()
+    titles = sorted(proc_title(pid) for pid in pids)
+    assert len(pids) == 3
+    assert titles[0].startswith("pyresty: master process")
+    assert titles[1:] == ["pyresty: worker process #0", "pyresty: worker process #1"]
+    seen = {http_get(server.port, "/hello")[2].split()[1] for _ in range(20)}
+    assert seen <= {b"0", b"1"}
+    result = server.cli("status")
+    assert result.returncode == 0
+    lines = result.stdout.splitlines()
+    assert lines[0].split()[:5] == ["ROLE", "ID", "PID", "GEN", "STATE"]
+    assert sum(1 for line in lines if line.startswith("worker")) == 2
+    code, _, metrics = http_get(server.ports[1], "/metrics")
+    assert code == 200 and b'pyresty_workers{generation="1",state="serving"} 2.0' in metrics
+
+
+def test_killed_worker_is_respawned_with_same_id(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    wait_for(lambda: len(workers_of(server)) == 2, 5, "two workers reported")
+    victim = next(p for p in workers_of(server) if p["id"] == 1)
+    failures = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        while not stop.is_set():
+            try:
+                if http_get(server.port, "/hello", timeout=5)[0] != 200:
+                    failures.append("status")
+            except OSError as exc:
+                failures.append(repr(exc))
+
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        killed_at = time.monotonic()
+        os.kill(victim["pid"], signal.SIGKILL)
+        replacement = wait_for(
+            lambda: [p for p in workers_of(server) if p["id"] == 1 and p["pid"] != victim["pid"]
+                     and p["state"] == "serving"], 5, "worker #1 respawned")[0]
+        assert time.monotonic() - killed_at < 1.5
+    finally:
+        stop.set()
+        thread.join(10)
+    assert proc_title(replacement["pid"]) == "pyresty: worker process #1"
+    assert not failures
+    server.wait_log(r"worker #1 .* killed by signal 9")
+
+
+def test_reload_serves_new_code_and_old_workers_exit(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    old = {p["pid"] for p in workers_of(server)}
+    (server.prefix / "app.py").write_text(APP.replace('"v1 "', '"v2 "'))
+    reload_and_wait(server, 2)
+    assert http_get(server.port, "/hello")[2].startswith(b"v2 ")
+    wait_for(lambda: not (old & set(server.processes())), 5, "old workers gone")
+    assert len(server.processes()) == 3
+
+
+def test_reload_with_broken_config_changes_nothing(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    before = {p["pid"] for p in workers_of(server)}
+    server.config_path.write_text(server.config_path.read_text() + "\nbogus_key = 1\n")
+    result = server.cli("-s", "reload")
+    assert result.returncode == 1
+    assert "bogus_key: unknown key" in result.stderr
+    server.signal(signal.SIGHUP)   # the master checks again by itself
+    server.wait_log(r"\[error\] .*reload refused: the configuration is invalid")
+    assert {p["pid"] for p in workers_of(server)} == before
+    assert http_get(server.port, "/hello")[0] == 200
+
+
+def test_reload_with_broken_handler_is_rolled_back(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY,
+                         expect_log=(r"cannot load handlers",))
+    before = {p["pid"] for p in workers_of(server)}
+    (server.prefix / "app.py").write_text("this is not python\n")
+    result = server.cli("-s", "reload")
+    assert result.returncode == 1 and "app:hello" in result.stderr
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"reload abandoned: .*failed to start")
+    assert {p["pid"] for p in workers_of(server) if p["state"] == "serving"} == before
+    assert http_get(server.port, "/hello")[2].startswith(b"v1 ")
+
+
+def test_boot_failure_at_start_stops_master(make_server):
+    server = make_server(config(), {"app.py": "import nowhere_to_be_found\n"}, start=False,
+                         expect_log=(r"failed to start", r"cannot load handlers"))
+    server.proc = __import__("subprocess").Popen(
+        [*__import__("harness").PYRESTY, "-c", str(server.config_path)], cwd=server.prefix,
+        stdout=-1, stderr=-2, start_new_session=True)
+    assert server.proc.wait(20) == 1
+    text = server.log_text()
+    assert "No module named 'nowhere_to_be_found'" in text
+    assert "failed to start; stopping" in text
+
+
+def test_signal_without_master(make_server):
+    server = make_server(config(), {"app.py": APP}, start=False)
+    result = server.cli("-s", "quit")
+    assert result.returncode == 1 and "no running master" in result.stderr
+    result = server.cli("status")
+    assert result.returncode == 1 and "no running master" in result.stderr
+
+
+def test_graceful_shutdown_steps(make_server):
+    """SPEC §4: in-flight completes with Connection: close, idle keepalive closes
+    at once, a stuck request is cut at worker_shutdown_timeout, exit_worker runs."""
+    server = make_server(config("2s"), {"app.py": APP}, ready=READY)
+    idle = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    idle.request("GET", "/hello")
+    idle.getresponse().read()
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    slow.sendall(b"GET /slow?t=0.8 HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"start" in slow.recv(4096)
+    stuck = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    stuck.sendall(b"GET /stuck HTTP/1.1\r\nHost: x\r\n\r\n")
+    wait_for(lambda: sum(p["active_requests"] for p in workers_of(server)) >= 2, 5,
+             "both requests in flight")
+    started = time.monotonic()
+    server.signal(signal.SIGQUIT)
+    # the idle keepalive connection is closed promptly (step 2)
+    assert idle.sock.recv(1) == b""
+    assert time.monotonic() - started < 1.0
+    # the in-flight slow response completes (step 4)
+    rest = b""
+    while not rest.endswith(b"0\r\n\r\n"):
+        chunk = slow.recv(4096)
+        assert chunk, "slow response was cut"
+        rest += chunk
+    assert b"done" in rest
+    # the stuck request is cut at worker_shutdown_timeout (step 5)
+    assert stuck.recv(4096) == b""
+    cut_after = time.monotonic() - started
+    assert 1.8 < cut_after < 3.0
+    assert server.proc.wait(10) == 0
+    assert time.monotonic() - started < 3.0 + 0.5
+    assert server.log_text().count("exit_worker ran") == 2
+    for s in (slow, stuck):
+        s.close()
+    idle.close()
+
+
+def test_connection_close_during_shutdown(make_server):
+    server = make_server(config("3s"), {"app.py": APP}, ready=READY)
+    slow = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    slow.sendall(b"GET /slow?t=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = slow.recv(4096)
+    assert b"Connection: keep-alive" in head  # started before shutdown
+    busy = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    busy.request("GET", "/hello")
+    busy.getresponse().read()
+    server.signal(signal.SIGQUIT)
+    server.wait_log(r"gracefully shutting down", count=2)
+    # a request sent on a kept-alive connection once shutdown began is answered
+    # with Connection: close (or finds the connection already closed while idle)
+    try:
+        busy.request("GET", "/hello")
+        resp = busy.getresponse()
+        assert resp.status == 200 and resp.getheader("connection") == "close"
+    except (ConnectionError, http.client.RemoteDisconnected):
+        # closed while idle before the request left: allowed only if nothing was sent
+        pass
+    slow.close()
+    busy.close()
+
+
+def test_quit_and_term_leave_no_process(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    pids = server.processes()
+    assert server.stop(signal.SIGQUIT) == 0
+    assert not any(os.path.exists(f"/proc/{pid}") and "pyresty" in proc_title(pid) for pid in pids)
+    server2 = make_server(config(), {"app.py": APP}, ready=READY)
+    assert server2.stop(signal.SIGTERM) == 0
+
+
+def test_master_killed_workers_follow(make_server):
+    server = make_server(config("2s"), {"app.py": APP}, ready=READY)
+    workers = [p["pid"] for p in workers_of(server)]
+    os.kill(server.pid, signal.SIGKILL)
+    server.proc.wait(5)
+    wait_for(lambda: not any(os.path.exists(f"/proc/{pid}") and
+                             proc_title(pid).startswith("pyresty") for pid in workers),
+             5, "orphaned workers to exit")
+
+
+def test_drain_for_prestop(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/hello")
+    assert conn.getresponse().getheader("connection") == "keep-alive"
+    result = server.cli("drain", "--timeout", "10s")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "active connections: 0"
+    conn.close()
+    # still serving new connections, with keepalive off
+    _, headers, _ = http_get(server.port, "/hello")
+    assert headers["connection"] == "close"
+
+
+def _load_clients(port: int, stop: threading.Event, counts: dict, lock: threading.Lock) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    while not stop.is_set():
+        reused = conn.sock is not None
+        try:
+            conn.request("GET", "/hello")
+            resp = conn.getresponse()
+            resp.read()
+            key = "ok" if resp.status == 200 else f"status {resp.status}"
+            if resp.getheader("connection") == "close":
+                conn.close()
+        except (ConnectionError, http.client.HTTPException, OSError) as exc:
+            conn.close()
+            key = "retry" if reused else f"error {exc!r}"
+        with lock:
+            counts[key] = counts.get(key, 0) + 1
+    conn.close()
+
+
+def test_reloads_under_keepalive_load_lose_nothing(make_server):
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    counts: dict = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    clients = [threading.Thread(target=_load_clients, args=(server.port, stop, counts, lock))
+               for _ in range(8)]
+    for t in clients:
+        t.start()
+    try:
+        for generation in range(2, 12):
+            reload_and_wait(server, generation)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(15)
+    errors = {k: v for k, v in counts.items() if k not in ("ok", "retry")}
+    assert not errors, counts
+    assert counts.get("ok", 0) > 500
+    assert counts.get("retry", 0) == 0, counts
+
+
+def _fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(l.split()[1]) for l in f if l.startswith("VmRSS:"))
+
+
+@pytest.mark.timeout(240)
+def test_200_reloads_leak_nothing(make_server):
+    server = make_server(config("1s"), {"app.py": APP}, ready=READY)
+    reload_and_wait(server, 2)
+    wait_for(lambda: len(server.processes()) == 3, 10, "old generation gone")
+    fds, rss = _fd_count(server.pid), _rss_kb(server.pid)
+    for generation in range(3, 203):
+        reload_and_wait(server, generation)
+    wait_for(lambda: len(server.processes()) == 3, 15, "only master + 2 workers")
+    assert _fd_count(server.pid) <= fds
+    assert _rss_kb(server.pid) < rss + 4096
+    zombies = [pid for pid in os.listdir("/proc") if pid.isdigit()
+               and _is_zombie_child(int(pid), server.pid)]
+    assert not zombies
+    assert http_get(server.port, "/hello")[0] == 200
+
+
+def _is_zombie_child(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] == "Z" and int(fields[1]) == parent
