@@ -1,5 +1,15 @@
-"""pyresty: the public API (SPEC.md). Everything else is internal."""
+"""pyresty: the public API (SPEC.md). Everything else is internal.
+
+    pyresty.Request                       the object every phase handler receives
+    pyresty.worker / pyresty.process      who this process is; signal the master
+    pyresty.timer                         at / every / cancel, premature on exit
+    pyresty.shared                        dictionaries shared by every process
+    pyresty.pipe / pyresty.shell          non-blocking child processes
+    pyresty.<Name>Error                   what the API raises (see pyresty.errors)
+"""
 from __future__ import annotations
+
+from typing import Any
 
 from pyresty.errors import (
     ConfigError,
@@ -12,6 +22,8 @@ from pyresty.errors import (
     SocketTimeout,
     TimerError,
 )
+from pyresty.runtime import pipe, process, shell, timer, worker
+from pyresty.server.request import Request
 
 __version__ = "0.1.0"
 
@@ -20,9 +32,24 @@ __all__ = [
     "HandlerError",
     "PipeError",
     "PyrestyError",
+    "Request",
     "SharedDictError",
     "SharedDictFull",
     "SocketError",
     "SocketTimeout",
     "TimerError",
+    "pipe",
+    "process",
+    "shared",
+    "shell",
+    "timer",
+    "worker",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # ``pyresty.shared`` pulls in lmdb and redis: import it on first use only.
+    if name == "shared":
+        from pyresty.runtime.shared import shared
+        return shared
+    raise AttributeError(f"module 'pyresty' has no attribute {name!r}")

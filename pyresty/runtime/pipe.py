@@ -219,7 +219,7 @@ class _Child(asyncio.SubprocessProtocol):
 
     def pipe_connection_lost(self, fd: int, exc: Exception | None) -> None:
         if fd == 0:
-            self._lose_stdin("stdin is closed (the child closed it or exited)")
+            self.lose_stdin("stdin is closed (the child closed it or exited)")
             return
         pipe = self.stdout if fd == 1 else self.stderr
         if pipe is not None:
@@ -240,7 +240,7 @@ class _Child(asyncio.SubprocessProtocol):
 
     # -- state --
 
-    def _lose_stdin(self, why: str) -> None:
+    def lose_stdin(self, why: str) -> None:
         if self.stdin_error is None:
             self.stdin_error = why
         self.stdin = None
@@ -255,7 +255,7 @@ class _Child(asyncio.SubprocessProtocol):
             return
         self.finished = True
         _live.pop(self.pid, None)
-        self._lose_stdin("stdin is closed (the child exited)")
+        self.lose_stdin("stdin is closed (the child exited)")
         self.transport.close()
 
     def close_ends(self) -> None:
@@ -474,8 +474,8 @@ class Proc:
 
         Waits while the OS pipe and our queue are full. Returning means the
         data was handed on, not that the child read it. Raises PipeError if
-        stdin was shut down or closed by the child, PipeTimeout (the data
-        stays queued).
+        stdin was shut down, or closed by the child or its exit, PipeTimeout
+        (the data stays queued).
         """
         payload = data.encode() if isinstance(data, str) else bytes(data)
         child = self._child
@@ -496,8 +496,11 @@ class Proc:
     def shutdown(self, which: str) -> None:
         """Close "stdin" (after the queued data is written: the child sees EOF),
         or stop reading "stdout"/"stderr" (buffered data is dropped; the
-        child's next write there fails with SIGPIPE, EPIPE or ECONNRESET). Idempotent. Raises ValueError for another name,
-        PipeError for "stderr" when merged into stdout."""
+        child's next write there fails with SIGPIPE, EPIPE or ECONNRESET).
+
+        Idempotent. Raises ValueError for another name, PipeError for
+        "stderr" when merged into stdout.
+        """
         if which == "stdin":
             self._shutdown_stdin()
         elif which in ("stdout", "stderr"):
@@ -511,7 +514,7 @@ class Proc:
     def _shutdown_stdin(self) -> None:
         child = self._child
         stdin = child.stdin
-        child._lose_stdin("stdin is shut down")
+        child.lose_stdin("stdin is shut down")
         if stdin is not None:
             if stdin.can_write_eof():
                 stdin.write_eof()  # flushes the queue first
