@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyresty.errors import (
+__version__ = "0.1.0"  # before the imports below: pyresty.http reads it
+
+from pyresty.errors import (  # noqa: E402
     ConfigError,
     HandlerError,
     PipeError,
@@ -24,8 +26,6 @@ from pyresty.errors import (
 )
 from pyresty.runtime import pipe, process, shell, timer, worker
 from pyresty.server.request import Request
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
