@@ -32,6 +32,9 @@ MAX_FIELDS = 100
 MAX_HEAD = MAX_TARGET + MAX_FIELDS_SIZE + 1024
 
 
+_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+
+
 class HttpError(Exception):
     """A request the server must refuse with ``status`` and then close."""
 
@@ -54,7 +57,8 @@ class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
     __slots__ = ("_sink", "_parser", "_target", "_target_len", "_fields", "_fields_size",
-                 "_in_head", "_head_bytes", "_error", "upgraded", "upgrade_data")
+                 "_in_head", "_head_bytes", "_error", "upgraded", "upgrade_data",
+                 "content_length", "chunked")
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
@@ -68,6 +72,8 @@ class RequestParser:
         self._error: HttpError | None = None
         self.upgraded = False
         self.upgrade_data = b""
+        self.content_length: int | None = None   # of the request whose head was parsed last
+        self.chunked = False
 
     @property
     def in_head(self) -> bool:
@@ -109,6 +115,13 @@ class RequestParser:
         self._target_len = 0
         self._fields = []
         self._fields_size = 0
+        self.content_length = None
+        self.chunked = False
+
+    @property
+    def body_expected(self) -> bool:
+        """Whether the request whose head was just parsed has a body to come."""
+        return self.chunked or bool(self.content_length)
 
     def on_url(self, piece: bytes) -> None:
         self._target_len += len(piece)
@@ -121,16 +134,25 @@ class RequestParser:
         if size > MAX_FIELD_LINE:
             self._fail(431, "request header line too long")
         self._fields_size += size
-        self._fields.append((name, value))
-        if self._fields_size > MAX_FIELDS_SIZE or len(self._fields) > MAX_FIELDS:
+        fields = self._fields
+        fields.append((name, value))
+        if self._fields_size > MAX_FIELDS_SIZE or len(fields) > MAX_FIELDS:
             self._fail(431, "request header fields too large")
+        length = len(name)
+        if length == 14 or length == 17:  # len("content-length"), len("transfer-encoding")
+            lowered = name.lower()
+            if lowered == b"content-length":
+                self.content_length = int(value)   # llhttp has checked the digits
+            elif lowered == b"transfer-encoding":
+                self.chunked = True
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
         target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
         try:
-            self._sink.on_head(parser.get_method().decode("ascii"), target,
+            method = parser.get_method()
+            self._sink.on_head(_METHODS.get(method) or method.decode("ascii"), target,
                                parser.get_http_version(), self._fields,
                                parser.should_keep_alive(), parser.should_upgrade())
         except HttpError as exc:

@@ -100,8 +100,9 @@ class HttpConnection(asyncio.Protocol):
         self._drain_waiter = self._body_waiter = None
 
     def data_received(self, data: bytes) -> None:
-        if self.current is None and self.deadline_kind is not Deadline.HEAD:
-            self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
+        if self.deadline_kind is Deadline.IDLE:
+            self.deadline_kind = Deadline.HEAD
+            self.deadline = self.app.now + self.server_conf.client_header_timeout
         try:
             self.parser.feed(data)
         except HttpError as exc:
@@ -137,22 +138,31 @@ class HttpConnection(asyncio.Protocol):
     def on_head(self, method: str, target: bytes, version: str,
                 fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
         req = Request(self, method, target, version, fields, keep_alive, upgrade)
-        req.start_time = self.loop.time()
+        app = self.app
+        if app.timing:
+            req.start_time = self.loop.time()
         self.requests += 1
         if self.requests >= self.server_conf.keepalive_requests:
             req.keep_alive = False
-        self.app.route(req, self)
-        length = req.header(b"content-length")
-        if length is not None and int(length) > req.route.client_max_body_size:
-            raise HttpError(413, "request body too large")
-        if length is None and req.header(b"transfer-encoding") is None:
-            req.end_body()
+        app.route(req, self)
         self.parsing = req
+        if self.parser.body_expected:
+            length = self.parser.content_length
+            if length is not None and length > req.route.client_max_body_size > 0:
+                raise HttpError(413, "request body too large")
+            # A handler may read the body as it arrives (or answer 100-continue
+            # first): start it now.
+            self._start_or_queue(req)
+        # else: started by on_end, in the same feed, once the message is complete
+
+    def _start_or_queue(self, req: Request) -> None:
+        req.queued = True
         if self.current is None:
             self.current = req
-            self.clear_deadline()
+            self.deadline_kind = Deadline.NONE
+            self.deadline = INF
             self.app.dispatch(req)
-        else:
+        elif req is not self.current:
             self.pending.append(req)
             if len(self.pending) >= MAX_PIPELINED and not self._reading_paused:
                 self._reading_paused = True
@@ -162,7 +172,8 @@ class HttpConnection(asyncio.Protocol):
         req = self.parsing
         if req is None:
             return
-        if req._body_size + len(data) > req.route.client_max_body_size:
+        limit = req.route.client_max_body_size
+        if req._body_size + len(data) > limit > 0:
             raise HttpError(413, "request body too large")
         req.feed_body(data)
         if req is self.current and self.deadline_kind is Deadline.BODY:
@@ -172,11 +183,15 @@ class HttpConnection(asyncio.Protocol):
     def on_end(self) -> None:
         req = self.parsing
         self.parsing = None
-        if req is not None:
-            req.end_body()
-        if req is self.current and self.deadline_kind is Deadline.BODY:
-            self.clear_deadline()
-        self._wake_body()
+        if req is None:
+            return
+        req._body_done = True
+        if req is self.current:
+            if self.deadline_kind is Deadline.BODY:
+                self.clear_deadline()
+            self._wake_body()
+        elif not req.queued:
+            self._start_or_queue(req)
 
     # used by Request
     def write(self, data: bytes) -> None:
@@ -298,8 +313,10 @@ class HttpConnection(asyncio.Protocol):
         return self.current is None and not self.pending and not self.parser.in_head
 
     def set_deadline(self, kind: Deadline, timeout: float) -> None:
+        """Arm the deadline ``timeout`` from now, on the server's coarse clock
+        (updated every sweep: deadlines are checked no more often than that)."""
         self.deadline_kind = kind
-        self.deadline = self.loop.time() + timeout
+        self.deadline = self.app.now + timeout
 
     def clear_deadline(self) -> None:
         self.deadline_kind = Deadline.NONE

@@ -177,7 +177,7 @@ def _fail(r: Request) -> None:
         r.keep_alive = False
         r.conn.abort()
         return
-    r.headers_out = type(r.headers_out)()
+    r._headers_out = None
     _exit_response(r, 500)
 
 

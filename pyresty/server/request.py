@@ -45,53 +45,71 @@ def _as_bytes(part: Any) -> bytes:
 
 
 class Request:
-    """One HTTP request and its response, shared by every phase that handles it."""
+    """One HTTP request and its response, shared by every phase that handles it.
 
-    __slots__ = (
-        "conn", "method", "uri", "path", "query", "http_version", "_fields", "_headers",
-        "_args", "ctx", "status", "headers_out", "keep_alive", "upgrade", "route", "server",
-        "started", "finished", "eof", "start_time", "bytes_sent", "body_bytes_sent",
-        "_out", "_out_size", "_chunked", "_body", "_body_size", "_body_done", "_body_waiter",
-        "_continue_sent", "upstream_addr", "upstream_status", "upstream_response_time",
-    )
+    Most per-request state starts as a class attribute and becomes an instance
+    attribute only when a request changes it: the constructor is on the hot
+    path and sets just what every request has.
+    """
+
+    status = 200
+    queued = False          # handed to the connection's dispatch queue
+    route: Any = None
+    server: Any = None
+    started = False
+    finished = False
+    eof = False
+    start_time = 0.0
+    bytes_sent = 0
+    body_bytes_sent = 0
+    _headers: Headers | None = None
+    _headers_out: Headers | None = None
+    _args: dict[str, list[str]] | None = None
+    _ctx: dict[str, Any] | None = None
+    _out_size = 0
+    _chunked = False
+    _body: list[bytes] | None = None
+    _body_size = 0
+    _body_done = False
+    _continue_sent = False
+    upstream_addr: str | None = None
+    upstream_status: int | None = None
+    upstream_response_time: float | None = None
 
     def __init__(self, conn: HttpConnection, method: str, target: bytes, version: str,
                  fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
         self.conn = conn
         self.method = method
-        self.uri = target.decode("latin-1")
-        raw_path, _, self.query = self.uri.partition("?")
+        self.uri = uri = target.decode("latin-1")
+        raw_path, _, self.query = uri.partition("?")
         if raw_path[:1] != "/":
             raw_path = _origin_path(raw_path)
         self.path: str = unquote(raw_path) if "%" in raw_path else raw_path
         self.http_version = version
         self._fields = fields
-        self._headers: Headers | None = None
-        self._args: dict[str, list[str]] | None = None
-        self.ctx: dict[str, Any] = {}
-        self.status = 200
-        self.headers_out = Headers()
         self.keep_alive = keep_alive
         self.upgrade = upgrade
-        self.route: Any = None
-        self.server: Any = None
-        self.started = False
-        self.finished = False
-        self.eof = False
-        self.start_time = 0.0
-        self.bytes_sent = 0
-        self.body_bytes_sent = 0
         self._out: list[bytes] = []
-        self._out_size = 0
-        self._chunked = False
-        self._body: list[bytes] = []
-        self._body_size = 0
-        self._body_done = False
-        self._body_waiter: Any = None
-        self._continue_sent = False
-        self.upstream_addr: str | None = None
-        self.upstream_status: int | None = None
-        self.upstream_response_time: float | None = None
+
+    @property
+    def ctx(self) -> dict[str, Any]:
+        """A dict for this request, shared by all its phases."""
+        ctx = self._ctx
+        if ctx is None:
+            ctx = self._ctx = {}
+        return ctx
+
+    @property
+    def headers_out(self) -> Headers:
+        """Response header fields; set before the response starts."""
+        headers = self._headers_out
+        if headers is None:
+            headers = self._headers_out = Headers()
+        return headers
+
+    @headers_out.setter
+    def headers_out(self, value: Headers) -> None:
+        self._headers_out = value
 
     # request side
     @property
@@ -135,10 +153,12 @@ class Request:
                     self._continue_sent = True
                     self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             await self.conn.wait_body(self)
-        return b"".join(self._body)
+        return b"".join(self._body) if self._body else b""
 
     # called by the connection as body bytes arrive
     def feed_body(self, data: bytes) -> None:
+        if self._body is None:
+            self._body = []
         self._body.append(data)
         self._body_size += len(data)
 
@@ -152,15 +172,27 @@ class Request:
     # response side
     async def say(self, *parts: Any) -> None:
         """Buffer ``parts`` and a newline for the response body."""
-        await self.print(*parts, "\n")
+        out = self._out
+        size = self._out_size
+        for part in parts:
+            data = part.encode("utf-8") if type(part) is str else _as_bytes(part)
+            out.append(data)
+            size += len(data)
+        out.append(b"\n")
+        self._out_size = size + 1
+        if size >= STREAM_AFTER:
+            await self.flush()
 
     async def print(self, *parts: Any) -> None:
         """Buffer ``parts`` (str, bytes, or anything else as ``str(part)``) for the body."""
+        out = self._out
+        size = self._out_size
         for part in parts:
             data = part.encode("utf-8") if type(part) is str else _as_bytes(part)
-            self._out.append(data)
-            self._out_size += len(data)
-        if self._out_size >= STREAM_AFTER:
+            out.append(data)
+            size += len(data)
+        self._out_size = size
+        if size >= STREAM_AFTER:
             await self.flush()
 
     async def flush(self) -> None:
@@ -218,27 +250,33 @@ class Request:
             route.header_filter(self)
         self.started = True
         status = self.status
-        headers_out = self.headers_out
+        headers_out = self._headers_out
         conn = self.conn
         keep_alive = self.keep_alive and conn.keepalive_allowed(self)
         parts = [wire.status_line(status), wire.date_lines()]
+        has_type = has_length = False
         if headers_out:
             for name, value in headers_out.fields():
                 parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        if "content-type" not in headers_out and not wire.bodiless(status):
-            parts.append(b"Content-Type: text/plain\r\n")
-        if length is None and "content-length" not in headers_out and not wire.bodiless(status):
-            if self.http_version == "1.1":
+            has_type = "content-type" in headers_out
+            has_length = "content-length" in headers_out
+        bodiless = status < 200 or status == 204 or status == 304
+        if not bodiless:
+            if not has_type:
+                parts.append(b"Content-Type: text/plain\r\n")
+            if has_length:
+                pass
+            elif length is not None:
+                parts.append(b"Content-Length: %d\r\n" % length)
+            elif self.http_version == "1.1":
                 self._chunked = True
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
-                keep_alive = False
-        elif length is not None and "content-length" not in headers_out and not wire.bodiless(status):
-            parts.append(b"Content-Length: %d\r\n" % length)
+                keep_alive = False   # HTTP/1.0: the end of the body is the end of the connection
         if not keep_alive:
             self.keep_alive = False
         parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        if body and not (self.method == "HEAD" or wire.bodiless(status)):
+        if body and not (bodiless or self.method == "HEAD"):
             self.body_bytes_sent += len(body)
             parts.append(wire.chunk(body) if self._chunked else body)
         head = b"".join(parts)

@@ -64,6 +64,8 @@ class HttpServer:
                 opened[path] = AccessLog(path)
             self._access_logs[id(server)] = opened.get(path) if path else None
         self._static: Callable[..., Any] | None = None
+        self.now = loop.time()      # coarse clock for connection deadlines, set every sweep
+        self.timing = any(self._access_logs.values())   # stamp requests only when logged
 
     # listening
     async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:
@@ -133,7 +135,7 @@ class HttpServer:
         self.refused_total += 1
 
     def _sweep(self) -> None:
-        now = self.loop.time()
+        self.now = now = self.loop.time()
         for conn in [c for c in self.connections if c.deadline <= now]:
             try:
                 conn.expire()
