@@ -24,7 +24,8 @@ from pyresty.errors import (  # noqa: E402
     SocketTimeout,
     TimerError,
 )
-from pyresty.runtime import pipe, process, shell, timer, worker
+from pyresty import process
+from pyresty.runtime import pipe, shell, timer, worker
 from pyresty.server.request import Request
 
 __all__ = [

@@ -69,6 +69,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import fcntl
+import hashlib
 import heapq
 import inspect
 import itertools
@@ -77,6 +79,7 @@ import math
 import os
 import secrets
 import socket
+import tempfile
 from typing import Any, Awaitable, Callable
 
 from pyresty.errors import TimerError
@@ -213,6 +216,47 @@ class Lease:
             await self.store.delete(self.key)
 
 
+class LockLease:
+    """The lease of a ``once=True`` job: an flock on a file of this server.
+
+    Only the designated process (agent, else worker 0) ever asks for it, but
+    during a reload two of them exist (the old generation's, finishing, and
+    the new one's): the lock keeps the job from running in both at once. The
+    kernel drops the lock when its holder exits, however it exits.
+    """
+
+    __slots__ = ("key", "ttl", "path", "fd")
+
+    def __init__(self, key: str, ttl: float) -> None:
+        self.key = key
+        self.ttl = ttl
+        folder = os.path.join(tempfile.gettempdir(), "pyresty-" + hashlib.sha1(
+            identity.current.prefix.encode()).hexdigest()[:12])
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        self.path = os.path.join(folder, hashlib.sha1(key.encode()).hexdigest()[:16] + ".lock")
+        self.fd: int | None = None
+
+    async def held(self) -> bool:
+        return self.fd is not None
+
+    async def acquire(self) -> bool:
+        if self.fd is not None:
+            return True
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        self.fd = fd
+        return True
+
+    async def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)   # closing drops the flock
+            self.fd = None
+
+
 def _default_lease_store(name: str) -> Any:
     """``pyresty.shared[name]``, imported on first use (the dicts open after fork)."""
     import pyresty
@@ -301,7 +345,9 @@ class TimerScheduler:
         if once is True and not self._runs_once_jobs():
             return Timer(None, callback, args, interval)      # never fires, never pending
         timer = Timer(self, callback, args, interval)
-        if isinstance(once, str):
+        if once is True:
+            timer._lease = LockLease(f"pyresty:once:{timer.name}", interval)  # type: ignore[assignment]
+        elif isinstance(once, str):
             key = f"pyresty:once:{timer.name}"
             timer._lease = Lease(self.lease_store(once), key, max(LEASE_INTERVALS * interval, LEASE_MIN_TTL))
         timer._origin = self.loop.time()
