@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyresty.http import response as wire
 from pyresty.http.parser import HttpError, RequestParser
+from pyresty.server.phases import start
 from pyresty.server.request import Request
 
 if TYPE_CHECKING:
@@ -54,12 +55,14 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
                  "current", "parsing", "pending", "requests", "closed", "closing",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
-                 "loop", "_reading_paused")
+                 "loop", "_reading_paused", "shared_listen", "route_cache")
 
     def __init__(self, app: HttpServer, listen: Listen) -> None:
         self.app = app
         self.listen = listen
         self.server_conf = app.default_server(listen)
+        self.shared_listen = app.shares_listen(listen)
+        self.route_cache = app.route_cache(self.server_conf)
         self.loop = app.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.parser = RequestParser(self)
@@ -146,8 +149,9 @@ class HttpConnection(asyncio.Protocol):
             req.keep_alive = False
         app.route(req, self)
         self.parsing = req
-        if self.parser.body_expected:
-            length = self.parser.content_length
+        parser = self.parser
+        if parser.chunked or parser.content_length:
+            length = parser.content_length
             if length is not None and length > req.route.client_max_body_size > 0:
                 raise HttpError(413, "request body too large")
             # A handler may read the body as it arrives (or answer 100-continue
@@ -161,7 +165,7 @@ class HttpConnection(asyncio.Protocol):
             self.current = req
             self.deadline_kind = Deadline.NONE
             self.deadline = INF
-            self.app.dispatch(req)
+            start(self.app, req)
         elif req is not self.current:
             self.pending.append(req)
             if len(self.pending) >= MAX_PIPELINED and not self._reading_paused:
@@ -275,14 +279,16 @@ class HttpConnection(asyncio.Protocol):
                 self._reading_paused = False
                 self.transport.resume_reading()
             self.current = nxt
-            self.app.dispatch(nxt)
+            start(self.app, nxt)
             return
-        if self.app.draining:
-            self.set_deadline(Deadline.LINGER, self.app.linger)
+        app = self.app
+        if app.draining:
+            self.set_deadline(Deadline.LINGER, app.linger)
         elif self.parser.in_head:
             self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
         else:
-            self.set_deadline(Deadline.IDLE, self.server_conf.keepalive_timeout)
+            self.deadline_kind = Deadline.IDLE
+            self.deadline = app.now + self.server_conf.keepalive_timeout
 
     # errors and closing
     def refuse(self, status: int, reason: str) -> None:

@@ -139,7 +139,9 @@ async def handle(app: HttpServer, r: Request) -> None:
             log.error("filter failed on %s %s", r.method, r.uri, exc_info=True)
             r.finished = True
             conn.abort()
-    _log_request(app, r, r.status)
+    app.requests_total += 1
+    if app.timing:
+        _access_log(app, r, r.status)
     conn.request_done(r)
     if r.route.log is not None:
         await _log_phase(r)
@@ -183,6 +185,11 @@ def _fail(r: Request) -> None:
 
 def _log_request(app: HttpServer, r: Request, status: int) -> None:
     app.requests_total += 1
+    if app.timing:
+        _access_log(app, r, status)
+
+
+def _access_log(app: HttpServer, r: Request, status: int) -> None:
     access_log = app.access_log_for(r)
     if access_log is not None:
         access_log.write(r, status, app.loop.time())

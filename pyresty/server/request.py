@@ -18,6 +18,7 @@ from urllib.parse import parse_qs, unquote
 
 from pyresty.http import response as wire
 from pyresty.http.headers import Headers
+from pyresty.http.response import STATUS_LINES, date_lines
 
 if TYPE_CHECKING:
     from pyresty.server.connection import HttpConnection
@@ -253,7 +254,7 @@ class Request:
         headers_out = self._headers_out
         conn = self.conn
         keep_alive = self.keep_alive and conn.keepalive_allowed(self)
-        parts = [wire.status_line(status), wire.date_lines()]
+        parts = [STATUS_LINES.get(status) or wire.status_line(status), date_lines()]
         has_type = has_length = False
         if headers_out:
             for name, value in headers_out.fields():
@@ -281,7 +282,8 @@ class Request:
             parts.append(wire.chunk(body) if self._chunked else body)
         head = b"".join(parts)
         self.bytes_sent += len(head)
-        conn.write(head)
+        if not conn.closed:
+            conn.transport.write(head)
 
     def _write_body(self, data: bytes) -> None:
         if self.method == "HEAD" or wire.bodiless(self.status):
@@ -298,7 +300,12 @@ class Request:
             return
         self.finished = True
         if not self.started:
-            body = self._take_output(eof=True)
+            route = self.route
+            if route is None or route.body_filter is None:
+                out = self._out
+                body = out[0] if len(out) == 1 else b"".join(out)
+            else:
+                body = self._take_output(eof=True)
             self._start(len(body), body)
             return
         data = self._take_output(eof=True)

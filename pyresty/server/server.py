@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyresty.http")
 
 SWEEP_INTERVAL = 0.25   # how often connection deadlines are checked (s)
+ROUTE_CACHE_SIZE = 4096  # paths remembered per server (random paths only restart it)
 LINGER = 0.1            # how long an idle connection may still bring a request at shutdown (s)
 BACKLOG = 511           # nginx's default listen backlog
 
@@ -64,6 +65,7 @@ class HttpServer:
                 opened[path] = AccessLog(path)
             self._access_logs[id(server)] = opened.get(path) if path else None
         self._static: Callable[..., Any] | None = None
+        self._route_caches: dict[int, dict[str, phases.Route]] = {id(s): {} for s in config.servers}
         self.now = loop.time()      # coarse clock for connection deadlines, set every sweep
         self.timing = any(self._access_logs.values())   # stamp requests only when logged
 
@@ -150,33 +152,46 @@ class HttpServer:
     # requests
     def route(self, req: Request, conn: HttpConnection) -> None:
         """Choose the virtual server and location for a new request."""
-        server = conn.server_conf
-        if conn.listen in self._shared_listen:
+        if conn.shared_listen:
             host = req.header(b"host")
             server = self.router.server_for(conn.listen, host.decode("latin-1") if host else None)
-        req.server = server
-        self._set_route(req, server)
+            req.server = server
+            req.route = self.route_for(server, req.path)
+            return
+        req.server = conn.server_conf
+        route = conn.route_cache.get(req.path)
+        if route is None:
+            route = self.route_for(conn.server_conf, req.path)
+        req.route = route
 
     def rematch(self, req: Request) -> None:
-        self._set_route(req, req.server)
+        req.route = self.route_for(req.server, req.path)
 
-    def _set_route(self, req: Request, server: Server) -> None:
-        loc = self.router.match(server, req.path)
-        if loc is None:
-            req.route = self.fallback
-        else:
-            req.route = self.routes[id(loc)]
+    def route_for(self, server: Server, path: str) -> phases.Route:
+        """The route of ``path`` in ``server``; remembered, since paths repeat."""
+        cache = self._route_caches[id(server)]
+        route = cache.get(path)
+        if route is None:
+            loc = self.router.match(server, path)
+            route = self.fallback if loc is None else self.routes[id(loc)]
+            if len(cache) >= ROUTE_CACHE_SIZE:
+                cache.clear()
+            cache[path] = route
+        return route
 
-    def dispatch(self, req: Request) -> None:
-        phases.start(self, req)
+    def route_cache(self, server: Server) -> dict[str, phases.Route]:
+        return self._route_caches[id(server)]
+
+    def shares_listen(self, listen: Listen) -> bool:
+        """Whether several servers listen on ``listen`` (so Host chooses)."""
+        return listen in self._shared_listen
 
     def track(self, task: asyncio.Task[None]) -> None:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     def access_log_for(self, req: Request) -> AccessLog | None:
-        server = req.server
-        return self._access_logs.get(id(server)) if server is not None else None
+        return self._access_logs.get(id(req.server))
 
     async def serve_static(self, r: Request, location: Location) -> None:
         if self._static is None:
