@@ -16,14 +16,17 @@ class Headers(MutableMapping[str, str]):
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         # lowercased name -> [spelling, value, value, ...]
         self._fields: dict[str, list[str]] = {}
-        for name, value in items:
-            self.add(name, value)
+        if items:
+            for name, value in items:
+                self.add(name, value)
 
     def __getitem__(self, name: str) -> str:
         return self._fields[name.lower()][1]
 
     def __setitem__(self, name: str, value: object) -> None:
-        if isinstance(value, (list, tuple)):
+        if value.__class__ is str:
+            self._fields[name.lower()] = [name, value]  # type: ignore[list-item]
+        elif isinstance(value, (list, tuple)):
             self._fields[name.lower()] = [name, *map(str, value)]
         else:
             self._fields[name.lower()] = [name, str(value)]
@@ -56,6 +59,15 @@ class Headers(MutableMapping[str, str]):
             self._fields[name.lower()] = [name, str(value)]
         else:
             field.append(str(value))
+
+    def encode(self) -> bytes:
+        """Every field as ``Name: value\r\n`` lines (latin-1, as HTTP/1.1 allows)."""
+        return "".join([f"{field[0]}: {value}\r\n" for field in self._fields.values()
+                        for value in field[1:]]).encode("latin-1")
+
+    def has(self, lowered: str) -> bool:
+        """``lowered in self`` for a name already in lower case (no lower() call)."""
+        return lowered in self._fields
 
     def fields(self) -> Iterator[tuple[str, str]]:
         """Every (name, value) pair, one per field line."""

@@ -130,15 +130,15 @@ class RequestParser:
         self._target.append(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        size = len(name) + len(value) + 4
+        length = len(name)
+        size = length + len(value) + 4
         if size > MAX_FIELD_LINE:
             self._fail(431, "request header line too long")
-        self._fields_size += size
+        total = self._fields_size = self._fields_size + size
         fields = self._fields
         fields.append((name, value))
-        if self._fields_size > MAX_FIELDS_SIZE or len(fields) > MAX_FIELDS:
+        if total > MAX_FIELDS_SIZE or len(fields) > MAX_FIELDS:
             self._fail(431, "request header fields too large")
-        length = len(name)
         if length == 14 or length == 17:  # len("content-length"), len("transfer-encoding")
             lowered = name.lower()
             if lowered == b"content-length":

@@ -257,10 +257,9 @@ class Request:
         parts = [STATUS_LINES.get(status) or wire.status_line(status), date_lines()]
         has_type = has_length = False
         if headers_out:
-            for name, value in headers_out.fields():
-                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-            has_type = "content-type" in headers_out
-            has_length = "content-length" in headers_out
+            parts.append(headers_out.encode())
+            has_type = headers_out.has("content-type")
+            has_length = headers_out.has("content-length")
         bodiless = status < 200 or status == 204 or status == 304
         if not bodiless:
             if not has_type:
