@@ -88,6 +88,7 @@ class WorkerProcess:
         self._exit_hook: Callable[..., Any] | None = None
         self.state = "starting"
         self.shutdown_started = 0.0
+        self.access_logs: dict[str, Any] = {}
 
     # entry point
     def run(self) -> int:
@@ -96,6 +97,13 @@ class WorkerProcess:
         identity.become(self.role, self.worker_id, max(self.config.workers, 1), self.generation,
                         self.master_pid, self.config.prefix)
         setproctitle.setproctitle(title_for(self.role, self.worker_id))
+        if self.role is not Role.AGENT:
+            from pyresty.server.server import open_access_logs
+            try:
+                self.access_logs = open_access_logs(self.config)
+            except OSError as exc:
+                log.critical("cannot open the access log: %s", exc)
+                return WORKER_BOOT_ERROR
         try:
             self._drop_privileges()
         except BootError as exc:
@@ -158,7 +166,7 @@ class WorkerProcess:
         if self.role is not Role.AGENT:
             from pyresty.server.server import HttpServer
             try:
-                self.server = HttpServer(config, self.loop, loader.resolve)
+                self.server = HttpServer(config, self.loop, loader.resolve, self.access_logs)
             except Exception as exc:
                 raise BootError(f"cannot load handlers: {exc}") from exc
         init = self._hook("init_worker")

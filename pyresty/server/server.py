@@ -31,9 +31,16 @@ LINGER = 0.1            # how long an idle connection may still bring a request 
 BACKLOG = 511           # nginx's default listen backlog
 
 
+def open_access_logs(config: Config) -> dict[str, AccessLog]:
+    """Every access log of ``config``, by path (opened before privileges drop)."""
+    return {server.access_log: AccessLog(server.access_log)
+            for server in config.servers if server.access_log}
+
+
 class HttpServer:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
-                 resolve: Callable[..., Callable[..., Any]]) -> None:
+                 resolve: Callable[..., Callable[..., Any]],
+                 access_logs: dict[str, AccessLog] | None = None) -> None:
         self.config = config
         self.loop = loop
         self.router = Router(config.servers)
@@ -57,13 +64,10 @@ class HttpServer:
                     self._shared_listen.add(listen)
                 else:
                     self._defaults[listen] = server
-        self._access_logs: dict[int, AccessLog | None] = {}
-        opened: dict[str, AccessLog] = {}
-        for server in config.servers:
-            path = server.access_log
-            if path is not None and path not in opened:
-                opened[path] = AccessLog(path)
-            self._access_logs[id(server)] = opened.get(path) if path else None
+        opened = access_logs if access_logs is not None else open_access_logs(config)
+        self._access_logs: dict[int, AccessLog | None] = {
+            id(server): opened.get(server.access_log) if server.access_log else None
+            for server in config.servers}
         self._static: Callable[..., Any] | None = None
         self._route_caches: dict[int, dict[str, phases.Route]] = {id(s): {} for s in config.servers}
         self.now = loop.time()      # coarse clock for connection deadlines, set every sweep

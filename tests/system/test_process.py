@@ -356,3 +356,48 @@ def _is_zombie_child(pid: int, parent: int) -> bool:
     except OSError:
         return False
     return fields[0] == "Z" and int(fields[1]) == parent
+
+
+def test_workers_drop_to_user_when_root():
+    import pathlib
+    import pwd
+    import shutil
+    import tempfile
+
+    from harness import Pyresty
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change user")
+    nobody = pwd.getpwnam("nobody")
+    # the prefix must be readable by nobody (pytest's tmp folders are 0700)
+    prefix = tempfile.mkdtemp(prefix="pyresty-user-")
+    os.chmod(prefix, 0o755)
+    try:
+        server = Pyresty(pathlib.Path(prefix), '''
+            workers = 2
+            user = "nobody"
+            privileged_agent = true
+            [status]
+            listen = "127.0.0.1:{port2}"
+            [[server]]
+            listen = "127.0.0.1:{port}"
+            access_log = "logs/access.log"
+            [[server.location]]
+            path = "= /hello"
+            content = "app:hello"
+        ''', {"app.py": APP})
+        os.chmod(os.path.join(prefix, "app.py"), 0o644)
+        server.start(ready=READY)
+        try:
+            assert http_get(server.port, "/hello")[0] == 200
+            uids: dict[str, set[int]] = {}
+            for pid in server.processes():
+                with open(f"/proc/{pid}/status") as f:
+                    uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
+                role = proc_title(pid).split(" process")[0]
+                uids.setdefault(role, set()).add(uid)
+            assert uids == {"pyresty: master": {0}, "pyresty: worker": {nobody.pw_uid},
+                            "pyresty: privileged agent": {0}}
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
