@@ -57,7 +57,7 @@ class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
     __slots__ = ("_sink", "_parser", "_target", "_target_len", "_fields", "_fields_size",
-                 "_in_head", "_head_bytes", "_error", "upgraded", "upgrade_data",
+                 "_in_head", "_head_bytes", "_error",
                  "content_length", "chunked")
 
     def __init__(self, sink: RequestSink) -> None:
@@ -70,8 +70,6 @@ class RequestParser:
         self._in_head = False
         self._head_bytes = 0
         self._error: HttpError | None = None
-        self.upgraded = False
-        self.upgrade_data = b""
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
 
@@ -86,8 +84,13 @@ class RequestParser:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            self.upgraded = True
-            self.upgrade_data = data[exc.args[0]:] if exc.args else b""
+            # llhttp stops at a request asking for Upgrade (RFC 9110 §7.8). No
+            # handler switches protocols yet, so the connection stays HTTP/1.1:
+            # go on with a fresh parser from the first byte after that request.
+            rest = data[exc.args[0]:] if exc.args else b""
+            self._parser = httptools.HttpRequestParser(self)
+            if rest:
+                self.feed(rest)
             return
         except httptools.HttpParserCallbackError:
             error, self._error = self._error, None

@@ -55,7 +55,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
                  "current", "parsing", "pending", "requests", "closed", "closing",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
-                 "loop", "_reading_paused", "shared_listen", "route_cache")
+                 "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed")
 
     def __init__(self, app: HttpServer, listen: Listen) -> None:
         self.app = app
@@ -74,6 +74,7 @@ class HttpConnection(asyncio.Protocol):
         self.requests = 0
         self.closed = False
         self.closing = False
+        self.half_closed = False
         self._write_paused = False
         self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -116,12 +117,13 @@ class HttpConnection(asyncio.Protocol):
             self.abort()
 
     def eof_received(self) -> bool | None:
-        # The client half-closed: answer what is queued, then close (return False).
+        # The client half-closed (RFC 9112 §9.6 allows it after its last request):
+        # answer everything already received, then close.
+        self.half_closed = True
         if self.current is None and not self.pending:
             self.close()
-        else:
-            self.closing = True
-        return False
+            return False
+        return True  # keep our half open until the queue is answered
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -228,7 +230,7 @@ class HttpConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def keepalive_allowed(self, req: Request) -> bool:
-        if self.closing or self.app.draining:
+        if self.closing or self.half_closed or self.app.draining:
             return False
         if not req.body_complete:
             # The client may be holding the body back for a 100 Continue we never sent.
@@ -270,9 +272,15 @@ class HttpConnection(asyncio.Protocol):
         self.current = None
         if self.closed:
             return
-        if not req.keep_alive or self.closing:
+        if self.pending and (req.keep_alive or self.half_closed) and not self.closing:
+            self._next_request()
+            return
+        if not req.keep_alive or self.closing or self.half_closed:
             self.close()
             return
+        self._wait_for_request()
+
+    def _next_request(self) -> None:
         if self.pending:
             nxt = self.pending.popleft()
             if self._reading_paused and len(self.pending) < MAX_PIPELINED // 2:
@@ -280,7 +288,8 @@ class HttpConnection(asyncio.Protocol):
                 self.transport.resume_reading()
             self.current = nxt
             start(self.app, nxt)
-            return
+
+    def _wait_for_request(self) -> None:
         app = self.app
         if app.draining:
             self.set_deadline(Deadline.LINGER, app.linger)

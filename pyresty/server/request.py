@@ -310,7 +310,7 @@ class Request:
         data = self._take_output(eof=True)
         if data:
             self._write_body(data)
-        if self._chunked:
+        if self._chunked and self.method != "HEAD":
             self.bytes_sent += 5
             self.conn.write(wire.LAST_CHUNK)
 
