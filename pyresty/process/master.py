@@ -146,6 +146,7 @@ class Master:
         if self.dev:
             from pyresty.process.devwatch import start_watcher
             start_watcher(config, self.pid)
+        _preload_server_modules()
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
         try:
@@ -528,6 +529,15 @@ class Master:
             sock.close()
         remove_pid(self.config.pid)
         log.log(errorlog.NOTICE, "exit")
+
+
+def _preload_server_modules() -> None:
+    """Import pyresty's own serving modules once, in the master, so every forked
+    worker starts with them loaded (a reload then costs a fork, not an import).
+    User code is never imported here."""
+    import pyresty  # noqa: F401  (the public API handlers import)
+    import pyresty.server.server  # noqa: F401
+    import pyresty.server.static  # noqa: F401
 
 
 def _rss(pid: int) -> int:
