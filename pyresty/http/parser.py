@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from types import SimpleNamespace
+
 import httptools
 
 MAX_TARGET = 8 * 1024
@@ -57,19 +59,23 @@ class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
     __slots__ = ("_sink", "_parser", "_target", "_target_len", "_fields", "_fields_size",
-                 "_in_head", "_head_bytes", "_error",
-                 "content_length", "chunked")
+                 "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked")
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
-        self._parser = httptools.HttpRequestParser(self)
+        # httptools looks its callbacks up once, by name: body and message-end
+        # events go straight to the sink, with no frame of ours in between.
+        self._callbacks = SimpleNamespace(
+            on_message_begin=self.on_message_begin, on_url=self.on_url,
+            on_header=self.on_header, on_headers_complete=self.on_headers_complete,
+            on_body=sink.on_body, on_message_complete=sink.on_end)
+        self._parser = httptools.HttpRequestParser(self._callbacks)
         self._target: list[bytes] = []
         self._target_len = 0
         self._fields: list[tuple[bytes, bytes]] = []
         self._fields_size = 0
         self._in_head = False
         self._head_bytes = 0
-        self._error: HttpError | None = None
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
 
@@ -88,15 +94,15 @@ class RequestParser:
             # handler switches protocols yet, so the connection stays HTTP/1.1:
             # go on with a fresh parser from the first byte after that request.
             rest = data[exc.args[0]:] if exc.args else b""
-            self._parser = httptools.HttpRequestParser(self)
+            self._parser = httptools.HttpRequestParser(self._callbacks)
             if rest:
                 self.feed(rest)
             return
-        except httptools.HttpParserCallbackError:
-            error, self._error = self._error, None
-            if error is None:
-                raise
-            raise error from None
+        except httptools.HttpParserCallbackError as exc:
+            # httptools keeps what our callback raised as the context
+            if isinstance(exc.__context__, HttpError):
+                raise exc.__context__ from None
+            raise
         except httptools.HttpParserError as exc:
             raise HttpError(400, f"malformed request: {exc}") from None
         if self._in_head and whole_feed_in_head:
@@ -107,8 +113,7 @@ class RequestParser:
                 raise HttpError(414, "request target too long")
 
     def _fail(self, status: int, reason: str) -> None:
-        self._error = HttpError(status, reason)
-        raise self._error
+        raise HttpError(status, reason)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -153,21 +158,7 @@ class RequestParser:
         self._in_head = False
         parser = self._parser
         target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
-        try:
-            method = parser.get_method()
-            self._sink.on_head(_METHODS.get(method) or method.decode("ascii"), target,
-                               parser.get_http_version(), self._fields,
-                               parser.should_keep_alive(), parser.should_upgrade())
-        except HttpError as exc:
-            self._error = exc
-            raise
-
-    def on_body(self, data: bytes) -> None:
-        try:
-            self._sink.on_body(data)
-        except HttpError as exc:
-            self._error = exc
-            raise
-
-    def on_message_complete(self) -> None:
-        self._sink.on_end()
+        method = parser.get_method()
+        self._sink.on_head(_METHODS.get(method) or method.decode("ascii"), target,
+                           parser.get_http_version(), self._fields,
+                           parser.should_keep_alive(), parser.should_upgrade())

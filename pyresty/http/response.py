@@ -34,23 +34,34 @@ def reason(status: int) -> str:
 
 
 class _DateCache:
-    """The ``Date``/``Server`` header lines, refreshed when the second changes."""
+    """The ``Server`` and ``Date`` header lines, rebuilt when the second changes.
+
+    ``refresh`` runs from the server's sweep tick (four times a second), not on
+    every response: reading the clock per request is measurable on the hot path.
+    """
 
     __slots__ = ("second", "lines")
 
     def __init__(self) -> None:
         self.second = -1
         self.lines = b""
+        self.refresh()
 
-    def get(self) -> bytes:
+    def refresh(self) -> bytes:
         now = int(time.time())
         if now != self.second:
             self.second = now
             self.lines = f"Server: {SERVER}\r\nDate: {formatdate(now, usegmt=True)}\r\n".encode("latin-1")
         return self.lines
 
+    def get(self) -> bytes:
+        return self.lines
 
-date_lines = _DateCache().get
+
+_dates = _DateCache()
+date_lines = _dates.get
+refresh_date = _dates.refresh
+
 
 # RFC 9112 §7.1: a chunk is its size in hex, CRLF, the data, CRLF; size 0 ends the body.
 LAST_CHUNK = b"0\r\n\r\n"

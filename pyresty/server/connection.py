@@ -149,7 +149,11 @@ class HttpConnection(asyncio.Protocol):
         self.requests += 1
         if self.requests >= self.server_conf.keepalive_requests:
             req.keep_alive = False
-        app.route(req, self)
+        if self.shared_listen:
+            app.route(req, self)
+        else:
+            req.server = self.server_conf
+            req.route = self.route_cache.get(req.path) or app.route_for(self.server_conf, req.path)
         self.parsing = req
         parser = self.parser
         if parser.chunked or parser.content_length:
@@ -196,7 +200,15 @@ class HttpConnection(asyncio.Protocol):
             if self.deadline_kind is Deadline.BODY:
                 self.clear_deadline()
             self._wake_body()
-        elif not req.queued:
+        elif req.queued:
+            pass
+        elif self.current is None:   # the common case: a bodiless request, nothing queued
+            req.queued = True
+            self.current = req
+            self.deadline_kind = Deadline.NONE
+            self.deadline = INF
+            start(self.app, req)
+        else:
             self._start_or_queue(req)
 
     # used by Request
@@ -274,11 +286,13 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.pending and (req.keep_alive or self.half_closed) and not self.closing:
             self._next_request()
-            return
-        if not req.keep_alive or self.closing or self.half_closed:
+        elif not req.keep_alive or self.closing or self.half_closed:
             self.close()
-            return
-        self._wait_for_request()
+        elif not self.app.draining and not self.parser._in_head:  # the common case
+            self.deadline_kind = Deadline.IDLE
+            self.deadline = self.app.now + self.server_conf.keepalive_timeout
+        else:
+            self._wait_for_request()
 
     def _next_request(self) -> None:
         if self.pending:

@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from pyresty.server.connection import HttpConnection
 
 STREAM_AFTER = 64 * 1024  # buffered body bytes before the response starts streaming
+_PLAIN_200 = (b"HTTP/1.1 200 OK\r\n%bContent-Type: text/plain\r\nContent-Length: %d\r\n"
+              b"Connection: keep-alive\r\n\r\n")
 
 
 class Exit(Exception):
@@ -254,6 +256,16 @@ class Request:
         headers_out = self._headers_out
         conn = self.conn
         keep_alive = self.keep_alive and conn.keepalive_allowed(self)
+        if status == 200 and keep_alive and length is not None and headers_out is None:
+            # the common case, one format: a 200 with a known length, kept alive
+            head = _PLAIN_200 % (date_lines(), length)
+            if body and self.method != "HEAD":
+                self.body_bytes_sent = len(body)
+                head += body
+            self.bytes_sent = len(head)
+            if not conn.closed:
+                conn.transport.write(head)
+            return
         parts = [STATUS_LINES.get(status) or wire.status_line(status), date_lines()]
         has_type = has_length = False
         if headers_out:

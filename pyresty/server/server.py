@@ -14,6 +14,7 @@ import socket
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from pyresty.http.response import refresh_date
 from pyresty.server import phases
 from pyresty.server.access_log import AccessLog
 from pyresty.server.connection import HttpConnection
@@ -142,6 +143,7 @@ class HttpServer:
 
     def _sweep(self) -> None:
         self.now = now = self.loop.time()
+        refresh_date()
         for conn in [c for c in self.connections if c.deadline <= now]:
             try:
                 conn.expire()

@@ -118,3 +118,56 @@ def test_dev_mode_reloads_on_change_and_survives_syntax_errors(make_server):
     server.wait_log(r"reload abandoned", timeout=20)
     assert "SyntaxError" in server.log_text()
     assert http_get(server.port, "/hello")[2] == b"v2\n"
+
+
+SEED003 = {
+    "app/__init__.py": "",
+    "app/models/__init__.py": "",
+    "app/models/prestop.py": '''
+        import logging
+        logging.getLogger("pyresty.app").warning("prestop.py executed")
+        state = {"prestop": False}
+    ''',
+    "app/handler.py": '''
+        import prestop
+        import app.models.prestop
+
+        async def check(r):
+            prestop.state["prestop"] = True          # set through one name...
+            seen = app.models.prestop.state["prestop"]  # ...read through the other
+            await r.say(seen, " ", prestop is app.models.prestop)
+    ''',
+}
+
+
+def test_seed003_one_file_is_one_module(make_server):
+    server = make_server('''
+        workers = 1
+        code_path = [".", "app/models"]
+        [[server]]
+        listen = "127.0.0.1:{port}"
+        [[server.location]]
+        path = "= /check"
+        content = "app.handler:check"
+    ''', SEED003, ready=READY)
+    assert http_get(server.port, "/check")[2] == b"True True\n"
+    text = server.log_text()
+    warnings = [line for line in text.splitlines() if "already loaded as" in line]
+    assert len(warnings) == 1, text
+    assert '"prestop"' in warnings[0] and '"app.models.prestop"' in warnings[0]
+    assert "app/models/prestop.py" in warnings[0]
+    assert text.count("prestop.py executed") == 1
+
+
+def test_error_log_format_and_usr1_reopen(make_server):
+    import os
+    import re
+    server = make_server(CONFIG, {"app.py": APP}, ready=READY)
+    line = server.log_text().splitlines()[0]
+    assert re.match(r"\d{4}/\d\d/\d\d \d\d:\d\d:\d\d \[(info|notice)\] \d+#-: ", line), line
+    assert re.search(r"\[info\] \d+#0: serving", server.log_text())
+    rotated = server.error_log.with_suffix(".log.1")
+    os.rename(server.error_log, rotated)
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: server.error_log.exists(), 5, "a new error log after USR1")
+    server.wait_log(r"reopening logs")

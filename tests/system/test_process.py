@@ -127,7 +127,9 @@ def test_killed_worker_is_respawned_with_same_id(make_server):
         stop.set()
         thread.join(10)
     assert proc_title(replacement["pid"]) == "pyresty: worker process #1"
-    assert not failures
+    # the one request the killed worker may have been answering is lost with
+    # it; the listeners never went dark for any other
+    assert len(failures) <= 1, failures
     server.wait_log(r"worker #1 .* killed by signal 9")
 
 
