@@ -8,6 +8,9 @@ keys of 40 bytes), ``set`` (same keys) and ``incr`` (one key) for
 - ``plain``    a Python dict behind the same ``async def`` surface: the floor,
                i.e. what the coroutine call alone costs;
 - ``embedded`` the LMDB store on /dev/shm (``EmbeddedDict``);
+- ``raw lmdb`` py-lmdb on that same store with no coroutine and no shared-dict
+               logic (read txn + get; write txn + get + put): the ceiling, so a
+               run on a busy machine still shows the ratio;
 - ``redis``    a redis-server started here on a unix socket, through
                ``redis.asyncio`` with hiredis (skipped, with the reason, when
                redis-server is missing).
@@ -31,6 +34,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import lmdb
 import redis
 import uvloop
 
@@ -100,6 +104,49 @@ async def one_process(d: Any, keys: int, seconds: float, rounds: int) -> dict[st
         "set": await rate(lambda i: d.set(key(i), VALUE), seconds, rounds),
         "incr": await rate(lambda i: d.incr("counter", 1, 0), seconds, rounds),
     }
+
+
+def raw_lmdb(d: EmbeddedDict, keys: int, seconds: float, rounds: int) -> dict[str, float]:
+    """py-lmdb alone on ``d``'s environment, for the same three operations."""
+    env, db = d._env, d._data
+    names = [f"key-{i}".encode() for i in range(keys)]
+    counter = b"raw-counter"
+    with env.begin(db, None, True) as txn:
+        txn.put(counter, b"0" * 8)
+
+    def get(i: int) -> None:
+        txn = env.begin(db)
+        txn.get(names[i % keys])
+        txn.abort()
+
+    def put(i: int) -> None:
+        txn = env.begin(db, None, True)
+        txn.get(names[i % keys])
+        txn.put(names[i % keys], b"v" * 58)
+        txn.commit()
+
+    def incr(i: int) -> None:
+        txn = env.begin(db, None, True)
+        txn.put(counter, txn.get(counter) or b"")
+        txn.commit()
+    return {op: sync_rate(fn, seconds, rounds) for op, fn in
+            (("get", get), ("set", put), ("incr", incr))}
+
+
+def sync_rate(op: Callable[[int], None], seconds: float, rounds: int) -> float:
+    best = 0.0
+    for _ in range(rounds):
+        done = 0
+        start = time.perf_counter()
+        while True:
+            for i in range(done, done + 500):
+                op(i)
+            done += 500
+            now = time.perf_counter()
+            if now >= start + seconds:
+                break
+        best = max(best, done / (now - start))
+    return best
 
 
 # -- two processes ----------------------------------------------------------------
@@ -186,8 +233,8 @@ def row(name: str, figures: dict[str, float]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seconds", type=float, default=1.0)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=0.5)
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keys", type=int, default=1024)
     ap.add_argument("--incr-per-process", type=int, default=50_000)
     args = ap.parse_args()
@@ -200,6 +247,7 @@ def main() -> None:
         with redis_server(workdir) as url:
             run_one(args, "plain", PlainDict)
             run_one(args, "embedded", lambda: EmbeddedDict("bench", store, 64 << 20))
+            run_raw(args, store)
             if url:
                 run_one(args, "redis", lambda: RedisDict("bench", url))
             print(f"\n2 processes x {args.incr_per_process:,} incr on one key")
@@ -219,6 +267,16 @@ def run_one(args: argparse.Namespace, name: str, make: Callable[[], Any]) -> Non
         finally:
             await d.aclose()
     print(row(name, uvloop.run(go())), flush=True)
+
+
+def run_raw(args: argparse.Namespace, store: str) -> None:
+    d = EmbeddedDict("bench", store, 64 << 20)
+    try:
+        print(row("raw lmdb", raw_lmdb(d, args.keys, args.seconds, args.rounds)), flush=True)
+    except lmdb.Error as exc:
+        print(f"raw lmdb: failed: {exc}")
+    finally:
+        d.close()
 
 
 def run_two(args: argparse.Namespace, name: str, make: Callable[[], Any]) -> None:

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
+import fcntl
+import os
+import shutil
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,3 +34,58 @@ def make_server(tmp_path: Path):
     yield build
     for server in started:
         server.stop()
+
+
+# -- redis-server -------------------------------------------------------------
+
+def _install_redis() -> str:
+    """apt-get install redis-server once per machine (a file lock serialises
+    the xdist workers); returns the path or why it is impossible."""
+    with open("/tmp/pyresty-test-apt.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if shutil.which("redis-server"):
+            return shutil.which("redis-server") or ""
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            return "redis-server is not installed and apt-get is not usable (not root)"
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "redis-server"]):
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+            if done.returncode != 0:
+                return f"{' '.join(cmd)} failed: {done.stderr.strip()[-300:]}"
+        return shutil.which("redis-server") or "apt-get installed redis-server but it is not on PATH"
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    exe = shutil.which("redis-server") or _install_redis()
+    if not exe.startswith("/"):
+        pytest.skip(exe)
+    workdir = tmp_path_factory.mktemp("redis")
+    sock = str(workdir / "redis.sock")
+    proc = subprocess.Popen([exe, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700",
+                             "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_for_redis(proc, sock)
+        yield f"unix://{sock}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _wait_for_redis(proc: subprocess.Popen[bytes], sock: str) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {proc.returncode}")
+        try:
+            import redis
+            if redis.Redis(unix_socket_path=sock).ping():
+                return
+        except Exception:  # not accepting yet (redis.ConnectionError)
+            time.sleep(0.02)          # polling a condition, bounded by the deadline
+    raise RuntimeError("redis-server did not answer PING within 10 s")

@@ -103,13 +103,15 @@ class Pyresty:
 
     def start(self, ready: str = r"\[notice\] .*ready", timeout: float = 15.0,
               args: tuple[str, ...] = ()) -> Pyresty:
+        since = len(self.log_text())
         self.proc = subprocess.Popen(
             [*PYRESTY, "-c", str(self.config_path), *args], cwd=self.prefix,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-        self.wait_log(ready, timeout=timeout)
+        self.wait_log(ready, timeout=timeout, since=since)
         return self
 
-    def wait_log(self, pattern: str, timeout: float = 10.0, count: int = 1) -> str:
+    def wait_log(self, pattern: str, timeout: float = 10.0, count: int = 1, since: int = 0) -> str:
+        """Wait until ``pattern`` occurs ``count`` times in the error log (from offset ``since``)."""
         regex = re.compile(pattern)
 
         def found() -> str | None:
@@ -117,7 +119,7 @@ class Pyresty:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise AssertionError(f"pyresty exited with {self.proc.returncode} waiting for "
                                      f"{pattern!r}\n{out}\n{self.log_text()}")
-            matches = regex.findall(self.log_text())
+            matches = regex.findall(self.log_text()[since:])
             return matches[-1] if len(matches) >= count else None
 
         return wait_for(found, timeout, f"log line {pattern!r}")

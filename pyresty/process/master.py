@@ -129,7 +129,7 @@ class Master:
             return EXIT_FAILURE
         if config.shared:
             from pyresty.runtime import shared
-            shared.wipe(config.shared, shared.base_dir_for(config.prefix))
+            shared.wipe(config.shared, shared.base_dir_for(config.prefix), owner=_owner(config))
         write_pid(config.pid)
         self._install_signals()
         from pyresty.process.control import ControlServer, StatusServer
@@ -529,6 +529,18 @@ class Master:
             sock.close()
         remove_pid(self.config.pid)
         log.log(errorlog.NOTICE, "exit")
+
+
+def _owner(config: Config) -> tuple[int, int] | None:
+    """The (uid, gid) workers run as, when the master is root and drops them."""
+    if not config.user or os.geteuid() != 0:
+        return None
+    import pwd
+    try:
+        entry = pwd.getpwnam(config.user)
+    except KeyError:
+        return None
+    return entry.pw_uid, entry.pw_gid
 
 
 def _preload_server_modules() -> None:

@@ -258,6 +258,8 @@ class WorkerProcess:
         if self.scheduler is not None:
             figures["timers_pending"] = self.scheduler.pending_count()
             figures["timers_running"] = self.scheduler.running_count()
+        if self.config.shared and "pyresty.runtime.shared" in sys.modules:
+            figures["shared"] = sys.modules["pyresty.runtime.shared"].stats()
         if self.state == "shutting down":
             figures["shutdown_for"] = round(self.loop.time() - self.shutdown_started, 3)
         self._send(figures)

@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pyresty.runtime.shared import (SharedDicts, base_dir_for, embedded, redis_backend,
-                                    store_path)
-from pyresty.runtime.shared import contract
+from pyresty.runtime.shared import SharedDicts, base_dir_for, contract, embedded, redis_backend, store_path
 
 values = st.one_of(st.text(), st.binary(), st.integers(), st.booleans(),
                    st.floats(allow_nan=False))
@@ -21,7 +19,7 @@ class Color(enum.IntEnum):
     RED = 7
 
 
-class Shade(str, enum.Enum):
+class Shade(str, enum.Enum):  # noqa: UP042 - the mixin whose str() is not its value
     DARK = "dark"
 
 

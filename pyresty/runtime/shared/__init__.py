@@ -5,8 +5,9 @@ Rules (who calls what, and when)
 - master, at start only:       ``wipe(specs, base_dir)`` (a restart begins empty,
                                as in OpenResty; a reload must NOT wipe, so the
                                data survives it, even with a new size)
-- every child, after fork:     ``open_all(specs, base_dir)``; ``await close_all()``
-                               at exit. The master never opens a store across a
+- every child, after fork:     ``open_all(specs, base_dir)``; ``close_all()`` at
+                               exit (or ``await aclose_all()``, which also waits
+                               for the Redis pools to close). The master never opens a store across a
                                fork (py-lmdb refuses an environment a parent had
                                open; LMDB's locks are per process).
 - master, after reaping one:   ``reader_check(specs, base_dir)`` clears reader
@@ -14,7 +15,9 @@ Rules (who calls what, and when)
                                each store for ~1 ms and closes it (measured: the
                                children's work is undisturbed and later forks are
                                fine); see ``embedded.reader_check``.
-- /metrics:                    ``await stats()``.
+- /metrics:                    ``stats()`` (no I/O: Redis figures are the last
+                               ones fetched, refreshed in the background) or
+                               ``await astats()`` (fresh).
 
 ``base_dir_for(prefix)`` names the directory: ``/dev/shm/pyresty-<hash of
 prefix>`` when /dev/shm is writable, else ``<prefix>/logs/shm``. Each embedded
@@ -32,11 +35,14 @@ dicts, so a typo explains itself.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
 import shutil
 from collections.abc import Iterable, Iterator, Mapping
+
+from redis.asyncio import Redis
 
 from pyresty.config.model import SharedDictSpec
 from pyresty.errors import SharedDictError
@@ -47,8 +53,8 @@ from pyresty.runtime.shared.redis_backend import RedisDict
 
 __all__ = [
     "DictStats", "EmbeddedDict", "RedisDict", "SharedDict", "SharedDicts",
-    "base_dir_for", "close_all", "open_all", "reader_check", "shared", "stats",
-    "store_path", "wipe",
+    "aclose_all", "astats", "base_dir_for", "close_all", "open_all", "reader_check",
+    "shared", "stats", "store_path", "wipe",
 ]
 
 REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
@@ -132,13 +138,14 @@ def wipe(specs: Iterable[SharedDictSpec], base_dir: str,
 def open_all(specs: Iterable[SharedDictSpec], base_dir: str) -> None:
     """Open every configured dict in this process (call after fork).
 
-    Replaces what was open (embedded stores are closed first). Raises
+    To reopen (a reload in single-process mode), ``close_all()`` first;
+    embedded stores still open are closed here in any case. Raises
     SharedDictError if a store cannot be opened, ValueError for an unknown
     backend; nothing stays open on failure.
     """
     _close_embedded()
     specs = list(specs)
-    clients = redis_backend.clients_for(s.backend for s in specs if s.backend != "embedded")
+    clients = redis_backend.clients_for(s.backend for s in specs if s.backend.startswith(REDIS_SCHEMES))
     opened: dict[str, SharedDict] = {}
     try:
         for spec in specs:
@@ -151,7 +158,8 @@ def open_all(specs: Iterable[SharedDictSpec], base_dir: str) -> None:
     shared._dicts = opened
 
 
-def _open(spec: SharedDictSpec, base_dir: str, clients: dict) -> SharedDict:
+def _open(spec: SharedDictSpec, base_dir: str,
+          clients: dict[str, Redis]) -> SharedDict:
     if spec.backend == "embedded":
         path = store_path(base_dir, spec.name)
         d = EmbeddedDict(spec.name, path, spec.capacity)
@@ -180,15 +188,38 @@ def _close_embedded() -> None:
             d.close()
 
 
-async def close_all() -> None:
-    """Close every dict of this process (embedded stores, Redis pools)."""
+_closing: set[asyncio.Task[None]] = set()
+
+
+def close_all() -> None:
+    """Close every dict of this process (idempotent; never raises for Redis).
+
+    Embedded stores close at once. Redis pools are closed by a task on the
+    running loop if there is one (else their sockets go with the process).
+    """
+    for client in _detach_all():
+        try:
+            task = asyncio.get_running_loop().create_task(client.aclose())
+        except RuntimeError:
+            continue
+        _closing.add(task)
+        task.add_done_callback(_closing.discard)
+
+
+async def aclose_all() -> None:
+    """``close_all()`` that waits for the Redis pools to close."""
+    for client in _detach_all():
+        await client.aclose()
+
+
+def _detach_all() -> list[Redis]:
+    """Empty the registry, close the embedded stores, return the Redis clients."""
     dicts, shared._dicts = shared._dicts, {}
-    clients = {id(d._r): d._r for d in dicts.values() if isinstance(d, RedisDict)}
     for d in dicts.values():
         if isinstance(d, EmbeddedDict):
             d.close()
-    for client in clients.values():
-        await client.aclose()
+    return list({id(d.client): d.client for d in dicts.values()
+                 if isinstance(d, RedisDict)}.values())
 
 
 def reader_check(specs: Iterable[SharedDictSpec], base_dir: str) -> int:
@@ -198,6 +229,12 @@ def reader_check(specs: Iterable[SharedDictSpec], base_dir: str) -> int:
                for s in _embedded_specs(specs))
 
 
-async def stats() -> dict[str, DictStats]:
-    """``{name: {capacity, used, keys, evictions}}`` for ``/metrics``."""
+def stats() -> dict[str, DictStats]:
+    """``{name: {capacity, used, keys, evictions}}`` for ``/metrics``, without I/O
+    (Redis dicts report their last figures; see ``RedisDict.stats_now``)."""
+    return {name: d.stats_now() for name, d in shared._dicts.items()}
+
+
+async def astats() -> dict[str, DictStats]:
+    """``stats()`` with fresh Redis figures."""
     return {name: await d.stats() for name, d in shared._dicts.items()}

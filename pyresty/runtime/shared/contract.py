@@ -43,11 +43,11 @@ Return values (the choices OpenResty users expect, made Pythonic):
 """
 from __future__ import annotations
 
-from typing import Protocol, TypedDict, Union
+from typing import Protocol, TypedDict
 
-Key = Union[str, bytes]
-Value = Union[str, bytes, int, float, bool]
-Number = Union[int, float]
+Key = str | bytes
+Value = str | bytes | int | float | bool
+Number = int | float
 
 MAX_KEY_BYTES = 65535          # ngx_http_lua_shdict_node_t.key_len is a u_short
 
@@ -94,6 +94,7 @@ class SharedDict(Protocol):
     async def rpop(self, key: Key) -> Value | None: ...
     async def llen(self, key: Key) -> int: ...
     async def stats(self) -> DictStats: ...
+    def stats_now(self) -> DictStats: ...
     async def aclose(self) -> None: ...
 
 
@@ -126,7 +127,7 @@ def ttl_ns(ttl: object) -> int:
     """A TTL in whole nanoseconds, 0 for "never". Raises TypeError / ValueError."""
     if ttl is None:
         return 0
-    if type(ttl) not in (int, float):
+    if type(ttl) is not int and type(ttl) is not float:
         raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
     if ttl < 0 or ttl != ttl:
         raise ValueError(f"ttl must be >= 0 (got {ttl!r})")

@@ -22,7 +22,8 @@ Rules
   2.1-2.3x the logical size; a map of 2x wedged for good (even deletes fail
   with MDB_MAP_FULL). With ``writemap`` LMDB ftruncates the file to the map
   size on open, so shrinking the map under another process would SIGBUS it:
-  we open with ``max(wanted, file size)`` and never grow the map at run time.
+  we open with ``max(wanted, file size)``. The map grows at run time only as
+  the last resort against a wedge (``_emergency_evict``), and never shrinks.
 - Besides the logical count, every ``PAGE_CHECK_EVERY`` growing writes a
   process compares the pages the B-trees really use with ``PAGE_FACTOR`` x
   capacity and evicts until under it (pitfall (b) of issue 5).
@@ -63,7 +64,8 @@ import hashlib
 import os
 import struct
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
@@ -101,6 +103,10 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 USED, EVICTIONS = b"used", b"evictions"
 
 monotonic_ns = time.monotonic_ns
+R = TypeVar("R")
+
+if TYPE_CHECKING:
+    Txn = lmdb.Transaction[bytes]     # values come back as bytes (buffers=False)
 
 
 def map_size_for(capacity: int, path: str) -> int:
@@ -128,18 +134,17 @@ def stored_key(full: bytes) -> bytes:
 
 def encode(value: object) -> tuple[int, bytes]:
     """``(type, payload)`` for a value. Raises TypeError for other types."""
-    tv = type(value)
-    if tv is str:
-        return T_STR, value.encode()  # type: ignore[union-attr]
-    if tv is bytes:
-        return T_BYTES, value  # type: ignore[return-value]
-    if tv is int:
-        if INT64_MIN <= value <= INT64_MAX:  # type: ignore[operator]
+    if type(value) is str:
+        return T_STR, value.encode()
+    if type(value) is bytes:
+        return T_BYTES, value
+    if type(value) is int:
+        if INT64_MIN <= value <= INT64_MAX:
             return T_INT, I64.pack(value)
-        return T_BIGINT, value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)  # type: ignore[union-attr]
-    if tv is float:
+        return T_BIGINT, value.to_bytes((value.bit_length() + 8) // 8, "little", signed=True)
+    if type(value) is float:
         return T_FLOAT, F64.pack(value)
-    if tv is bool:
+    if type(value) is bool:
         return (T_TRUE if value else T_FALSE), b""
     return _encode_subclass(value)
 
@@ -151,7 +156,7 @@ def _encode_subclass(value: object) -> tuple[int, bytes]:
 
 def expired(v: bytes, now: int) -> bool:
     """Whether entry ``v`` has an expiry at or before ``now``."""
-    exp = HDR.unpack_from(v)[2]
+    exp: int = HDR.unpack_from(v)[2]
     return exp != 0 and exp <= now
 
 
@@ -213,7 +218,11 @@ class EmbeddedDict:
         except (OSError, lmdb.Error) as exc:
             raise SharedDictError(f"shared dict {name!r}: cannot open {path}: {exc}") from exc
         self._begin = self._env.begin
-        self._write(self._shrink)         # the configured size may have shrunk (reload)
+        try:
+            self._write(self._shrink)     # the configured size may have shrunk (reload)
+        except BaseException:
+            self._env.close()
+            raise
 
     def _open_dbs(self) -> None:
         env = self._env
@@ -232,7 +241,7 @@ class EmbeddedDict:
 
     # -- transactions -------------------------------------------------------
 
-    def _read(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _read(self, fn: Callable[..., R], *args: Any) -> R:
         for attempt in (0, 1):
             try:
                 txn = self._begin(self._data)
@@ -244,7 +253,7 @@ class EmbeddedDict:
                 self._recover(exc, attempt)
         raise AssertionError("unreachable")
 
-    def _write(self, fn: Callable[..., Any], *args: Any) -> Any:
+    def _write(self, fn: Callable[..., R], *args: Any) -> R:
         for attempt in (0, 1):
             try:
                 txn = self._begin(self._data, None, True)
@@ -266,7 +275,7 @@ class EmbeddedDict:
             return
         if attempt == 0 and isinstance(exc, lmdb.MapFullError):
             self._env.reader_check()      # a dead reader may be pinning pages
-            self._emergency_evict(exc)
+            self._emergency_evict()
             return
         if isinstance(exc, lmdb.MapFullError):
             raise SharedDictFull(f"shared dict {self.name!r}: store map full") from exc
@@ -276,44 +285,59 @@ class EmbeddedDict:
         """Another process grew the file (a reload with a larger size): map it all."""
         self._env.set_mapsize(map_size_for(self._capacity, self.path))
 
-    def _emergency_evict(self, cause: lmdb.Error) -> None:
-        """The map is full despite the page budget: drop the coldest eighth."""
-        try:
-            with self._begin(self._data, None, True) as txn:
-                count = max(1, txn.stat(self._lru)["entries"] // 8)
-                used = self._evict_lru(txn, self._used(txn), count, None)
-                self._put_meta(txn, USED, used)
-        except lmdb.Error as exc:
-            raise SharedDictFull(f"shared dict {self.name!r}: store map full") from exc
+    def _emergency_evict(self) -> None:
+        """The map is full despite the page budget: drop the coldest eighth.
+
+        A full map can refuse even deletes (issue 5, pitfall (b)); then the map
+        grows by a quarter first, the one way out that is safe for the other
+        processes (growing never truncates the file under them).
+        """
+        for attempt in (0, 1):
+            try:
+                with self._begin(self._data, None, True) as txn:
+                    count = max(1, txn.stat(self._lru)["entries"] // 8)
+                    used = self._evict_lru(txn, self._used(txn), count, None)
+                    self._put_meta(txn, USED, used)
+                return
+            except lmdb.MapFullError as exc:
+                if attempt:
+                    raise SharedDictFull(f"shared dict {self.name!r}: store map full") from exc
+                self._grow_map()
+            except lmdb.Error as exc:
+                raise SharedDictError(f"shared dict {self.name!r}: {exc}") from exc
+
+    def _grow_map(self) -> None:
+        size = max(map_size_for(self._capacity, self.path), self._env.info()["map_size"])
+        self._env.set_mapsize((size * 5 // 4 + 4095) // 4096 * 4096)
 
     # -- meta, recency, room ------------------------------------------------
 
-    def _used(self, txn: lmdb.Transaction) -> int:
+    def _used(self, txn: Txn) -> int:
         raw = txn.get(USED, None, self._meta)
-        return U64.unpack(raw)[0] if raw else 0  # type: ignore[no-any-return]
+        return U64.unpack(raw)[0] if raw else 0
 
-    def _put_meta(self, txn: lmdb.Transaction, name: bytes, n: int) -> None:
+    def _put_meta(self, txn: Txn, name: bytes, n: int) -> None:
         txn.put(name, U64.pack(max(0, n)), db=self._meta)
 
-    def _add_used(self, txn: lmdb.Transaction, delta: int) -> None:
+    def _add_used(self, txn: Txn, delta: int) -> None:
         if delta:
             self._put_meta(txn, USED, self._used(txn) + delta)
 
-    def _new_seq(self, txn: lmdb.Transaction, sk: bytes, now: int) -> int:
+    def _new_seq(self, txn: Txn, sk: bytes, now: int) -> int:
         """A fresh, unique recency stamp for ``sk``, recorded in ``lru``."""
         seq = now
         while not txn.put(BE64.pack(seq), sk, overwrite=False, db=self._lru):
             seq += 1
         return seq
 
-    def _recency(self, txn: lmdb.Transaction, sk: bytes, seq: int, now: int) -> int:
+    def _recency(self, txn: Txn, sk: bytes, seq: int, now: int) -> int:
         """``seq``, or a new one if the entry is due a refresh (see touch_interval)."""
         if now - seq <= self._touch_ns:
             return seq
         txn.delete(BE64.pack(seq), db=self._lru)
         return self._new_seq(txn, sk, now)
 
-    def _make_room(self, txn: lmdb.Transaction, need: int, forcible: bool,
+    def _make_room(self, txn: Txn, need: int, forcible: bool,
                    keep: bytes, now: int) -> None:
         """Make ``need`` more bytes fit; expired first, then LRU if ``forcible``.
 
@@ -333,7 +357,7 @@ class EmbeddedDict:
             self._grown = 0
             self._check_pages(txn, keep)
 
-    def _evict_expired(self, txn: lmdb.Transaction, used: int, want: int,
+    def _evict_expired(self, txn: Txn, used: int, want: int,
                        keep: bytes, now: int) -> int:
         """Remove expired entries, soonest expiry first, until ``want`` bytes are freed."""
         cur = txn.cursor(self._exp)
@@ -351,7 +375,7 @@ class EmbeddedDict:
             found = cur.set_range(ek)
         return used - freed
 
-    def _evict_lru(self, txn: lmdb.Transaction, used: int, count: int,
+    def _evict_lru(self, txn: Txn, used: int, count: int,
                    keep: bytes | None, want: int = -1) -> int:
         """Remove up to ``count`` (-1: any number of) coldest entries, or until
         ``want`` bytes are freed; counts them as evictions."""
@@ -373,14 +397,14 @@ class EmbeddedDict:
             self._put_meta(txn, EVICTIONS, (U64.unpack(raw)[0] if raw else 0) + evicted)
         return used - freed
 
-    def _pages(self, txn: lmdb.Transaction) -> int:
+    def _pages(self, txn: Txn) -> int:
         total = 0
         for db in (self._data, self._lru, self._exp, self._items, self._meta):
             st = txn.stat(db)
             total += st["branch_pages"] + st["leaf_pages"] + st["overflow_pages"]
         return total
 
-    def _check_pages(self, txn: lmdb.Transaction, keep: bytes) -> None:
+    def _check_pages(self, txn: Txn, keep: bytes) -> None:
         """Evict by real page usage when B-tree pages outgrow the budget."""
         psize = txn.stat(self._data)["psize"]
         used = self._used(txn)
@@ -391,7 +415,7 @@ class EmbeddedDict:
             used = after
         self._put_meta(txn, USED, used)
 
-    def _shrink(self, txn: lmdb.Transaction) -> None:
+    def _shrink(self, txn: Txn) -> None:
         used = self._used(txn)
         if used > self._capacity:
             used = self._evict_expired(txn, used, used - self._capacity, b"", monotonic_ns())
@@ -400,7 +424,7 @@ class EmbeddedDict:
 
     # -- entries ------------------------------------------------------------
 
-    def _remove(self, txn: lmdb.Transaction, sk: bytes, v: bytes | None = None) -> int:
+    def _remove(self, txn: Txn, sk: bytes, v: bytes | None = None) -> int:
         """Delete entry ``sk`` with its index records and items; the bytes freed."""
         if v is None:
             v = txn.get(sk)
@@ -416,19 +440,19 @@ class EmbeddedDict:
             cost += self._drop_items(txn, sk, v)
         return cost
 
-    def _drop_items(self, txn: lmdb.Transaction, sk: bytes, v: bytes) -> int:
+    def _drop_items(self, txn: Txn, sk: bytes, v: bytes) -> int:
         head, tail, nbytes = LIST_META.unpack_from(v, len(v) - LIST_META.size)
         for i in range(head, tail):
             txn.delete(sk + INDEX.pack(i), db=self._items)
         return nbytes  # type: ignore[no-any-return]
 
-    def _cost(self, txn: lmdb.Transaction, sk: bytes, v: bytes) -> int:
+    def _cost(self, txn: Txn, sk: bytes, v: bytes) -> int:
         cost = len(sk) + len(v) + ENTRY_OVERHEAD
         if v[0] == T_LIST:
             cost += LIST_META.unpack_from(v, len(v) - LIST_META.size)[2]
         return cost
 
-    def _put(self, txn: lmdb.Transaction, sk: bytes, full: bytes, t: int, payload: bytes,
+    def _put(self, txn: Txn, sk: bytes, full: bytes, t: int, payload: bytes,
              exp: int, old: bytes | None, forcible: bool, now: int) -> None:
         """Write a scalar over whatever ``sk`` held, keeping index and size in step."""
         flags, blob = key_blob(full)
@@ -458,7 +482,7 @@ class EmbeddedDict:
             self._add_used(txn, delta)
         txn.put(sk, value)
 
-    def _lookup(self, txn: lmdb.Transaction, sk: bytes,
+    def _lookup(self, txn: Txn, sk: bytes,
                 full: bytes) -> tuple[bytes | None, int]:
         """``(raw, payload offset)``; ``(None, 0)`` if absent. Expired entries included."""
         v = txn.get(sk)
@@ -472,7 +496,7 @@ class EmbeddedDict:
     async def get(self, key: Key) -> Value | None:
         """The value, or None if absent or expired. Raises TypeError for a list."""
         k = key.encode() if type(key) is str else key
-        if type(k) is not bytes or not 0 < len(k) <= SHORT_KEY_MAX:  # type: ignore[arg-type]
+        if type(k) is not bytes or not 0 < len(k) <= SHORT_KEY_MAX:
             return self._get_slow(*self._keys(key))
         try:
             txn = self._begin(self._data)
@@ -487,18 +511,22 @@ class EmbeddedDict:
         if exp and exp <= now:
             return None
         if t == T_LIST:
-            raise contract.is_a_list(k)  # type: ignore[arg-type]
+            raise contract.is_a_list(k)
         if now - seq > self._touch_ns:
             self._write(self._touch, k, k)
+        if t == T_STR:                    # the common types inline: a call is ~60 ns
+            return v[HDR_SIZE:].decode()
+        if t == T_INT:
+            return I64.unpack_from(v, HDR_SIZE)[0]  # type: ignore[no-any-return]
         return decode(t, v, HDR_SIZE)
 
     def _get_slow(self, sk: bytes, full: bytes) -> Value | None:
         value, touch = self._read(self._get, sk, full)
         if touch:                         # after the read transaction has ended
             self._write(self._touch, sk, full)
-        return value  # type: ignore[no-any-return]
+        return value
 
-    def _get(self, txn: lmdb.Transaction, sk: bytes, full: bytes) -> tuple[Value | None, bool]:
+    def _get(self, txn: Txn, sk: bytes, full: bytes) -> tuple[Value | None, bool]:
         now = monotonic_ns()
         v, off = self._lookup(txn, sk, full)
         if v is None:
@@ -510,7 +538,7 @@ class EmbeddedDict:
             raise contract.is_a_list(full)
         return decode(t, v, off), now - seq > self._touch_ns
 
-    def _touch(self, txn: lmdb.Transaction, sk: bytes, full: bytes) -> None:
+    def _touch(self, txn: Txn, sk: bytes, full: bytes) -> None:
         now = monotonic_ns()
         v, off = self._lookup(txn, sk, full)
         if v is None:
@@ -528,9 +556,9 @@ class EmbeddedDict:
     async def get_stale(self, key: Key) -> tuple[Value | None, bool]:
         """``(value, stale)``: an expired value comes back with ``stale=True`` until
         it is evicted or flushed; ``(None, False)`` if absent. TypeError for a list."""
-        return self._read(self._get_stale, *self._keys(key))  # type: ignore[no-any-return]
+        return self._read(self._get_stale, *self._keys(key))
 
-    def _get_stale(self, txn: lmdb.Transaction, sk: bytes,
+    def _get_stale(self, txn: Txn, sk: bytes,
                    full: bytes) -> tuple[Value | None, bool]:
         now = monotonic_ns()
         v, off = self._lookup(txn, sk, full)
@@ -543,9 +571,9 @@ class EmbeddedDict:
 
     async def ttl(self, key: Key) -> float | None:
         """Seconds left; 0.0 if the entry never expires; None if absent or expired."""
-        return self._read(self._ttl, *self._keys(key))  # type: ignore[no-any-return]
+        return self._read(self._ttl, *self._keys(key))
 
-    def _ttl(self, txn: lmdb.Transaction, sk: bytes, full: bytes) -> float | None:
+    def _ttl(self, txn: Txn, sk: bytes, full: bytes) -> float | None:
         now = monotonic_ns()
         v, _ = self._lookup(txn, sk, full)
         if v is None:
@@ -557,9 +585,9 @@ class EmbeddedDict:
 
     async def keys(self, max_count: int = 1024) -> list[Key]:
         """Live keys, most recently used first; at most ``max_count`` (0 = all)."""
-        return self._read(self._keys_list, max_count)  # type: ignore[no-any-return]
+        return self._read(self._keys_list, max_count)
 
-    def _keys_list(self, txn: lmdb.Transaction, max_count: int) -> list[Key]:
+    def _keys_list(self, txn: Txn, max_count: int) -> list[Key]:
         now = monotonic_ns()
         out: list[Key] = []
         cur = txn.cursor(self._lru)
@@ -588,7 +616,7 @@ class EmbeddedDict:
     async def free_space(self) -> int:
         """Bytes left before a write must evict (0 when full or over)."""
         used = self._read(self._used)
-        return max(0, self._capacity - used)  # type: ignore[no-any-return]
+        return max(0, self._capacity - used)
 
     async def stats(self) -> DictStats:
         """capacity, used, keys and evictions (see DictStats)."""
@@ -596,9 +624,9 @@ class EmbeddedDict:
 
     def stats_now(self) -> DictStats:
         """``stats()`` without a coroutine."""
-        return self._read(self._stats)  # type: ignore[no-any-return]
+        return self._read(self._stats)
 
-    def _stats(self, txn: lmdb.Transaction) -> DictStats:
+    def _stats(self, txn: Txn) -> DictStats:
         raw = txn.get(EVICTIONS, None, self._meta)
         return DictStats(capacity=self._capacity, used=self._used(txn),
                          keys=txn.stat(self._data)["entries"],
@@ -611,28 +639,28 @@ class EmbeddedDict:
 
         Raises SharedDictFull if the entry alone is larger than the dict.
         """
-        await self._store(key, value, ttl, SET, True)
+        self._store(key, value, ttl, SET, True)
 
     async def safe_set(self, key: Key, value: Value | None, ttl: float | None = None) -> None:
         """Like ``set`` but never evicts a live entry: SharedDictFull instead."""
-        await self._store(key, value, ttl, SET, False)
+        self._store(key, value, ttl, SET, False)
 
     async def add(self, key: Key, value: Value, ttl: float | None = None) -> bool:
         """Store only if no live entry exists; False otherwise. Evicts when full."""
-        return await self._store(key, value, ttl, ADD, True)
+        return self._store(key, value, ttl, ADD, True)
 
     async def safe_add(self, key: Key, value: Value, ttl: float | None = None) -> bool:
         """``add`` that never evicts a live entry: SharedDictFull instead."""
-        return await self._store(key, value, ttl, ADD, False)
+        return self._store(key, value, ttl, ADD, False)
 
     async def replace(self, key: Key, value: Value, ttl: float | None = None) -> bool:
         """Store only over a live entry; False if none. Evicts when full."""
-        return await self._store(key, value, ttl, REPLACE, True)
+        return self._store(key, value, ttl, REPLACE, True)
 
-    async def _store(self, key: Key, value: Value | None, ttl: float | None,
-                     mode: int, forcible: bool) -> bool:
+    def _store(self, key: Key, value: Value | None, ttl: float | None,
+               mode: int, forcible: bool) -> bool:
         k = key.encode() if type(key) is str else key
-        if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:  # type: ignore[arg-type]
+        if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:
             sk = full = k
         else:
             sk, full = self._keys(key)
@@ -643,11 +671,20 @@ class EmbeddedDict:
             return True
         t, payload = encode(value)
         exp = contract.ttl_ns(ttl) if ttl is not None else 0
-        return self._write(self._store_txn, sk, full, t, payload, exp, mode, forcible)  # type: ignore[no-any-return]
+        return self._write(self._store_txn, sk, full, t, payload, exp, mode, forcible)
 
-    def _store_txn(self, txn: lmdb.Transaction, sk: bytes, full: bytes, t: int,
+    def _store_txn(self, txn: Txn, sk: bytes, full: bytes, t: int,
                    payload: bytes, exp: int, mode: int, forcible: bool) -> bool:
         now = monotonic_ns()
+        if mode == SET and not exp:
+            old = txn.get(sk)
+            if old is not None and not old[1] and old[0] != T_LIST:
+                _, _, old_exp, seq = HDR.unpack_from(old)
+                if not old_exp and now - seq <= self._touch_ns:
+                    value = HDR.pack(t, 0, 0, seq) + payload
+                    if len(value) == len(old):      # same size, TTL, recency: in place
+                        txn.put(sk, value)
+                        return True
         old, _ = self._lookup(txn, sk, full)
         if mode != SET:
             live = old is not None and not expired(old, now)
@@ -662,7 +699,7 @@ class EmbeddedDict:
         """Remove the entry (a list with all its items); no error if absent."""
         self._write(self._delete, *self._keys(key))
 
-    def _delete(self, txn: lmdb.Transaction, sk: bytes, full: bytes) -> None:
+    def _delete(self, txn: Txn, sk: bytes, full: bytes) -> None:
         v, _ = self._lookup(txn, sk, full)
         if v is not None:
             self._add_used(txn, -self._remove(txn, sk, v))
@@ -682,11 +719,11 @@ class EmbeddedDict:
             contract.check_number("init", init)
         init_exp = contract.ttl_ns(init_ttl) if init_ttl is not None else 0
         k = key.encode() if type(key) is str else key
-        if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:  # type: ignore[arg-type]
-            return self._write(self._incr, k, k, delta, init, init_exp)  # type: ignore[no-any-return]
-        return self._write(self._incr, *self._keys(key), delta, init, init_exp)  # type: ignore[no-any-return]
+        if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:
+            return self._write(self._incr, k, k, delta, init, init_exp)
+        return self._write(self._incr, *self._keys(key), delta, init, init_exp)
 
-    def _incr(self, txn: lmdb.Transaction, sk: bytes, full: bytes, delta: Number,
+    def _incr(self, txn: Txn, sk: bytes, full: bytes, delta: Number,
               init: Number | None, init_exp: int) -> Number | None:
         v = txn.get(sk)
         now = monotonic_ns()
@@ -699,7 +736,7 @@ class EmbeddedDict:
                 return n  # type: ignore[no-any-return]
         return self._incr_slow(txn, sk, full, delta, init, init_exp, now)
 
-    def _incr_slow(self, txn: lmdb.Transaction, sk: bytes, full: bytes, delta: Number,
+    def _incr_slow(self, txn: Txn, sk: bytes, full: bytes, delta: Number,
                    init: Number | None, init_exp: int, now: int) -> Number | None:
         v, off = self._lookup(txn, sk, full)
         exp = HDR.unpack_from(v)[2] if v is not None else 0
@@ -717,14 +754,14 @@ class EmbeddedDict:
             raise contract.not_a_number(full)
         n = decode(t, v, off) + delta  # type: ignore[operator]
         self._put(txn, sk, full, *encode(n), exp, v, True, now)
-        return n  # type: ignore[no-any-return]
+        return n
 
     async def expire(self, key: Key, ttl: float | None) -> bool:
         """Give a live entry a new TTL (None or 0: never expires); False if absent."""
         exp = contract.ttl_ns(ttl)
-        return self._write(self._expire, *self._keys(key), exp)  # type: ignore[no-any-return]
+        return self._write(self._expire, *self._keys(key), exp)
 
-    def _expire(self, txn: lmdb.Transaction, sk: bytes, full: bytes, ttl: int) -> bool:
+    def _expire(self, txn: Txn, sk: bytes, full: bytes, ttl: int) -> bool:
         now = monotonic_ns()
         v, _ = self._lookup(txn, sk, full)
         if v is None:
@@ -745,7 +782,7 @@ class EmbeddedDict:
         flush_all, which only marks entries expired)."""
         self._write(self._flush_all)
 
-    def _flush_all(self, txn: lmdb.Transaction) -> None:
+    def _flush_all(self, txn: Txn) -> None:
         for db in (self._data, self._lru, self._exp, self._items):
             txn.drop(db, delete=False)
         self._put_meta(txn, USED, 0)
@@ -753,9 +790,9 @@ class EmbeddedDict:
     async def flush_expired(self, max_count: int = 0) -> int:
         """Remove expired entries, soonest expiry first, at most ``max_count``
         (0 = all); returns how many were removed."""
-        return self._write(self._flush_expired, max_count)  # type: ignore[no-any-return]
+        return self._write(self._flush_expired, max_count)
 
-    def _flush_expired(self, txn: lmdb.Transaction, max_count: int) -> int:
+    def _flush_expired(self, txn: Txn, max_count: int) -> int:
         now = monotonic_ns()
         cur = txn.cursor(self._exp)
         found = cur.first()
@@ -775,13 +812,13 @@ class EmbeddedDict:
 
     async def lpush(self, key: Key, value: Value) -> int:
         """Insert at the head; returns the new length. TypeError on a scalar key."""
-        return self._write(self._push, *self._keys(key), encode(value), True)  # type: ignore[no-any-return]
+        return self._write(self._push, *self._keys(key), encode(value), True)
 
     async def rpush(self, key: Key, value: Value) -> int:
         """Append at the tail; returns the new length. TypeError on a scalar key."""
-        return self._write(self._push, *self._keys(key), encode(value), False)  # type: ignore[no-any-return]
+        return self._write(self._push, *self._keys(key), encode(value), False)
 
-    def _push(self, txn: lmdb.Transaction, sk: bytes, full: bytes,
+    def _push(self, txn: Txn, sk: bytes, full: bytes,
               item: tuple[int, bytes], left: bool) -> int:
         now = monotonic_ns()
         v, _ = self._lookup(txn, sk, full)
@@ -803,7 +840,8 @@ class EmbeddedDict:
             head, tail, nbytes = LIST_META.unpack_from(v, len(v) - LIST_META.size)
             seq = self._recency(txn, sk, seq, now)
             base = 0
-        if base + cost + nbytes > self._capacity:
+        total = (base if v is None else self._cost(txn, sk, v)) + cost
+        if total > self._capacity:
             raise SharedDictFull(f"shared dict {self.name!r}: list {contract.key_out(full)!r} "
                                  f"would outgrow {self._capacity} bytes")
         self._make_room(txn, base + cost, True, sk, now)
@@ -816,13 +854,13 @@ class EmbeddedDict:
 
     async def lpop(self, key: Key) -> Value | None:
         """Remove and return the head; None if absent. TypeError on a scalar key."""
-        return self._write(self._pop, *self._keys(key), True)  # type: ignore[no-any-return]
+        return self._write(self._pop, *self._keys(key), True)
 
     async def rpop(self, key: Key) -> Value | None:
         """Remove and return the tail; None if absent. TypeError on a scalar key."""
-        return self._write(self._pop, *self._keys(key), False)  # type: ignore[no-any-return]
+        return self._write(self._pop, *self._keys(key), False)
 
-    def _pop(self, txn: lmdb.Transaction, sk: bytes, full: bytes, left: bool) -> Value | None:
+    def _pop(self, txn: Txn, sk: bytes, full: bytes, left: bool) -> Value | None:
         now = monotonic_ns()
         v, _ = self._lookup(txn, sk, full)
         if v is None:
@@ -852,9 +890,9 @@ class EmbeddedDict:
 
     async def llen(self, key: Key) -> int:
         """The list's length; 0 if absent. TypeError on a scalar key."""
-        return self._read(self._llen, *self._keys(key))  # type: ignore[no-any-return]
+        return self._read(self._llen, *self._keys(key))
 
-    def _llen(self, txn: lmdb.Transaction, sk: bytes, full: bytes) -> int:
+    def _llen(self, txn: Txn, sk: bytes, full: bytes) -> int:
         now = monotonic_ns()
         v, _ = self._lookup(txn, sk, full)
         if v is None:
@@ -886,6 +924,6 @@ def reader_check(path: str, capacity: int) -> int:
     except lmdb.Error as exc:
         raise SharedDictError(f"reader check of {path}: {exc}") from exc
     try:
-        return env.reader_check()  # type: ignore[no-any-return]
+        return env.reader_check()
     finally:
         env.close()

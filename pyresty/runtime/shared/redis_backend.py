@@ -33,20 +33,25 @@ refuse (``SharedDictFull``) when ``used_memory`` plus the value would exceed
 A value larger than ``maxmemory`` raises ``SharedDictFull``. ``stats()``
 reports the Redis server's figures (``used_memory``, ``DBSIZE``,
 ``evicted_keys``), not this dict's alone: counting one prefix would mean a
-full ``SCAN``.
+full ``SCAN``. ``stats_now()`` (no I/O) returns the last figures and starts a
+refresh in the background, at most every ``STATS_EVERY`` seconds.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import OutOfMemoryError, RedisError, ResponseError
 
 from pyresty.errors import SharedDictError, SharedDictFull
 from pyresty.runtime.shared import contract
 from pyresty.runtime.shared.contract import DictStats, Key, Number, Value
 
 STALE_TTL = 600.0          # seconds a stale copy outlives its value (get_stale)
+STATS_EVERY = 1.0          # seconds between two background refreshes of stats_now()
 SCAN_COUNT = 1000          # keys per SCAN step in keys/flush_*
 
 _STORE = """
@@ -130,16 +135,15 @@ _INT_START = frozenset(b"0123456789-")
 
 def encode(value: object) -> bytes:
     """The tagged string for a value (see the module docstring). TypeError otherwise."""
-    tv = type(value)
-    if tv is str:
-        return b"s" + value.encode()  # type: ignore[union-attr]
-    if tv is int:
+    if type(value) is str:
+        return b"s" + value.encode()
+    if type(value) is int:
         return str(value).encode()
-    if tv is bytes:
-        return b"b" + value  # type: ignore[operator]
-    if tv is float:
+    if type(value) is bytes:
+        return b"b" + value
+    if type(value) is float:
         return b"f" + repr(value).encode()
-    if tv is bool:
+    if type(value) is bool:
         return b"T" if value else b"F"
     return encode(contract.base_value(value))
 
@@ -199,10 +203,18 @@ class RedisDict:
         self._stale_prefix = self._prefix + b"s:"
         self._grace = str(ttl_ms(stale_ttl)).encode()
         self._maxmemory: int | None = None
+        self._last_stats = DictStats(capacity=0, used=0, keys=0, evictions=0)
+        self._stats_at = -STATS_EVERY
+        self._refresh: asyncio.Task[DictStats] | None = None
         self._store = self._r.register_script(_STORE)
         self._get_stale = self._r.register_script(_GET_STALE)
         self._incr = self._r.register_script(_INCR)
         self._expire = self._r.register_script(_EXPIRE)
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The (possibly shared) client this dict talks through."""
+        return self._r
 
     async def aclose(self) -> None:
         """Close the connection pool if this dict made it."""
@@ -221,7 +233,7 @@ class RedisDict:
             return contract.not_a_list(raw) if as_list else contract.is_a_list(raw)
         if "PYRESTY_NAN" in text:
             return contract.not_a_number(raw)
-        if text.startswith("OOM") or "OOM command" in text:
+        if isinstance(exc, OutOfMemoryError) or "used memory > 'maxmemory'" in text:
             return SharedDictFull(f"shared dict {self.name!r}: Redis is full: {text}")
         if "overflow" in text or "out of range" in text:
             return OverflowError(f"shared dict {self.name!r}: incr of "
@@ -276,7 +288,7 @@ class RedisDict:
     async def capacity(self) -> int:
         """Redis's ``maxmemory`` in bytes (0: no limit, or CONFIG is not allowed)."""
         try:
-            reply = await self._r.config_get("maxmemory")
+            reply: dict[Any, Any] = await self._r.config_get("maxmemory")
             self._maxmemory = int(reply.get(b"maxmemory", reply.get("maxmemory", 0)))
         except (RedisError, ValueError):
             self._maxmemory = 0
@@ -299,8 +311,28 @@ class RedisDict:
         used = await self._used_memory()
         keys = await self._call(None, False, self._r.dbsize)
         info = await self._call(None, False, self._r.info, "stats")
-        return DictStats(capacity=cap, used=used, keys=int(keys),
-                         evictions=int(info.get("evicted_keys", 0)))
+        self._last_stats = DictStats(capacity=cap, used=used, keys=int(keys),
+                                     evictions=int(info.get("evicted_keys", 0)))
+        return self._last_stats
+
+    def stats_now(self) -> DictStats:
+        """The last figures ``stats()`` saw (zeros at first), without I/O; starts
+        a refresh in the running loop, if any, at most every STATS_EVERY s."""
+        now = time.monotonic()
+        if self._refresh is None and now - self._stats_at >= STATS_EVERY:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return self._last_stats
+            self._stats_at = now
+            self._refresh = loop.create_task(self.stats())
+            self._refresh.add_done_callback(self._refreshed)
+        return self._last_stats
+
+    def _refreshed(self, task: asyncio.Task[DictStats]) -> None:
+        self._refresh = None
+        if not task.cancelled():
+            task.exception()            # a failed refresh keeps the old figures
 
     # -- writes -------------------------------------------------------------
 
@@ -343,7 +375,7 @@ class RedisDict:
         return bool(done)
 
     async def _check_room(self, size: int, safe: bool) -> None:
-        if self._maxmemory is None:
+        if self._maxmemory is None or safe:     # safe_* look afresh; others use the cache
             await self.capacity()
         cap = self._maxmemory
         if not cap:
@@ -372,7 +404,7 @@ class RedisDict:
                 b"" if init is None else encode(init), ttl_ms(init_ttl), self._grace)
         r = await self._call(key, False, self._incr, keys=self._names(key), args=args)
         if r is None or type(r) is int:
-            return r  # type: ignore[no-any-return]
+            return r
         return float(r[1:])
 
     async def expire(self, key: Key, ttl: float | None) -> bool:
