@@ -62,8 +62,13 @@ class Headers(MutableMapping[str, str]):
 
     def encode(self) -> bytes:
         """Every field as ``Name: value\r\n`` lines (latin-1, as HTTP/1.1 allows)."""
-        return "".join([f"{field[0]}: {value}\r\n" for field in self._fields.values()
-                        for value in field[1:]]).encode("latin-1")
+        lines = [f"{field[0]}: {value}\r\n" for field in self._fields.values()
+                 for value in field[1:]]
+        text = "".join(lines)
+        if text.count("\n") != len(lines) or text.count("\r") != len(lines):
+            # a CR or LF of a handler's would start a new header line (response splitting)
+            raise ValueError("CR or LF in a response header field")
+        return text.encode("latin-1")
 
     def has(self, lowered: str) -> bool:
         """``lowered in self`` for a name already in lower case (no lower() call)."""

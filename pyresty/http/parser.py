@@ -59,7 +59,8 @@ class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
     __slots__ = ("_sink", "_parser", "_target", "_target_len", "_fields", "_fields_size",
-                 "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked")
+                 "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked",
+                 "_began")
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
@@ -76,6 +77,7 @@ class RequestParser:
         self._fields_size = 0
         self._in_head = False
         self._head_bytes = 0
+        self._began = False
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
 
@@ -86,7 +88,7 @@ class RequestParser:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises HttpError for a request that must be refused."""
-        whole_feed_in_head = self._in_head
+        self._began = False
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -105,18 +107,20 @@ class RequestParser:
             raise
         except httptools.HttpParserError as exc:
             raise HttpError(400, f"malformed request: {exc}") from None
-        if self._in_head and whole_feed_in_head:
+        if self._in_head and not self._began:
+            # Count only feeds that lie wholly inside one head: a head that began
+            # in this feed shares it with the end of the previous message.
             self._head_bytes += len(data)
             if self._head_bytes > MAX_HEAD:
-                if self._fields:
-                    raise HttpError(431, "request header fields too large")
-                raise HttpError(414, "request target too long")
+                # a target over MAX_TARGET has already failed in on_url (414)
+                raise HttpError(431, "request header fields too large")
 
     def _fail(self, status: int, reason: str) -> None:
         raise HttpError(status, reason)
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self._began = True
         self._in_head = True
         self._head_bytes = 0
         self._target = []
@@ -138,6 +142,8 @@ class RequestParser:
         self._target.append(piece)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if value[-1:] in (b" ", b"\t"):
+            value = value.rstrip(b" \t")   # RFC 9110 §5.5: trailing OWS is not in the value
         length = len(name)
         size = length + len(value) + 4
         if size > MAX_FIELD_LINE:
@@ -158,7 +164,13 @@ class RequestParser:
         self._in_head = False
         parser = self._parser
         target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
+        fields, self._fields = self._fields, []   # trailers must not join them (RFC 9110 §6.5.1)
         method = parser.get_method()
+        upgrade = parser.should_upgrade()
+        if upgrade and (self.chunked or self.content_length) and method != b"CONNECT":
+            # httptools hands every byte after this head to the new protocol; no
+            # one switches, so the body would be parsed as the next request.
+            self._fail(400, "a body on an Upgrade request")
         self._sink.on_head(_METHODS.get(method) or method.decode("ascii"), target,
-                           parser.get_http_version(), self._fields,
-                           parser.should_keep_alive(), parser.should_upgrade())
+                           parser.get_http_version(), fields,
+                           parser.should_keep_alive(), upgrade)

@@ -55,7 +55,7 @@ class HttpConnection(asyncio.Protocol):
     __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
                  "current", "parsing", "pending", "requests", "closed", "closing",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
-                 "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed")
+                 "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal")
 
     def __init__(self, app: HttpServer, listen: Listen) -> None:
         self.app = app
@@ -75,6 +75,7 @@ class HttpConnection(asyncio.Protocol):
         self.closed = False
         self.closing = False
         self.half_closed = False
+        self.refusal = 0
         self._write_paused = False
         self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -104,6 +105,8 @@ class HttpConnection(asyncio.Protocol):
         self._drain_waiter = self._body_waiter = None
 
     def data_received(self, data: bytes) -> None:
+        if self.refusal:
+            return
         if self.deadline_kind is Deadline.IDLE:
             self.deadline_kind = Deadline.HEAD
             self.deadline = self.app.now + self.server_conf.client_header_timeout
@@ -242,7 +245,7 @@ class HttpConnection(asyncio.Protocol):
                 waiter.set_result(None)
 
     def keepalive_allowed(self, req: Request) -> bool:
-        if self.closing or self.half_closed or self.app.draining:
+        if self.closing or (self.half_closed and not self.pending) or self.app.draining:
             return False
         if not req.body_complete:
             # The client may be holding the body back for a 100 Continue we never sent.
@@ -286,6 +289,9 @@ class HttpConnection(asyncio.Protocol):
             return
         if self.pending and (req.keep_alive or self.half_closed) and not self.closing:
             self._next_request()
+        elif self.refusal and req.keep_alive and not self.closing:
+            self.write(wire.error_response(self.refusal))   # after every earlier answer
+            self.close()
         elif not req.keep_alive or self.closing or self.half_closed:
             self.close()
         elif not self.app.draining and not self.parser._in_head:  # the common case
@@ -319,6 +325,15 @@ class HttpConnection(asyncio.Protocol):
         log.info("client %s sent a bad request (%d): %s", self.peer_host, status, reason)
         self.app.count_refused(status)
         req = self.current
+        bad = self.parsing
+        if req is not None and req is not bad:
+            # The bad bytes follow complete requests: answer those first, in order
+            # (RFC 9112 §9.3.2), then send the refusal from request_done.
+            if bad is not None and bad in self.pending:
+                self.pending.remove(bad)
+            self.refusal = status
+            self.transport.pause_reading()
+            return
         if req is not None and req.started:
             self.abort()
             return

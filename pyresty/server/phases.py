@@ -136,9 +136,17 @@ async def handle(app: HttpServer, r: Request) -> None:
         try:
             r.finish()
         except Exception:
-            log.error("filter failed on %s %s", r.method, r.uri, exc_info=True)
-            r.finished = True
-            conn.abort()
+            # a filter raised, or a header value would split the response
+            log.error("response failed on %s %s", r.method, r.uri, exc_info=True)
+            if r.started:
+                r.finished = True
+                conn.abort()
+            else:
+                r.finished = False
+                r._headers_out = None
+                r.route = app.fallback   # no filters this time
+                _exit_response(r, 500)
+                r.finish()
     app.requests_total += 1
     if app.timing:
         _access_log(app, r, r.status)

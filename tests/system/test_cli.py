@@ -98,7 +98,7 @@ def test_reload_runs_new_code_while_old_generation_finishes_old_code(make_server
     (server.prefix / "app.py").write_text(APP.replace("v1", "v2"))
     server.signal(signal.SIGHUP)
     server.wait_log(r"generation 2 ready")
-    assert http_get(server.port, "/hello")[2] == b"v2\n"
+    wait_for(lambda: http_get(server.port, "/hello")[2] == b"v2\n", 5, "the new code")
     reply = b""
     while b"slow v" not in reply:
         chunk = slow.recv(4096)
@@ -113,7 +113,7 @@ def test_dev_mode_reloads_on_change_and_survives_syntax_errors(make_server):
                          expect_log=(r"cannot load handlers",))
     (server.prefix / "app.py").write_text(APP.replace("v1", "v2"))
     server.wait_log(r"generation 2 ready", timeout=20)
-    assert http_get(server.port, "/hello")[2] == b"v2\n"
+    wait_for(lambda: http_get(server.port, "/hello")[2] == b"v2\n", 5, "the new code")
     (server.prefix / "app.py").write_text("def broken(:\n")
     server.wait_log(r"reload abandoned", timeout=20)
     assert "SyntaxError" in server.log_text()
