@@ -34,6 +34,7 @@ MAX_FIELDS = 100
 MAX_HEAD = MAX_TARGET + MAX_FIELDS_SIZE + 1024
 
 
+_OWS = (0x20, 0x09)  # SP, HTAB
 _METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
@@ -58,9 +59,9 @@ class RequestSink(Protocol):
 class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
-    __slots__ = ("_sink", "_parser", "_target", "_target_len", "_fields", "_fields_size",
+    __slots__ = ("_sink", "_parser", "_target", "_fields", "_fields_size",
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked",
-                 "_began")
+                 "_began", "_feed_size")
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
@@ -71,13 +72,13 @@ class RequestParser:
             on_header=self.on_header, on_headers_complete=self.on_headers_complete,
             on_body=sink.on_body, on_message_complete=sink.on_end)
         self._parser = httptools.HttpRequestParser(self._callbacks)
-        self._target: list[bytes] = []
-        self._target_len = 0
+        self._target = b""
         self._fields: list[tuple[bytes, bytes]] = []
         self._fields_size = 0
         self._in_head = False
         self._head_bytes = 0
         self._began = False
+        self._feed_size = 0
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
 
@@ -89,6 +90,7 @@ class RequestParser:
     def feed(self, data: bytes) -> None:
         """Parse ``data``; raises HttpError for a request that must be refused."""
         self._began = False
+        self._feed_size = len(data)
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as exc:
@@ -120,11 +122,9 @@ class RequestParser:
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._began = True
-        self._in_head = True
+        self._began = self._in_head = True
         self._head_bytes = 0
-        self._target = []
-        self._target_len = 0
+        self._target = b""
         self._fields = []
         self._fields_size = 0
         self.content_length = None
@@ -136,35 +136,41 @@ class RequestParser:
         return self.chunked or bool(self.content_length)
 
     def on_url(self, piece: bytes) -> None:
-        self._target_len += len(piece)
-        if self._target_len > MAX_TARGET:
+        target = self._target + piece if self._target else piece   # one piece, nearly always
+        if len(target) > MAX_TARGET:
             self._fail(414, "request target too long")
-        self._target.append(piece)
+        self._target = target
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if value[-1:] in (b" ", b"\t"):
-            value = value.rstrip(b" \t")   # RFC 9110 §5.5: trailing OWS is not in the value
-        length = len(name)
-        size = length + len(value) + 4
-        if size > MAX_FIELD_LINE:
-            self._fail(431, "request header line too long")
-        total = self._fields_size = self._fields_size + size
+        # Called once per field line: keep it to the append. Limits, framing
+        # fields and whitespace are settled once per head in on_headers_complete.
         fields = self._fields
         fields.append((name, value))
-        if total > MAX_FIELDS_SIZE or len(fields) > MAX_FIELDS:
-            self._fail(431, "request header fields too large")
-        if length == 14 or length == 17:  # len("content-length"), len("transfer-encoding")
-            lowered = name.lower()
-            if lowered == b"content-length":
-                self.content_length = int(value)   # llhttp has checked the digits
-            elif lowered == b"transfer-encoding":
-                self.chunked = True
+        if not self._in_head:   # a trailer field (chunked body): the same limits, now
+            _check_field_sizes(fields)
+            if len(fields) > MAX_FIELDS:
+                self._fail(431, "request trailer fields too large")
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         parser = self._parser
-        target = self._target[0] if len(self._target) == 1 else b"".join(self._target)
+        target = self._target
         fields, self._fields = self._fields, []   # trailers must not join them (RFC 9110 §6.5.1)
+        if len(fields) > MAX_FIELDS:
+            self._fail(431, "request header fields too large")
+        if not (self._began and self._feed_size <= MAX_FIELD_LINE):
+            _check_field_sizes(fields)   # a head this feed holds whole cannot break them
+        for name, value in fields:
+            length = len(name)
+            if length == 14 or length == 17:  # len("content-length"), len("transfer-encoding")
+                lowered = name.lower()
+                if lowered == b"content-length":
+                    self.content_length = int(value)   # llhttp has checked the digits
+                elif lowered == b"transfer-encoding":
+                    self.chunked = True
+            if value and value[-1] in _OWS:
+                fields = _strip_ows(fields)
+                break
         method = parser.get_method()
         upgrade = parser.should_upgrade()
         if upgrade and (self.chunked or self.content_length) and method != b"CONNECT":
@@ -174,3 +180,19 @@ class RequestParser:
         self._sink.on_head(_METHODS.get(method) or method.decode("ascii"), target,
                            parser.get_http_version(), fields,
                            parser.should_keep_alive(), upgrade)
+
+
+def _check_field_sizes(fields: list[tuple[bytes, bytes]]) -> None:
+    total = 0
+    for name, value in fields:
+        size = len(name) + len(value) + 4
+        if size > MAX_FIELD_LINE:
+            raise HttpError(431, "request header line too long")
+        total += size
+    if total > MAX_FIELDS_SIZE:
+        raise HttpError(431, "request header fields too large")
+
+
+def _strip_ows(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """RFC 9110 §5.5: trailing whitespace is not part of a field value."""
+    return [(name, value.rstrip(b" \t")) for name, value in fields]

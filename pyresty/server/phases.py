@@ -36,7 +36,7 @@ class Route:
     """A location with its handlers resolved to callables."""
 
     __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
-                 "log", "client_max_body_size", "static_root")
+                 "log", "client_max_body_size", "static_root", "content_only")
 
     def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
                  client_max_body_size: int) -> None:
@@ -49,6 +49,9 @@ class Route:
         self.log = handlers.get("log")
         self.client_max_body_size = client_max_body_size
         self.static_root = location.root if location is not None else None
+        # nothing but a content handler: start() runs it without the phase coroutine
+        self.content_only = (self.content is not None and self.rewrite is None
+                             and self.access is None and self.log is None)
 
 
 def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
@@ -65,18 +68,46 @@ def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> 
 
 
 def start(app: HttpServer, r: Request) -> None:
-    """Run ``r`` through its phases; a Task is made only if a handler suspends."""
+    """Run ``r`` through its phases; a Task is made only if a handler suspends.
+
+    A route with only a content handler (the common case) runs that handler's
+    coroutine directly, without the ``handle`` coroutine around it.
+    """
+    route = r.route
+    if route.content_only:
+        coro = route.content(r)
+        try:
+            waiting_on = coro.send(None)
+        except StopIteration:
+            pass
+        except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
+            if not _failed(app, r, exc):
+                raise
+        else:
+            app.track(app.loop.create_task(_resume_content(app, r, coro, waiting_on)))
+            return
+        _complete(app, r)
+        return
     coro = handle(app, r)
     try:
         waiting_on = coro.send(None)
     except StopIteration:
         return
-    task = app.loop.create_task(_resume(coro, waiting_on))
-    app.track(task)
+    app.track(app.loop.create_task(_resume(coro, waiting_on)))
 
 
 async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
     await _continue(coro, waiting_on)
+
+
+async def _resume_content(app: HttpServer, r: Request, coro: Coroutine[Any, Any, None],
+                          waiting_on: Any) -> None:
+    try:
+        await _continue(coro, waiting_on)
+    except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
+        if not _failed(app, r, exc):
+            raise
+    _complete(app, r)
 
 
 @types.coroutine
@@ -98,7 +129,6 @@ def _continue(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any
 
 async def handle(app: HttpServer, r: Request) -> None:
     """All phases of one request, then the response end, the log phase and the access log."""
-    conn = r.conn
     try:
         route = r.route
         if route.rewrite is not None:
@@ -111,27 +141,42 @@ async def handle(app: HttpServer, r: Request) -> None:
             await app.serve_static(r, route.location)
         else:
             raise Exit(404)
-    except Exit as exc:
+    except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
+        if not _failed(app, r, exc):
+            raise
+    _complete(app, r)
+    if r.route.log is not None:
+        await _log_phase(r)
+
+
+def _failed(app: HttpServer, r: Request, exc: BaseException) -> bool:
+    """Turn what a phase raised into the response; False when it must propagate
+    (cancellation: the request is over and the connection aborted)."""
+    conn = r.conn
+    if isinstance(exc, Exit):
         _exit_response(r, exc.status)
-    except asyncio.CancelledError:
+    elif isinstance(exc, asyncio.CancelledError):
         conn.abort()
         _log_request(app, r, 499)
         conn.request_done(r)
-        raise
-    except (ConnectionError, TimeoutError) as exc:
-        if conn.closed:
-            _log_request(app, r, 499)
-            conn.request_done(r)
-            return
-        if isinstance(exc, TimeoutError) and not r.started:
-            _exit_response(r, 408)
-            r.keep_alive = False
-        else:
-            log.error("%s while handling %s", exc.__class__.__name__, r, exc_info=True)
-            _fail(r)
-    except Exception:
-        log.error("handler failed on %s %s", r.method, r.uri, exc_info=True)
+        return False
+    elif isinstance(exc, (ConnectionError, TimeoutError)) and conn.closed:
+        r.finished = True   # the client left: nothing to send; logged as 499
+        r.status = 499
+    elif isinstance(exc, TimeoutError) and not r.started:
+        _exit_response(r, 408)
+        r.keep_alive = False
+    elif isinstance(exc, Exception):
+        log.error("handler failed on %s %s", r.method, r.uri, exc_info=exc)
         _fail(r)
+    else:
+        return False   # KeyboardInterrupt, SystemExit: not ours to swallow
+    return True
+
+
+def _complete(app: HttpServer, r: Request) -> None:
+    """End the response, count and log the request, and move the connection on."""
+    conn = r.conn
     if not conn.closed and not r.finished:
         try:
             r.finish()
@@ -151,8 +196,6 @@ async def handle(app: HttpServer, r: Request) -> None:
     if app.timing:
         _access_log(app, r, r.status)
     conn.request_done(r)
-    if r.route.log is not None:
-        await _log_phase(r)
 
 
 async def _rewrite(app: HttpServer, r: Request, route: Any) -> Any:
