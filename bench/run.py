@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import platform
 import re
@@ -322,6 +323,31 @@ def bench_reload(args: argparse.Namespace) -> list[Reload]:
     return reports
 
 
+def bench_spread(args: argparse.Namespace) -> str:
+    """How evenly the kernel hands connections of one shared listening socket
+    to 2 workers (README: "Load spread"), under wrk -t2 -c50."""
+    server = Pyresty(workers=2)
+    server.status_port = servers.free_port()
+    try:
+        server.start()
+        wait_workers(server, 2)
+        result = wrk.run(f"http://127.0.0.1:{server.port}{server.path}", args.duration,
+                         server.dir / "wrk-spread.log", threads=2, connections=50)
+        _, body = servers.http_get(server.status_port, "/status", timeout=2.0)
+        rows = [p for p in json.loads(body)["processes"] if p["role"] == "worker"]
+    finally:
+        server.stop()
+    counts = sorted((p["requests"] for p in rows), reverse=True)
+    total = sum(counts) or 1
+    conns = [p["connections"] for p in sorted(rows, key=lambda p: -p["requests"])]
+    lines = ["| worker | requests | share | open connections |", "|---|--:|--:|--:|"]
+    for i, (count, conn) in enumerate(zip(counts, conns)):
+        lines.append(f"| {i} | {count:,} | {100 * count / total:.0f}% | {conn} |")
+    lines.append(f"\nwrk: {result.requests:,} requests, {result.socket_errors} socket errors; "
+                 f"busiest/quietest worker: {counts[0] / max(counts[-1], 1):.2f}×")
+    return "\n".join(lines)
+
+
 def fmt_ms(values: list[float | None] | list[float]) -> str:
     """``median (max)``; stuck entries (None) are counted separately."""
     done = [v for v in values if v is not None]
@@ -501,7 +527,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reloads", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between reloads")
-    parser.add_argument("--only", default="hello,reload,micro",
+    parser.add_argument("--only", default="hello,reload,spread,micro",
                         help="comma-separated sections: hello, reload, micro, profile")
     parser.add_argument("--profile", action="store_true",
                         help="also py-spy the pyresty worker under load")
@@ -512,7 +538,7 @@ def main() -> int:
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     if args.profile:
         sections.add("profile")
-    unknown = sections - {"hello", "reload", "micro", "profile"}
+    unknown = sections - {"hello", "reload", "spread", "micro", "profile"}
     if unknown:
         parser.error(f"--only: unknown section {', '.join(sorted(unknown))}")
     if args.rounds < 1 or args.reloads < 1 or args.duration < 1:
@@ -534,6 +560,9 @@ def main() -> int:
         if "reload" in sections:
             log("reload under load")
             parts += ["", "## Reload under load", "", reload_table(bench_reload(args))]
+        if "spread" in sections:
+            log("load spread across 2 workers")
+            parts += ["", "## Load spread (2 workers, one shared socket)", "", bench_spread(args)]
         if "micro" in sections:
             log("micro benchmarks")
             for name, text in bench_micro(args, scratch):

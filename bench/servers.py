@@ -336,6 +336,7 @@ class Pyresty(Server):
     """
 
     name = "pyresty"
+    status_port = 0          # set to serve /status (per-worker request counts)
 
     def module(self) -> str:
         return f"gen_{self.generation}" if self.generation else "hello"
@@ -345,10 +346,12 @@ class Pyresty(Server):
         text = f"gen {self.generation}" if self.generation else "hello"
         (d / f"{self.module()}.py").write_text(
             f"async def hello(r):\n    await r.say({text!r})\n")
+        status = f'[status]\nlisten = "127.0.0.1:{self.status_port}"\n' if self.status_port else ""
         (d / "pyresty.toml").write_text(f"""\
 workers = {self.workers}
 error_log = "logs/error.log"
 pid = "logs/pyresty.pid"
+{status}
 
 [[server]]
 listen = "127.0.0.1:{self.port}"
