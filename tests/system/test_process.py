@@ -31,6 +31,12 @@ async def slow(r):
 async def stuck(r):
     await asyncio.sleep(3600)
 
+async def chatter(r):
+    while True:              # a stream that never stops talking (like a busy WebSocket)
+        await r.say("tick")
+        await r.flush()
+        await asyncio.sleep(0.01)
+
 def bye():
     import logging
     logging.getLogger("pyresty.app").warning("exit_worker ran in %d", os.getpid())
@@ -56,6 +62,9 @@ content = "app:slow"
 [[server.location]]
 path = "= /stuck"
 content = "app:stuck"
+[[server.location]]
+path = "= /chatter"
+content = "app:chatter"
 '''
 
 READY = r"\[notice\] .*generation (\d+) ready"
@@ -405,3 +414,28 @@ def test_workers_drop_to_user_when_root():
             server.stop()
     finally:
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+def test_endless_stream_cannot_pin_a_worker(make_server):
+    server = make_server(config("1s"), {"app.py": APP}, ready=READY)
+    stream = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    stream.sendall(b"GET /chatter HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"tick" in stream.recv(4096)
+    old = {p["pid"] for p in workers_of(server)}
+    started = time.monotonic()
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"generation 2 ready")
+    # the stream keeps talking until worker_shutdown_timeout, then it is cut
+    received = b""
+    while True:
+        chunk = stream.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    cut_after = time.monotonic() - started
+    assert received.count(b"tick") > 10
+    assert 0.9 < cut_after < 2.0
+    wait_for(lambda: not (old & set(server.processes())), 2.0 - (time.monotonic() - started) + 0.5,
+             "the old workers to exit")
+    assert time.monotonic() - started < 1.0 + 1.0
+    stream.close()
