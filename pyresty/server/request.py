@@ -175,28 +175,27 @@ class Request:
     # response side
     async def say(self, *parts: Any) -> None:
         """Buffer ``parts`` and a newline for the response body."""
-        out = self._out
-        size = self._out_size
-        for part in parts:
-            data = part.encode("utf-8") if type(part) is str else _as_bytes(part)
-            out.append(data)
-            size += len(data)
-        out.append(b"\n")
-        self._out_size = size + 1
-        if size >= STREAM_AFTER:
+        if self._buffer(parts, b"\n") >= STREAM_AFTER:
             await self.flush()
 
     async def print(self, *parts: Any) -> None:
         """Buffer ``parts`` (str, bytes, or anything else as ``str(part)``) for the body."""
+        if self._buffer(parts, b"") >= STREAM_AFTER:
+            await self.flush()
+
+    def _buffer(self, parts: tuple[Any, ...], end: bytes) -> int:
+        """Append ``parts`` and ``end`` to the body buffer; returns its new size."""
         out = self._out
         size = self._out_size
         for part in parts:
             data = part.encode("utf-8") if type(part) is str else _as_bytes(part)
             out.append(data)
             size += len(data)
+        if end:
+            out.append(end)
+            size += len(end)
         self._out_size = size
-        if size >= STREAM_AFTER:
-            await self.flush()
+        return size
 
     async def flush(self) -> None:
         """Send the buffered body now (starting the response if needed)."""

@@ -10,70 +10,21 @@ import gc
 import os
 import signal
 import sys
-import time
-from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-import uvloop
 
+from children import Runner, no_leftovers, proc_state, run, until  # noqa: F401
 from pyresty.errors import PipeError
 from pyresty.runtime import pipe
 from pyresty.runtime.pipe import PipeTimeout
 
 MB = 1024 * 1024
-Runner = Callable[[Callable[[], Awaitable[object]]], object]
-
-
-def _state(pid: int) -> tuple[str, int] | None:
-    """(state letter, ppid) of pid from /proc, None if it is gone."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return None
-    return fields[0], int(fields[1])
-
-
-def zombie_children() -> set[int]:
-    me = os.getpid()
-    found = set()
-    for name in os.listdir("/proc"):
-        if name.isdigit() and _state(int(name)) == ("Z", me):
-            found.add(int(name))
-    return found
 
 
 def dead(pid: int) -> bool:
     """Gone, or a zombie (of whoever inherited it): not running any more."""
-    state = _state(pid)
+    state = proc_state(pid)
     return state is None or state[0] in ("Z", "X")
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll a condition (10 ms steps) until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Run an async test body in a fresh event loop of each kind."""
-    def runner(body: Callable[[], Awaitable[object]]) -> object:
-        if request.param == "uvloop":
-            return uvloop.run(body())
-        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as r:
-            return r.run(body())
-    return runner
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers() -> Iterator[None]:
-    before = zombie_children()
-    yield
-    assert pipe.live_count() == 0
-    assert zombie_children() - before == set()
 
 
 # -- reading --
@@ -268,7 +219,7 @@ def test_kill_reaches_the_whole_process_group(run: Runner) -> None:
     async def body() -> None:
         proc = await pipe.spawn("sleep 1000 & echo $!; wait")
         grandchild = int(await proc.stdout_read_line() or b"0")
-        assert _state(grandchild) is not None
+        assert proc_state(grandchild) is not None
         assert pipe.kill_all() == 1
         assert await proc.wait() == ("signal", signal.SIGKILL)
         # The grandchild held both pipes open: EOF on both means it is dead.
@@ -462,7 +413,7 @@ def test_a_dropped_proc_kills_and_reaps_its_child(run: Runner) -> None:
         del proc
         gc.collect()
         await until(lambda: pipe.live_count() == 0)
-        assert _state(pid) is None  # reaped, not a zombie
+        assert proc_state(pid) is None  # reaped, not a zombie
     run(body)
 
 
@@ -478,7 +429,7 @@ def test_a_child_whose_loop_closed_is_killed_and_reaped(run: Runner) -> None:
     run(body)
     pid = kept[0].pid
     assert pipe.live_count() == 0
-    assert _state(pid) is None
+    assert proc_state(pid) is None
     kept.clear()
     gc.collect()  # the transports' finalizers run here, not in a later test
 
@@ -492,7 +443,7 @@ def test_close_all_kills_and_reaps_at_once(run: Runner) -> None:
         procs = [await pipe.spawn("sleep 30 & wait") for _ in range(2)]
         assert pipe.close_all() == 2
         assert pipe.live_count() == 0
-        assert all(_state(p.pid) is None for p in procs)
+        assert all(proc_state(p.pid) is None for p in procs)
     run(body)
 
 

@@ -10,65 +10,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-import uvloop
 
+from children import Runner, no_leftovers, proc_state, run, until  # noqa: F401
 from pyresty.errors import PipeError
 from pyresty.runtime import pipe, shell
 from pyresty.runtime.shell import ShellResult
-
-Runner = Callable[[Callable[[], Awaitable[object]]], object]
-
-
-def _state(pid: int) -> str | None:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return None
-
-
-def zombie_children() -> set[int]:
-    me = str(os.getpid())
-    found = set()
-    for name in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] == "Z" and fields[1] == me:
-            found.add(int(name))
-    return found
-
-
-async def until(condition: Callable[[], bool], within: float = 5.0) -> None:
-    """Poll a condition (10 ms steps) until it holds; fail after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Runner:
-    """Run an async test body in a fresh event loop of each kind."""
-    def runner(body: Callable[[], Awaitable[object]]) -> object:
-        if request.param == "uvloop":
-            return uvloop.run(body())
-        with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as r:
-            return r.run(body())
-    return runner
-
-
-@pytest.fixture(autouse=True)
-def no_leftovers() -> Iterator[None]:
-    before = zombie_children()
-    yield
-    assert pipe.live_count() == 0
-    assert zombie_children() - before == set()
 
 
 def check(run: Runner, cmd: str | list[str], expected: ShellResult, **kwargs: object) -> None:
@@ -132,7 +80,7 @@ def test_timeout_kills_the_whole_process_group(run: Runner) -> None:
         result = await shell.run("sleep 30 & echo $!; wait", timeout=0.3)
         assert result.reason == "timeout"
         grandchild = int(result.stdout)
-        await until(lambda: _state(grandchild) in (None, "Z", "X"))
+        await until(lambda: (proc_state(grandchild) or ("X",))[0] in ("Z", "X"))
     run(body)
 
 
