@@ -159,3 +159,25 @@ def test_worker_id_stable_across_respawn(make_server):
     wait_for(lambda: [p for p in _workers(server) if p["id"] == 1 and p["pid"] != worker1["pid"]
                       and p["state"] == "serving"], 5, "respawned worker #1")
     server.wait_log(r"init_worker type=worker id=1", count=2)
+
+
+def test_init_worker_failure_is_a_boot_failure(make_server):
+    server = make_server('''
+        workers = 2
+        [hooks]
+        init_worker = "boom:start"
+        [[server]]
+        listen = "127.0.0.1:{port}"
+    ''', {"boom.py": "def start():\n    raise RuntimeError('no database')\n"}, start=False,
+        expect_log=(r"init_worker hook boom:start failed", r"failed to start"))
+    import subprocess
+
+    from harness import PYRESTY
+    server.proc = subprocess.Popen([*PYRESTY, "-c", str(server.config_path)], cwd=server.prefix,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                   start_new_session=True)
+    assert server.proc.wait(20) == 1
+    text = server.log_text()
+    assert "init_worker hook boom:start failed: RuntimeError: no database" in text
+    assert "failed to start; stopping" in text
+    assert text.count("started worker") <= 2   # no respawn loop
