@@ -25,7 +25,7 @@ class Headers(MutableMapping[str, str]):
 
     def __setitem__(self, name: str, value: object) -> None:
         if value.__class__ is str:
-            self._fields[name.lower()] = [name, value]  # type: ignore[list-item]
+            self._fields[name.lower()] = [name, value]
         elif isinstance(value, (list, tuple)):
             self._fields[name.lower()] = [name, *map(str, value)]
         else:

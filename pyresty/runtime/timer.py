@@ -259,9 +259,9 @@ class LockLease:
 
 def _default_lease_store(name: str) -> Any:
     """``pyresty.shared[name]``, imported on first use (the dicts open after fork)."""
-    import pyresty
+    from pyresty.runtime.shared import shared
 
-    return pyresty.shared[name]  # type: ignore[attr-defined]
+    return shared[name]
 
 
 def _check_delay(value: float, what: str, positive: bool) -> float:

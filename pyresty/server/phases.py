@@ -124,7 +124,7 @@ def _continue(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any
             return
         yield from _continue(coro, waiting_on)
         return
-    yield from coro  # type: ignore[misc]
+    yield from coro.__await__()
 
 
 async def handle(app: HttpServer, r: Request) -> None:

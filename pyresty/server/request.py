@@ -13,7 +13,7 @@ they end the request from any phase. A plain ``return`` ends only the phase.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 from urllib.parse import parse_qs, unquote
 
 from pyresty.http import response as wire
@@ -208,11 +208,11 @@ class Request:
             self._write_body(data)
         await self.conn.drain()
 
-    def exit(self, status: int) -> None:
+    def exit(self, status: int) -> NoReturn:
         """End the request with ``status`` from any phase (raises; does not return)."""
         raise Exit(status)
 
-    def redirect(self, url: str, status: int = 302) -> None:
+    def redirect(self, url: str, status: int = 302) -> NoReturn:
         """Answer with a redirect to ``url`` (raises; does not return)."""
         if self.started:
             raise ResponseStarted("cannot redirect: the response has started")

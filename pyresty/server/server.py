@@ -9,6 +9,7 @@ drives its shutdown through the methods named after SPEC §4's steps:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
@@ -79,7 +80,7 @@ class HttpServer:
         """Serve on already-bound listening sockets."""
         for listen, sock in sockets:
             server = await self.loop.create_server(
-                lambda listen=listen: HttpConnection(self, listen), sock=sock, backlog=BACKLOG)
+                functools.partial(HttpConnection, self, listen), sock=sock, backlog=BACKLOG)
             self._listeners.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
