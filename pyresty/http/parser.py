@@ -59,7 +59,7 @@ class RequestSink(Protocol):
 class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
-    __slots__ = ("_sink", "_parser", "_target", "_fields", "_fields_size",
+    __slots__ = ("_sink", "_parser", "_target", "_fields",
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked",
                  "_began", "_feed_size")
 
@@ -74,7 +74,6 @@ class RequestParser:
         self._parser = httptools.HttpRequestParser(self._callbacks)
         self._target = b""
         self._fields: list[tuple[bytes, bytes]] = []
-        self._fields_size = 0
         self._in_head = False
         self._head_bytes = 0
         self._began = False
@@ -124,11 +123,8 @@ class RequestParser:
     def on_message_begin(self) -> None:
         self._began = self._in_head = True
         self._head_bytes = 0
-        self._target = b""
-        self._fields = []
-        self._fields_size = 0
-        self.content_length = None
-        self.chunked = False
+        if self._fields:
+            self._fields = []   # the trailer fields of the previous message
 
     @property
     def body_expected(self) -> bool:
@@ -155,25 +151,31 @@ class RequestParser:
         self._in_head = False
         parser = self._parser
         target = self._target
+        self._target = b""
         fields, self._fields = self._fields, []   # trailers must not join them (RFC 9110 §6.5.1)
         if len(fields) > MAX_FIELDS:
             self._fail(431, "request header fields too large")
         if not (self._began and self._feed_size <= MAX_FIELD_LINE):
             _check_field_sizes(fields)   # a head this feed holds whole cannot break them
+        content_length = None
+        chunked = padded = False
         for name, value in fields:
             length = len(name)
             if length == 14 or length == 17:  # len("content-length"), len("transfer-encoding")
                 lowered = name.lower()
                 if lowered == b"content-length":
-                    self.content_length = int(value)   # llhttp has checked the digits
+                    content_length = int(value.rstrip(b" \t"))   # llhttp checked the digits
                 elif lowered == b"transfer-encoding":
-                    self.chunked = True
+                    chunked = True
             if value and value[-1] in _OWS:
-                fields = _strip_ows(fields)
-                break
+                padded = True
+        if padded:
+            fields = _strip_ows(fields)
+        self.content_length = content_length
+        self.chunked = chunked
         method = parser.get_method()
         upgrade = parser.should_upgrade()
-        if upgrade and (self.chunked or self.content_length) and method != b"CONNECT":
+        if upgrade and (chunked or content_length) and method != b"CONNECT":
             # httptools hands every byte after this head to the new protocol; no
             # one switches, so the body would be parsed as the next request.
             self._fail(400, "a body on an Upgrade request")

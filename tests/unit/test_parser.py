@@ -681,3 +681,23 @@ def test_error_response_keep_alive_head_and_extra():
 ])
 def test_bodiless(status, bodiless):
     assert wire.bodiless(status) is bodiless
+
+
+@SLICINGS
+def test_framing_fields_after_a_padded_field_are_still_seen(step):
+    """A field with trailing whitespace before Content-Length must not hide the length."""
+    seen = []
+
+    class Sink(Recorder):
+        def on_head(self, *args):  # type: ignore[no-untyped-def]
+            seen.append((parser.content_length, parser.chunked))
+            super().on_head(*args)
+
+    sink = Sink()
+    parser = RequestParser(sink)
+    data = request(b"POST", fields=[b"X-Pad: value  ", b"Content-Length: 3"], body=b"abc")
+    for piece in slices(data, step):
+        parser.feed(piece)
+    assert seen == [(3, False)]
+    assert sink.messages[0].fields == [(b"X-Pad", b"value"), (b"Content-Length", b"3")]
+    assert sink.messages[0].body == b"abc"
