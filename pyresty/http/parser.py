@@ -126,11 +126,6 @@ class RequestParser:
         if self._fields:
             self._fields = []   # the trailer fields of the previous message
 
-    @property
-    def body_expected(self) -> bool:
-        """Whether the request whose head was just parsed has a body to come."""
-        return self.chunked or bool(self.content_length)
-
     def on_url(self, piece: bytes) -> None:
         target = self._target + piece if self._target else piece   # one piece, nearly always
         if len(target) > MAX_TARGET:
