@@ -60,7 +60,7 @@ class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
     __slots__ = ("_sink", "_parser", "_target", "_fields",
-                 "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked",
+                 "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
                  "_began", "_feed_size")
 
     def __init__(self, sink: RequestSink) -> None:
@@ -80,6 +80,7 @@ class RequestParser:
         self._feed_size = 0
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
+        self.hosts = 0   # Host field lines of that request (RFC 9112 §3.2 is the server's rule)
 
     @property
     def in_head(self) -> bool:
@@ -154,6 +155,7 @@ class RequestParser:
             _check_field_sizes(fields)   # a head this feed holds whole cannot break them
         content_length = None
         chunked = padded = False
+        hosts = 0
         for name, value in fields:
             length = len(name)
             if length == 14 or length == 17:  # len("content-length"), len("transfer-encoding")
@@ -162,12 +164,15 @@ class RequestParser:
                     content_length = int(value.rstrip(b" \t"))   # llhttp checked the digits
                 elif lowered == b"transfer-encoding":
                     chunked = True
+            elif length == 4 and name.lower() == b"host":
+                hosts += 1
             if value and value[-1] in _OWS:
                 padded = True
         if padded:
             fields = _strip_ows(fields)
         self.content_length = content_length
         self.chunked = chunked
+        self.hosts = hosts
         method = parser.get_method()
         upgrade = parser.should_upgrade()
         if upgrade and (chunked or content_length) and method != b"CONNECT":

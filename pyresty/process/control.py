@@ -44,13 +44,16 @@ class _Listener:
         except (BlockingIOError, InterruptedError):
             return
         with conn:
-            conn.settimeout(IO_TIMEOUT)
+            # IO_TIMEOUT bounds the whole exchange, not each recv: a client
+            # trickling one byte at a time must not pin the master's loop
+            # (no reaping, respawning, signals or SIGKILL deadlines meanwhile)
+            deadline = time.monotonic() + IO_TIMEOUT
             try:
-                self.serve(conn)
+                self.serve(conn, deadline)
             except OSError:
                 pass
 
-    def serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, deadline: float) -> None:
         raise NotImplementedError
 
     def close_in_child(self) -> None:
@@ -81,8 +84,8 @@ class ControlServer(_Listener):
         sock.listen(16)
         super().__init__(master, sock)
 
-    def serve(self, conn: socket.socket) -> None:
-        request = _read_line(conn)
+    def serve(self, conn: socket.socket, deadline: float) -> None:
+        request = _read_line(conn, deadline)
         try:
             command = json.loads(request).get("command")
         except ValueError:
@@ -94,6 +97,7 @@ class ControlServer(_Listener):
             reply = {"draining": True}
         else:
             reply = {"error": f"unknown command {command!r}"}
+        _settimeout(conn, deadline)
         conn.sendall(json.dumps(reply).encode() + b"\n")
 
     def close(self) -> None:
@@ -111,9 +115,10 @@ class StatusServer(_Listener):
         sock.set_inheritable(False)
         super().__init__(master, sock)
 
-    def serve(self, conn: socket.socket) -> None:
+    def serve(self, conn: socket.socket, deadline: float) -> None:
         head = b""
         while b"\r\n\r\n" not in head and len(head) < 8192:
+            _settimeout(conn, deadline)
             data = conn.recv(4096)
             if not data:
                 return
@@ -129,13 +134,25 @@ class StatusServer(_Listener):
             status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
         else:
             body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
+        _settimeout(conn, deadline)
         conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
                      f"Connection: close\r\n\r\n".encode() + body)
 
 
-def _read_line(conn: socket.socket) -> bytes:
+def _settimeout(conn: socket.socket, deadline: float | None) -> None:
+    """Give the next blocking call only what is left until ``deadline``."""
+    if deadline is None:
+        return
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise TimeoutError("the client is too slow")
+    conn.settimeout(left)
+
+
+def _read_line(conn: socket.socket, deadline: float | None = None) -> bytes:
     data = b""
     while b"\n" not in data and len(data) < 65536:
+        _settimeout(conn, deadline)
         chunk = conn.recv(4096)
         if not chunk:
             break
@@ -191,6 +208,7 @@ def drain(config: Config, timeout: float) -> int:
         ask(config, "drain")
     except OSError as exc:
         return _no_master(config, exc)
+    zero_seen = False
     while True:
         try:
             processes = ask(config, "status")["processes"]
@@ -199,8 +217,10 @@ def drain(config: Config, timeout: float) -> int:
             return EXIT_OK
         active = sum(p.get("connections", 0) for p in processes if p["role"] == "worker")
         print(f"active connections: {active}", flush=True)
-        if active == 0:
+        if active == 0 and zero_seen:
             return EXIT_OK
+        # workers report every 0.5 s: a zero counts once a second report confirms it
+        zero_seen = active == 0
         if time.monotonic() > deadline:
             print(f"pyresty: drain timed out with {active} connections left", file=sys.stderr)
             return EXIT_FAILURE

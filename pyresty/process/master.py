@@ -42,7 +42,7 @@ from pyresty import errorlog
 from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
 from pyresty.process import listeners
-from pyresty.process.pidfile import remove_pid, write_pid
+from pyresty.process.pidfile import remove_pid, running_master, write_pid
 from pyresty.process.worker import WORKER_BOOT_ERROR, WorkerProcess
 from pyresty.runtime import identity
 from pyresty.runtime.identity import Role
@@ -55,6 +55,8 @@ RESPAWN_BACKOFF = 5.0      # s between attempts to respawn a worker that fails a
 FAST_STOP_GRACE = 3.0      # s after TERM before the master SIGKILLs what is left
 TICK = 0.1                 # s, the longest the loop sleeps when deadlines are pending
 EXIT_FAILURE = 1
+SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
+           signal.SIGCHLD)
 
 
 class State(enum.Enum):
@@ -71,6 +73,7 @@ class Child:
     generation: int
     channel: socket.socket
     started: float
+    shutdown_timeout: float      # its own generation's worker_shutdown_timeout
     state: State = State.STARTING
     stop_deadline: float | None = None
     stop_started: float | None = None
@@ -110,7 +113,7 @@ class Master:
         self.stopping: str | None = None            # "graceful" | "fast"
         self.fast_deadline = 0.0
         self.reload_queued = False
-        self.respawns: dict[tuple[Role, int | None], float] = {}
+        self.respawns: dict[tuple[int, Role, int | None], float] = {}   # (generation, role, id)
         self.draining = False
         self.exit_code = 0
         self.control: Any = None
@@ -122,6 +125,12 @@ class Master:
         config = self.config
         identity.become(Role.MASTER, None, config.workers, 0, self.pid, config.prefix)
         setproctitle.setproctitle("pyresty: master process " + " ".join(sys.argv))
+        other = running_master(config.pid)
+        if other is not None:
+            # never take over another server's pid file and control socket
+            log.log(errorlog.EMERG, "pyresty is already running (pid %d, %s); not starting",
+                    other, config.pid)
+            return EXIT_FAILURE
         try:
             self.sockets = listeners.bind_all(listeners.listens_of(config))
         except OSError as exc:
@@ -176,8 +185,7 @@ class Master:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
-        for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
-                    signal.SIGUSR1, signal.SIGCHLD):
+        for sig in SIGNALS:
             signal.signal(sig, self._record_signal)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
 
@@ -214,7 +222,9 @@ class Master:
         if self.stopping is None:
             log.log(errorlog.NOTICE, "graceful shutdown")
         self.stopping = "graceful"
-        self._abandon_pending("the server is shutting down")
+        if self.current is not None:
+            self._abandon_pending("the server is shutting down")
+        self.pending = None        # at start-up, the first generation stops gracefully too
         for child in list(self.children.values()):
             self.stop_child(child)
 
@@ -258,7 +268,9 @@ class Master:
             log.error("reload refused: workers = 0 (single process) needs a restart")
             return
         try:
-            self.sockets = listeners.bind_all(listeners.listens_of(config), keep=self.sockets)
+            # keep the sockets only the current generation uses: _promote closes
+            # them once it stops, _abandon_pending keeps them (they still serve)
+            self.sockets.update(listeners.bind_all(listeners.listens_of(config), keep=self.sockets))
         except OSError as exc:
             log.error("reload refused: cannot listen: %s", exc)
             return
@@ -308,16 +320,23 @@ class Master:
         in_use = set(listeners.listens_of(self.config))
         for listen in [l for l in self.sockets if l not in in_use]:
             self.sockets.pop(listen).close()
+        if self.reload_queued and self.stopping is None:
+            self.reload_queued = False   # a HUP that came during the failed reload
+            self.reload()
 
     # children
     def spawn_worker(self, gen: Generation, role: Role, worker_id: int | None) -> Child:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # Block our signals across fork: until the child has reset them, a
+        # signal would run the master's handler in the child (and be lost).
+        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
         pid = os.fork()
         if pid == 0:  # the child: never returns into master code
             code = 1
             try:
                 parent_end.close()
-                self._forget_in_child()
+                self._forget_in_child(gen)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
                 code = WorkerProcess(gen.config, role, worker_id, gen.number, gen.sockets,
                                      child_end, self.pid).run()
             except BaseException:
@@ -325,20 +344,33 @@ class Master:
             finally:
                 logging.shutdown()
                 os._exit(code)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
         child_end.close()
         parent_end.setblocking(False)
-        child = Child(pid, role, worker_id, gen.number, parent_end, time.monotonic())
+        child = Child(pid, role, worker_id, gen.number, parent_end, time.monotonic(),
+                      gen.config.worker_shutdown_timeout)
         self.children[pid] = child
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(child))
+        if self.draining:
+            parent_end.send(b"drain\n")   # read once it has booted: a respawn drains too
         log.info("started %s", child.label)
         return child
 
-    def _forget_in_child(self) -> None:
+    def _forget_in_child(self, gen: Generation) -> None:
         """In a new child: drop what belongs to the master alone."""
+        # listeners of other generations: a copy kept open here would hold a
+        # removed address in LISTEN (clients queued, never served) for as
+        # long as this worker lives
+        mine = {id(sock) for _, sock in gen.sockets}
+        for sock in self.sockets.values():
+            if id(sock) not in mine:
+                sock.close()
         signal.set_wakeup_fd(-1)
-        for sig in (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT,
-                    signal.SIGUSR1, signal.SIGCHLD):
+        for sig in SIGNALS:
             signal.signal(sig, signal.SIG_DFL)
+        # USR1's default action kills: a reopen reaching a worker that is still
+        # booting must not (the worker installs its own handler in _boot)
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         for child in self.children.values():
             child.channel.close()
         if self.control is not None:
@@ -353,18 +385,14 @@ class Master:
         """Ask a child to shut down gracefully, with a hard deadline."""
         if child.stop_deadline is not None:
             return
-        timeout = self._config_of(child).worker_shutdown_timeout
+        # the worker's own deadline, not the new config's: an old worker
+        # honours the worker_shutdown_timeout it was started with
+        timeout = child.shutdown_timeout
         now = time.monotonic()
         child.stop_started = now
         child.stop_deadline = now + timeout + HARD_MARGIN
         child.state = State.SHUTTING_DOWN
         self._kill(child, signal.SIGQUIT)
-
-    def _config_of(self, child: Child) -> Config:
-        for gen in (self.current, self.pending):
-            if gen is not None and gen.number == child.generation:
-                return gen.config
-        return self.config
 
     def _kill(self, child: Child, sig: int) -> None:
         try:
@@ -418,7 +446,8 @@ class Master:
                 # A respawn that cannot boot (its code changed on disk since the
                 # reload): keep the rest serving and try again later.
                 log.error("%s failed to start; trying again in %.0f s", child.label, RESPAWN_BACKOFF)
-                self.respawns[(child.role, child.worker_id)] = time.monotonic() + RESPAWN_BACKOFF
+                self.respawns[(child.generation, child.role, child.worker_id)] = \
+                    time.monotonic() + RESPAWN_BACKOFF
                 return
             self.spawn_worker(self.current, child.role, child.worker_id)
 
@@ -469,11 +498,13 @@ class Master:
                             child.label, now - (child.stop_started or now))
                 child.stop_deadline = None
                 self._kill(child, signal.SIGKILL)
-        for (role, worker_id), when in list(self.respawns.items()):
+        for key, when in list(self.respawns.items()):
             if now >= when:
-                del self.respawns[(role, worker_id)]
-                if self.current is not None and self.stopping is None:
-                    self.spawn_worker(self.current, role, worker_id)
+                del self.respawns[key]
+                generation, role, worker_id = key
+                current = self.current
+                if current is not None and current.number == generation and self.stopping is None:
+                    self.spawn_worker(current, role, worker_id)
         if self.stopping == "fast" and now > self.fast_deadline:
             for child in list(self.children.values()):
                 self._kill(child, signal.SIGKILL)

@@ -28,6 +28,23 @@ def read_pid(path: str) -> int | None:
     return pid
 
 
+def running_master(path: str) -> int | None:
+    """The pid of another live pyresty master (or single process) that owns
+    ``path``, else None. A pid file left by a killed server whose pid was
+    reused by some other program does not count (its title is not ours)."""
+    pid = read_pid(path)
+    if pid is None or pid == os.getpid():
+        return None
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return pid
+    return pid if title.startswith(b"pyresty: ") else None
+
+
 def remove_pid(path: str) -> None:
     try:
         if read_pid(path) == os.getpid():

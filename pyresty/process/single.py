@@ -6,7 +6,7 @@ import os
 
 from pyresty.config.model import Config
 from pyresty.process import listeners
-from pyresty.process.pidfile import remove_pid, write_pid
+from pyresty.process.pidfile import remove_pid, running_master, write_pid
 from pyresty.process.worker import WorkerProcess
 from pyresty.runtime.identity import Role
 
@@ -14,6 +14,10 @@ log = logging.getLogger("pyresty.process")
 
 
 def run_single(config: Config) -> int:
+    other = running_master(config.pid)
+    if other is not None:
+        log.critical("pyresty is already running (pid %d, %s); not starting", other, config.pid)
+        return 1
     try:
         sockets = listeners.bind_all(listeners.listens_of(config))
     except OSError as exc:

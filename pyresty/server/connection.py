@@ -145,13 +145,19 @@ class HttpConnection(asyncio.Protocol):
     # parser sink
     def on_head(self, method: str, target: bytes, version: str,
                 fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
+        hosts = self.parser.hosts
+        if hosts != 1 and (hosts or version == "1.1"):
+            # RFC 9112 §3.2: 400 for an HTTP/1.1 request without Host and for
+            # any request with more than one Host field line.
+            raise HttpError(400, "missing or duplicate Host header")
         req = Request(self, method, target, version, fields, keep_alive, upgrade)
         app = self.app
         if app.timing:
             req.start_time = self.loop.time()
         self.requests += 1
-        if self.requests >= self.server_conf.keepalive_requests:
-            req.keep_alive = False
+        conf = self.server_conf
+        if self.requests >= conf.keepalive_requests or conf.keepalive_timeout <= 0:
+            req.keep_alive = False   # keepalive_timeout 0 turns keepalive off, as in nginx
         if self.shared_listen:
             app.route(req, self)
         else:
@@ -183,7 +189,9 @@ class HttpConnection(asyncio.Protocol):
 
     def on_body(self, data: bytes) -> None:
         req = self.parsing
-        if req is None:
+        if req is None or req.finished:
+            # Answered without reading its body: discard the rest, as nginx does.
+            # A 413 now would be a second response to one request (RFC 9112 §9.3).
             return
         limit = req.route.client_max_body_size
         if req._body_size + len(data) > limit > 0:
@@ -383,6 +391,11 @@ class HttpConnection(asyncio.Protocol):
                 self.close()
         elif kind is Deadline.LINGER:
             self.close_if_idle()
+        elif kind is Deadline.SEND:
+            # The client stopped reading: close() would wait for the write
+            # buffer to drain, i.e. forever, with the handler parked in drain().
+            # nginx's send_timeout closes the connection outright.
+            self.abort()
         else:
             self.close()
 

@@ -192,6 +192,12 @@ def _complete(app: HttpServer, r: Request) -> None:
                 r.route = app.fallback   # no filters this time
                 _exit_response(r, 500)
                 r.finish()
+    elif not r.finished:
+        # The client left before the response was complete. Nothing was sent
+        # at all: log 499, as nginx does (ngx_http_terminate_request).
+        r.finished = True
+        if not r.started:
+            r.status = 499
     app.requests_total += 1
     if app.timing:
         _access_log(app, r, r.status)
@@ -218,6 +224,9 @@ def _exit_response(r: Request, status: int) -> None:
     r.status = status
     if status >= 300:
         r.discard_output()
+        headers = r._headers_out
+        if headers is not None and "content-length" in headers:
+            del headers["content-length"]   # it framed the discarded body (RFC 9112 §6.3)
         if not wire.bodiless(status):
             r.headers_out["Content-Type"] = "text/html"
             r._out.append(wire.error_body(status))
