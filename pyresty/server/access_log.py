@@ -38,13 +38,15 @@ class _LocalTime:
 _local_time = _LocalTime().get
 
 
-def _quote(value: bytes | None) -> str:
-    if not value:
-        return "-"
-    text = value.decode("latin-1")
+def _escape(text: str) -> str:
+    """nginx's escaping of ``"`` and ``\\`` in logged fields: a line cannot be forged."""
     if '"' in text or "\\" in text:
         text = text.replace("\\", "\\x5C").replace('"', '\\x22')
     return text
+
+
+def _quote(value: bytes | None) -> str:
+    return _escape(value.decode("latin-1")) if value else "-"
 
 
 class AccessLog:
@@ -58,7 +60,7 @@ class AccessLog:
     def write(self, r: Request, status: int, now: float) -> None:
         upstream_time = r.upstream_response_time
         line = (
-            f'{r.client_addr} - - [{_local_time()}] "{r.method} {r.uri} HTTP/{r.http_version}" '
+            f'{r.client_addr} - - [{_local_time()}] "{r.method} {_escape(r.uri)} HTTP/{r.http_version}" '
             f'{status} {r.body_bytes_sent} "{_quote(r.header(b"referer"))}" '
             f'"{_quote(r.header(b"user-agent"))}" {now - r.start_time:.3f} '
             f'{r.upstream_addr or "-"} {r.upstream_status or "-"} '

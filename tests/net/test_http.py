@@ -395,3 +395,11 @@ def test_slow_reader_does_not_grow_memory(server):
             time.sleep(0.05)
     assert grown < 20 * 1024, f"server RSS grew by {grown} KiB"
     assert http_get(server.port, "/hello")[0] == 200
+
+
+def test_access_log_escapes_quotes_in_the_request_line(server):
+    raw_exchange(server.port, b'GET /hello?x="forged"\\ HTTP/1.1\r\nHost: x\r\n'
+                 b'User-Agent: escaper\r\nConnection: close\r\n\r\n')
+    line = wait_for(lambda: [l for l in (server.prefix / "logs" / "access.log").read_text()
+                             .splitlines() if "escaper" in l], 5, "access log line")[-1]
+    assert '"GET /hello?x=\\x22forged\\x22\\x5C HTTP/1.1"' in line
