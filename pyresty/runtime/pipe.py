@@ -593,7 +593,9 @@ async def spawn(args: Sequence[str] | str, *, env: Mapping[str, str] | None = No
             start_new_session=True,
         )
     except OSError as exc:
-        raise PipeError(f"cannot spawn {argv[0]!r}: {exc.strerror or exc}") from exc
+        # A bad cwd fails with the same errno as a missing program: say which.
+        where = f" (cwd {cwd!r})" if cwd is not None and exc.filename == cwd else ""
+        raise PipeError(f"cannot spawn {argv[0]!r}: {exc.strerror or exc}{where}") from exc
     return Proc(child)
 
 

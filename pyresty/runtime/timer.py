@@ -32,6 +32,10 @@ Rules
    process holds the lease ``pyresty:once:<module:qualname>`` in that shared
    dict (TTL ``max(3 * interval, 1 s)``, renewed each tick and during long
    runs); the holder gets the premature run at exit and then releases it.
+9. ``at``/``every`` must be called on the event loop's thread; from any other
+   thread (an executor job, a plain ``threading.Thread``) they raise
+   ``RuntimeError``: the scheduler is not thread-safe, and a deadline set
+   behind the loop's back does not wake it, so the timer would silently not fire.
 
 Theory of operation
 -------------------
@@ -358,6 +362,12 @@ class TimerScheduler:
     def _check_create(self, callback: Callback) -> None:
         if not callable(callback):
             raise TypeError(f"timer callback must be callable, not {type(callback).__name__}")
+        if asyncio._get_running_loop() is not self.loop:
+            # The heap and loop.call_at are not thread-safe: from another thread
+            # the push races the loop, and the loop, asleep in select/epoll, never
+            # learns of the new deadline, so the timer silently does not fire.
+            raise RuntimeError("pyresty.timer.at/every must be called from the event loop's "
+                               "thread (from another thread, use loop.call_soon_threadsafe)")
         if self._exiting:
             raise TimerError("process exiting")
         if self._armed + len(self._queue) >= self.max_pending:

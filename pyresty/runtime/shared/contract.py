@@ -12,7 +12,8 @@ Rules (SPEC §7, modelled on OpenResty's ``ngx.shared.DICT``):
   with the type they went in with. ``set(key, None)`` deletes, as
   ``ngx.shared.DICT:set(key, nil)`` does. Anything else is a ``TypeError``.
 - A TTL is seconds as a float. ``None`` or ``0`` means "never expires"
-  (OpenResty's ``exptime = 0``); a negative TTL is a ``ValueError``.
+  (OpenResty's ``exptime = 0``); a negative TTL, NaN, or one above ``MAX_TTL``
+  (``math.inf`` included) is a ``ValueError``.
 - A key holds either a scalar or a list. Using one as the other is a
   ``TypeError`` naming the key; an *expired* entry counts as absent.
 
@@ -50,6 +51,10 @@ Value = str | bytes | int | float | bool
 Number = int | float
 
 MAX_KEY_BYTES = 65535          # ngx_http_lua_shdict_node_t.key_len is a u_short
+# The longest TTL, seconds (100 years): the embedded store keeps expiry as u64
+# monotonic nanoseconds (~584 years, so 1e11 s or math.inf overflowed struct.pack),
+# Redis as int64 milliseconds; "never" is None or 0.
+MAX_TTL = 100 * 365 * 86400
 
 
 class DictStats(TypedDict):
@@ -131,6 +136,9 @@ def ttl_ns(ttl: object) -> int:
         raise TypeError(f"ttl must be a number of seconds, not {type(ttl).__name__}")
     if ttl < 0 or ttl != ttl:
         raise ValueError(f"ttl must be >= 0 (got {ttl!r})")
+    if ttl > MAX_TTL:
+        raise ValueError(f"ttl must be at most {MAX_TTL} s (got {ttl!r}); "
+                         "use None or 0 for no expiry")
     if ttl == 0:
         return 0
     return max(1, int(ttl * 1e9))
