@@ -71,6 +71,14 @@ class AccessLog:
         if self._size >= FLUSH_AT:
             self.flush()
 
+    def write_refused(self, client: str, status: int, body_size: int) -> None:
+        """A request the parser refused (400, 413, 414, 431...): its line is unknown."""
+        line = f'{client} - - [{_local_time()}] "-" {status} {body_size} "-" "-" 0.000 - - -\n'
+        self._buffer.append(line)
+        self._size += len(line)
+        if self._size >= FLUSH_AT:
+            self.flush()
+
     def flush(self) -> None:
         if self._buffer:
             data = "".join(self._buffer).encode("utf-8", "backslashreplace")

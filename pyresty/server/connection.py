@@ -298,8 +298,7 @@ class HttpConnection(asyncio.Protocol):
         if self.pending and (req.keep_alive or self.half_closed) and not self.closing:
             self._next_request()
         elif self.refusal and req.keep_alive and not self.closing:
-            self.write(wire.error_response(self.refusal))   # after every earlier answer
-            self.close()
+            self._send_refusal(self.refusal)   # after every earlier answer
         elif not req.keep_alive or self.closing or self.half_closed:
             self.close()
         elif not self.app.draining and not self.parser._in_head:  # the common case
@@ -347,7 +346,12 @@ class HttpConnection(asyncio.Protocol):
             return
         if req is not None:
             req.finished = True  # the handler's output, if any, is dropped
-        self.write(wire.error_response(status))
+        self._send_refusal(status)
+
+    def _send_refusal(self, status: int) -> None:
+        response = wire.error_response(status)
+        self.write(response)
+        self.app.log_refused(self, status, len(wire.error_body(status)))
         self.close()
 
     def close(self) -> None:

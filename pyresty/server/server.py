@@ -142,6 +142,12 @@ class HttpServer:
     def count_refused(self, status: int) -> None:
         self.refused_total += 1
 
+    def log_refused(self, conn: HttpConnection, status: int, body_size: int) -> None:
+        """nginx logs refused requests too: the default server's access log gets a line."""
+        access_log = self._access_logs.get(id(conn.server_conf))
+        if access_log is not None:
+            access_log.write_refused(conn.peer_host, status, body_size)
+
     def _sweep(self) -> None:
         self.now = now = self.loop.time()
         refresh_date()

@@ -403,3 +403,11 @@ def test_access_log_escapes_quotes_in_the_request_line(server):
     line = wait_for(lambda: [l for l in (server.prefix / "logs" / "access.log").read_text()
                              .splitlines() if "escaper" in l], 5, "access log line")[-1]
     assert '"GET /hello?x=\\x22forged\\x22\\x5C HTTP/1.1"' in line
+
+
+def test_refused_requests_are_in_the_access_log(server):
+    reply = raw_exchange(server.port, b"GARBAGE\r\n\r\n")
+    assert reply.startswith(b"HTTP/1.1 400")
+    line = wait_for(lambda: [l for l in (server.prefix / "logs" / "access.log").read_text()
+                             .splitlines() if '"-" 400 ' in l], 5, "the refused request's line")[-1]
+    assert re.match(r'127\.0\.0\.1 - - \[.+\] "-" 400 \d+ "-" "-" 0\.000 - - -$', line)
