@@ -171,3 +171,13 @@ def test_error_log_format_and_usr1_reopen(make_server):
     server.signal(signal.SIGUSR1)
     wait_for(lambda: server.error_log.exists(), 5, "a new error log after USR1")
     server.wait_log(r"reopening logs")
+
+
+def test_quickstart_config_is_valid():
+    """`make run` serves examples/quickstart: it must always pass -t."""
+    from pathlib import Path
+    config = Path(__file__).resolve().parents[2] / "examples" / "quickstart" / "pyresty.toml"
+    result = subprocess.run([*PYRESTY, "-t", "-c", str(config)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stdout
