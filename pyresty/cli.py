@@ -98,6 +98,10 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
         print(f"pyresty: no running master: pid file {config.pid} is missing or stale",
               file=sys.stderr)
         return EXIT_FAILURE
+    if args.signal == "reload" and config.workers == 0:
+        print("pyresty: reload needs a master process (workers >= 1); restart a single-process "
+              "server instead", file=sys.stderr)
+        return EXIT_FAILURE
     if args.signal == "reload":
         problems = check_handlers(config, args)
         if problems:

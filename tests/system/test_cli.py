@@ -181,3 +181,11 @@ def test_quickstart_config_is_valid():
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "test is successful" in result.stdout
+
+
+def test_reload_of_a_single_process_server_is_refused(make_server):
+    server = make_server(CONFIG.replace("workers = 1", "workers = 0"), {"app.py": APP},
+                         ready=r"\[notice\] .*ready")
+    result = server.cli("-s", "reload")
+    assert result.returncode == 1 and "needs a master process" in result.stderr
+    assert http_get(server.port, "/hello")[2] == b"v1\n"
