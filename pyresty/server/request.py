@@ -254,7 +254,10 @@ class Request:
         status = self.status
         headers_out = self._headers_out
         conn = self.conn
-        keep_alive = self.keep_alive and conn.keepalive_allowed(self)
+        if self.keep_alive and self._body_done and not (conn.closing or conn.half_closed):
+            keep_alive = not conn.app.draining   # the common case, without a call
+        else:
+            keep_alive = self.keep_alive and conn.keepalive_allowed(self)
         if status == 200 and keep_alive and length is not None and headers_out is None:
             # the common case, one format: a 200 with a known length, kept alive
             head = _PLAIN_200 % (date_lines(), length)
