@@ -605,7 +605,7 @@ def test_ignored_upgrade_does_not_swallow_the_next_request(server, watch, upgrad
         try:
             for piece in pieces:
                 wire.send(piece)
-                time.sleep(0.05)
+                time.sleep(0.05)   # pacing: lets the pieces arrive as separate reads (not a sync)
             try:
                 answers = [read_response(wire, "GET").body, read_response(wire, "GET").body]
             except Idle:
