@@ -116,13 +116,9 @@ class StatusServer(_Listener):
         super().__init__(master, sock)
 
     def serve(self, conn: socket.socket, deadline: float) -> None:
-        head = b""
-        while b"\r\n\r\n" not in head and len(head) < 8192:
-            _settimeout(conn, deadline)
-            data = conn.recv(4096)
-            if not data:
-                return
-            head += data
+        head = _read_until(conn, b"\r\n\r\n", 8192, deadline)
+        if b"\r\n\r\n" not in head:
+            return
         line = head.split(b"\r\n", 1)[0].split()
         path = line[1].decode("latin-1") if len(line) > 1 else ""
         if path == "/status":
@@ -149,15 +145,21 @@ def _settimeout(conn: socket.socket, deadline: float | None) -> None:
     conn.settimeout(left)
 
 
-def _read_line(conn: socket.socket, deadline: float | None = None) -> bytes:
+def _read_until(conn: socket.socket, delimiter: bytes, limit: int,
+                deadline: float | None) -> bytes:
+    """Bytes until ``delimiter`` (or EOF, or ``limit`` bytes), by ``deadline``."""
     data = b""
-    while b"\n" not in data and len(data) < 65536:
+    while delimiter not in data and len(data) < limit:
         _settimeout(conn, deadline)
         chunk = conn.recv(4096)
         if not chunk:
             break
         data += chunk
-    return data.split(b"\n", 1)[0]
+    return data
+
+
+def _read_line(conn: socket.socket, deadline: float | None = None) -> bytes:
+    return _read_until(conn, b"\n", 65536, deadline).split(b"\n", 1)[0]
 
 
 # the CLI side
