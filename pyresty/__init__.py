@@ -13,11 +13,16 @@ from typing import Any
 
 __version__ = "0.1.0"  # before the imports below: pyresty.http reads it
 
+from pyresty import purepython  # noqa: E402
+
+purepython.install()   # before any compiled module is imported
+
 from pyresty.errors import (  # noqa: E402
     ConfigError,
     HandlerError,
     PipeError,
     PyrestyError,
+    ResponseStarted,
     SharedDictError,
     SharedDictFull,
     SocketError,
@@ -34,6 +39,7 @@ __all__ = [
     "PipeError",
     "PyrestyError",
     "Request",
+    "ResponseStarted",
     "SharedDictError",
     "SharedDictFull",
     "SocketError",

@@ -8,7 +8,9 @@
     ├── SocketError            cosocket connect/send/receive failure
     │   └── SocketTimeout      (also a TimeoutError)
     ├── PipeError              pipe.spawn / Proc operation failed
-    └── HandlerError           a handler string that cannot be loaded
+    ├── HandlerError           a handler string that cannot be loaded
+    └── ResponseStarted        a header change or redirect after the response head was sent
+                               (also a RuntimeError)
 
 Lower-layer errors (OSError, lmdb.Error, redis errors) are re-raised as one of
 these with ``raise ... from exc`` so callers catch one family.
@@ -54,3 +56,7 @@ class PipeError(PyrestyError):
 
 class HandlerError(PyrestyError):
     """A handler string ("module:function") cannot be resolved to a callable."""
+
+
+class ResponseStarted(PyrestyError, RuntimeError):
+    """A header change, ``exit`` or ``redirect`` after the response head was sent."""

@@ -89,3 +89,16 @@ def _wait_for_redis(proc: subprocess.Popen[bytes], sock: str) -> None:
         except Exception:  # not accepting yet (redis.ConnectionError)
             time.sleep(0.02)          # polling a condition, bounded by the deadline
     raise RuntimeError("redis-server did not answer PING within 10 s")
+
+
+# -- the compiled request path ----------------------------------------------
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test a mypyc extension older than its source: Python would
+    import the stale extension and the tests would check old code."""
+    package = Path(__file__).parent.parent / "pyresty"
+    stale = [str(so.relative_to(package.parent)) for so in package.rglob("*.so")
+             if so.with_name(so.name.split(".")[0] + ".py").stat().st_mtime > so.stat().st_mtime]
+    if stale:
+        pytest.exit("compiled modules older than their source: " + ", ".join(stale)
+                    + "; `make test` rebuilds them", returncode=4)

@@ -102,11 +102,12 @@ class Pyresty:
             return ""
 
     def start(self, ready: str = r"\[notice\] .*ready", timeout: float = 15.0,
-              args: tuple[str, ...] = ()) -> Pyresty:
+              args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> Pyresty:
         since = len(self.log_text())
         self.proc = subprocess.Popen(
             [*PYRESTY, "-c", str(self.config_path), *args], cwd=self.prefix,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+            env={**os.environ, **env} if env else None)
         self.wait_log(ready, timeout=timeout, since=since)
         return self
 

@@ -38,7 +38,7 @@ from typing import Any
 import setproctitle
 
 from pyresty import config as configuration
-from pyresty import errorlog
+from pyresty import errorlog, purepython
 from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
 from pyresty.process import listeners
@@ -156,6 +156,7 @@ class Master:
             from pyresty.process.devwatch import start_watcher
             start_watcher(config, self.pid)
         _preload_server_modules()
+        log.log(errorlog.NOTICE, "%s", purepython.describe())
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import os
 
+from pyresty import errorlog, purepython
 from pyresty.config.model import Config
 from pyresty.process import listeners
 from pyresty.process.pidfile import remove_pid, running_master, write_pid
@@ -29,6 +30,7 @@ def run_single(config: Config) -> int:
     write_pid(config.pid)
     for listen in sockets:
         log.info("listening on %s", listen)
+    log.log(errorlog.NOTICE, "%s", purepython.describe())
     try:
         worker = WorkerProcess(config, Role.SINGLE, 0, 0, list(sockets.items()), None, os.getpid())
         return worker.run()

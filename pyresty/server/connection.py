@@ -51,7 +51,10 @@ class Deadline(enum.Enum):
     LINGER = 5        # shutdown: close if still idle
 
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection:
+    """The protocol object of one connection (asyncio's Protocol interface,
+    without the base class so that mypyc can compile it as a native class)."""
+
     __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
                  "current", "parsing", "pending", "requests", "closed", "closing",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
 from urllib.parse import parse_qs, unquote
 
+from pyresty.errors import ResponseStarted
 from pyresty.http import response as wire
 from pyresty.http.headers import Headers
 from pyresty.http.response import STATUS_LINES, date_lines
@@ -33,10 +34,6 @@ class Exit(Exception):
 
     def __init__(self, status: int) -> None:
         self.status = status
-
-
-class ResponseStarted(RuntimeError):
-    """A header change or ``exit`` after the response head was sent."""
 
 
 def _as_bytes(part: Any) -> bytes:

@@ -155,12 +155,17 @@ log = "app:log_phase"
 '''
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["compiled", "interpreted"])
+def server(request, tmp_path_factory):
+    """Every test here runs twice: on the request path as installed (compiled
+    with mypyc, see setup.py) and on its plain Python source."""
     prefix = tmp_path_factory.mktemp("http")
     srv = Pyresty(prefix, CONFIG, {"app.py": APP},
                   expect_log=())
-    srv.start()
+    pure = request.param == "interpreted"
+    srv.start(env={"PYRESTY_PURE_PYTHON": "1" if pure else ""})
+    if pure:
+        srv.wait_log(r"\[notice\] .*: request path interpreted")
     yield srv
     srv.stop()
 

@@ -1,0 +1,53 @@
+"""The request path is compiled with mypyc (setup.py), and the same source
+still serves when it runs interpreted (``PYRESTY_PURE_PYTHON=1``)."""
+from __future__ import annotations
+
+import ast
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def hot_path() -> list[str]:
+    """setup.py's HOT_PATH, read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "HOT_PATH":
+            return ast.literal_eval(node.value)
+    raise AssertionError("setup.py has no HOT_PATH")
+
+
+def modules(**env: str) -> dict[str, str]:
+    """Where each hot module is imported from, in a fresh interpreter."""
+    names = [p.removesuffix(".py").replace("/", ".") for p in hot_path()]
+    code = ("import importlib, json, sys\n"
+            "import pyresty\n"
+            f"print(json.dumps({{n: importlib.import_module(n).__file__ for n in {names!r}}}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, **env}, timeout=60, check=True)
+    import json
+    return json.loads(out.stdout)
+
+
+def test_hot_path_modules_exist() -> None:
+    for path in hot_path():
+        assert (ROOT / path).is_file(), path
+
+
+@pytest.mark.skipif(bool(os.environ.get("PYRESTY_PURE_PYTHON")),
+                    reason="PYRESTY_PURE_PYTHON is set: the request path runs interpreted")
+def test_hot_path_is_compiled() -> None:
+    """A build that silently fell back to plain Python would halve throughput."""
+    files = modules(PYRESTY_PURE_PYTHON="")
+    interpreted = [name for name, file in files.items() if file.endswith(".py")]
+    assert not interpreted, f"not compiled (is a C compiler installed? see setup.py): {interpreted}"
+
+
+def test_pure_python_switch_loads_the_source() -> None:
+    files = modules(PYRESTY_PURE_PYTHON="1")
+    assert all(file.endswith(".py") for file in files.values()), files
