@@ -27,6 +27,7 @@ HOT_PATH = [
     "pyresty/server/connection.py",
     "pyresty/server/phases.py",
     "pyresty/server/request.py",
+    "pyresty/server/server.py",
 ]
 
 

@@ -23,6 +23,7 @@ from pyresty.http.response import STATUS_LINES, date_lines
 
 if TYPE_CHECKING:
     from pyresty.server.connection import HttpConnection
+    from pyresty.server.phases import Route
 
 STREAM_AFTER = 64 * 1024  # buffered body bytes before the response starts streaming
 _PLAIN_200 = (b"HTTP/1.1 200 OK\r\n%bContent-Type: text/plain\r\nContent-Length: %d\r\n"
@@ -54,7 +55,7 @@ class Request:
 
     status = 200
     queued = False          # handed to the connection's dispatch queue
-    route: Any = None
+    route: Route            # set by the connection as soon as the path is known
     server: Any = None
     started = False
     finished = False
@@ -235,7 +236,7 @@ class Request:
         if out:
             self._out = []
             self._out_size = 0
-        body_filter = self.route.body_filter if self.route is not None else None
+        body_filter = self.route.body_filter
         if body_filter is not None:
             self.eof = eof
             data = _as_bytes(body_filter(self, data) or b"")
@@ -244,9 +245,9 @@ class Request:
     def _start(self, length: int | None, body: bytes = b"") -> None:
         """Send the response head (and ``body`` with it, in one write);
         ``length`` None means the body streams."""
-        route = self.route
-        if route is not None and route.header_filter is not None:
-            route.header_filter(self)
+        header_filter = self.route.header_filter
+        if header_filter is not None:
+            header_filter(self)
         self.started = True
         status = self.status
         headers_out = self._headers_out
@@ -310,8 +311,7 @@ class Request:
             return
         self.finished = True
         if not self.started:
-            route = self.route
-            if route is None or route.body_filter is None:
+            if self.route.body_filter is None:
                 out = self._out
                 body = out[0] if len(out) == 1 else b"".join(out)
             else:

@@ -79,8 +79,10 @@ class HttpServer:
     async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:
         """Serve on already-bound listening sockets."""
         for listen, sock in sockets:
+            # HttpConnection has a Protocol's methods, not its base class (mypyc)
             server = await self.loop.create_server(
-                functools.partial(HttpConnection, self, listen), sock=sock, backlog=BACKLOG)
+                functools.partial(HttpConnection, self, listen),  # type: ignore[arg-type]
+                sock=sock, backlog=BACKLOG)
             self._listeners.append(server)
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
