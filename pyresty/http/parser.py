@@ -21,21 +21,23 @@ line ever ends.
 """
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Final, Protocol
 
 from types import SimpleNamespace
 
 import httptools
 
-MAX_TARGET = 8 * 1024
-MAX_FIELD_LINE = 8 * 1024
-MAX_FIELDS_SIZE = 32 * 1024
-MAX_FIELDS = 100
-MAX_HEAD = MAX_TARGET + MAX_FIELDS_SIZE + 1024
+# Final: compiled (setup.py), constants are inlined instead of looked up by name
+MAX_TARGET: Final = 8 * 1024
+MAX_FIELD_LINE: Final = 8 * 1024
+MAX_FIELDS_SIZE: Final = 32 * 1024
+MAX_FIELDS: Final = 100
+MAX_HEAD: Final = MAX_TARGET + MAX_FIELDS_SIZE + 1024
 
 
-_OWS = (0x20, 0x09)  # SP, HTAB
-_METHODS = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
+_OWS: Final = (0x20, 0x09)  # SP, HTAB
+_CONNECTION_FIELDS: Final = (b"connection", b"proxy-connection")   # llhttp reads both
+_METHODS: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS")}
 
 
 class HttpError(Exception):
@@ -61,17 +63,19 @@ class RequestParser:
 
     __slots__ = ("_sink", "_parser", "_target", "_fields",
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
-                 "_began", "_feed_size")
+                 "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
+                 "_should_keep_alive", "_should_upgrade", "_on_head")
 
     def __init__(self, sink: RequestSink) -> None:
         self._sink = sink
+        self._on_head = sink.on_head
         # httptools looks its callbacks up once, by name: body and message-end
         # events go straight to the sink, with no frame of ours in between.
         self._callbacks = SimpleNamespace(
             on_message_begin=self.on_message_begin, on_url=self.on_url,
             on_header=self.on_header, on_headers_complete=self.on_headers_complete,
             on_body=sink.on_body, on_message_complete=sink.on_end)
-        self._parser = httptools.HttpRequestParser(self._callbacks)
+        self._new_parser()
         self._target = b""
         self._fields: list[tuple[bytes, bytes]] = []
         self._in_head = False
@@ -81,6 +85,15 @@ class RequestParser:
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
         self.hosts = 0   # Host field lines of that request (RFC 9112 §3.2 is the server's rule)
+
+    def _new_parser(self) -> None:
+        # bound once: a method looked up by name on every request is measurable
+        parser = self._parser = httptools.HttpRequestParser(self._callbacks)
+        self._feed_data = parser.feed_data
+        self._get_method = parser.get_method
+        self._get_http_version = parser.get_http_version
+        self._should_keep_alive = parser.should_keep_alive
+        self._should_upgrade = parser.should_upgrade
 
     @property
     def in_head(self) -> bool:
@@ -92,13 +105,13 @@ class RequestParser:
         self._began = False
         self._feed_size = len(data)
         try:
-            self._parser.feed_data(data)
+            self._feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # llhttp stops at a request asking for Upgrade (RFC 9110 §7.8). No
             # handler switches protocols yet, so the connection stays HTTP/1.1:
             # go on with a fresh parser from the first byte after that request.
             rest = data[exc.args[0]:] if exc.args else b""
-            self._parser = httptools.HttpRequestParser(self._callbacks)
+            self._new_parser()
             if rest:
                 self.feed(rest)
             return
@@ -145,7 +158,6 @@ class RequestParser:
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        parser = self._parser
         target = self._target
         self._target = b""
         fields, self._fields = self._fields, []   # trailers must not join them (RFC 9110 §6.5.1)
@@ -154,7 +166,7 @@ class RequestParser:
         if not (self._began and self._feed_size <= MAX_FIELD_LINE):
             _check_field_sizes(fields)   # a head this feed holds whole cannot break them
         content_length = None
-        chunked = padded = False
+        chunked = padded = upgrade_field = connection_field = False
         hosts = 0
         for name, value in fields:
             length = len(name)
@@ -164,8 +176,12 @@ class RequestParser:
                     content_length = int(value.rstrip(b" \t"))   # llhttp checked the digits
                 elif lowered == b"transfer-encoding":
                     chunked = True
-            elif length == 4 and name.lower() == b"host":
+            elif length == 4 and (name == b"Host" or name.lower() == b"host"):
                 hosts += 1
+            elif length == 7 and name.lower() == b"upgrade":
+                upgrade_field = True
+            elif (length == 10 or length == 16) and name.lower() in _CONNECTION_FIELDS:
+                connection_field = True
             if value and value[-1] in _OWS:
                 padded = True
         if padded:
@@ -173,15 +189,24 @@ class RequestParser:
         self.content_length = content_length
         self.chunked = chunked
         self.hosts = hosts
-        method = parser.get_method()
-        upgrade = parser.should_upgrade()
+        method = self._get_method()
+        # llhttp's verdict, asked only when it can be yes (RFC 9110 §7.8, §9.3.6)
+        upgrade = (upgrade_field or method == b"CONNECT") and self._should_upgrade()
         if upgrade and (chunked or content_length) and method != b"CONNECT":
             # httptools hands every byte after this head to the new protocol; no
             # one switches, so the body would be parsed as the next request.
             self._fail(400, "a body on an Upgrade request")
-        self._sink.on_head(_METHODS.get(method) or method.decode("ascii"), target,
-                           parser.get_http_version(), fields,
-                           parser.should_keep_alive(), upgrade)
+        keep_alive = self._should_keep_alive()
+        if keep_alive and not connection_field:
+            # llhttp accepts 0.9, 1.0, 1.1 and 2.0, and keeps alive by default
+            # only 1.1 (without a Connection field, nothing else turns keep-alive
+            # on): the version is known without get_http_version's formatting,
+            # the costliest call of this function.
+            version = "1.1"
+        else:
+            version = self._get_http_version()
+        self._on_head(_METHODS.get(method) or method.decode("ascii"), target,
+                           version, fields, keep_alive, upgrade)
 
 
 def _check_field_sizes(fields: list[tuple[bytes, bytes]]) -> None:

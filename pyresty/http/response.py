@@ -7,17 +7,18 @@ second (RFC 9110 §6.6.1 only asks for one-second resolution).
 from __future__ import annotations
 
 import time
+from typing import Final
 from email.utils import formatdate
 from http import HTTPStatus
 
 from pyresty import __version__
 
-SERVER = f"pyresty/{__version__}"
+SERVER: Final = f"pyresty/{__version__}"
 
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _REASONS[499] = "Client Closed Request"
 
-STATUS_LINES: dict[int, bytes] = {
+STATUS_LINES: Final[dict[int, bytes]] = {
     code: f"HTTP/1.1 {code} {reason}\r\n".encode("latin-1") for code, reason in _REASONS.items()
 }
 
@@ -54,17 +55,21 @@ class _DateCache:
             self.lines = f"Server: {SERVER}\r\nDate: {formatdate(now, usegmt=True)}\r\n".encode("latin-1")
         return self.lines
 
-    def get(self) -> bytes:
-        return self.lines
+
+_dates: Final = _DateCache()
 
 
-_dates = _DateCache()
-date_lines = _dates.get
-refresh_date = _dates.refresh
+def date_lines() -> bytes:
+    """The current ``Server`` and ``Date`` header lines."""
+    return _dates.lines
+
+
+def refresh_date() -> bytes:
+    return _dates.refresh()
 
 
 # RFC 9112 §7.1: a chunk is its size in hex, CRLF, the data, CRLF; size 0 ends the body.
-LAST_CHUNK = b"0\r\n\r\n"
+LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
 def chunk(data: bytes) -> bytes:

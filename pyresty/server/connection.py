@@ -25,7 +25,8 @@ import logging
 import os
 import socket
 from collections import deque
-from typing import TYPE_CHECKING, Any, BinaryIO
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from pyresty.http import response as wire
 from pyresty.http.parser import HttpError, RequestParser
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyresty.http")
 
-MAX_PIPELINED = 16
-INF = float("inf")
+MAX_PIPELINED: Final = 16
+INF: Final = float("inf")
 
 
 class Deadline(enum.Enum):
@@ -58,16 +59,22 @@ class HttpConnection:
     __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
                  "current", "parsing", "pending", "requests", "closed", "closing",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
-                 "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal")
+                 "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
+                 "send", "keepalive_timeout", "max_requests")
 
     def __init__(self, app: HttpServer, listen: Listen) -> None:
         self.app = app
         self.listen = listen
-        self.server_conf = app.default_server(listen)
+        self.server_conf = conf = app.default_server(listen)
+        # read per request: copied out of the (uncompiled) config object once
+        self.keepalive_timeout: float = conf.keepalive_timeout
+        # keepalive_timeout 0 turns keepalive off, as in nginx
+        self.max_requests: int = conf.keepalive_requests if conf.keepalive_timeout > 0 else 0
         self.shared_listen = app.shares_listen(listen)
         self.route_cache = app.route_cache(self.server_conf)
         self.loop = app.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.send: Callable[[bytes], None] = _not_connected   # transport.write, bound once
         self.parser = RequestParser(self)
         self.peer_host = "-"
         self.peer_port = 0
@@ -89,6 +96,7 @@ class HttpConnection:
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.send = transport.write  # type: ignore[attr-defined]
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family != socket.AF_UNIX:
             # Responses go out in one write; Nagle would only hold them back.
@@ -158,9 +166,8 @@ class HttpConnection:
         if app.timing:
             req.start_time = self.loop.time()
         self.requests += 1
-        conf = self.server_conf
-        if self.requests >= conf.keepalive_requests or conf.keepalive_timeout <= 0:
-            req.keep_alive = False   # keepalive_timeout 0 turns keepalive off, as in nginx
+        if self.requests >= self.max_requests:
+            req.keep_alive = False
         if self.shared_listen:
             app.route(req, self)
         else:
@@ -228,7 +235,7 @@ class HttpConnection:
     # used by Request
     def write(self, data: bytes) -> None:
         if not self.closed:
-            self.transport.write(data)
+            self.send(data)
 
     async def drain(self) -> None:
         if self._write_paused and not self.closed:
@@ -306,7 +313,7 @@ class HttpConnection:
             self.close()
         elif not self.app.draining and not self.parser._in_head:  # the common case
             self.deadline_kind = Deadline.IDLE
-            self.deadline = self.app.now + self.server_conf.keepalive_timeout
+            self.deadline = self.app.now + self.keepalive_timeout
         else:
             self._wait_for_request()
 
@@ -327,7 +334,7 @@ class HttpConnection:
             self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
         else:
             self.deadline_kind = Deadline.IDLE
-            self.deadline = app.now + self.server_conf.keepalive_timeout
+            self.deadline = app.now + self.keepalive_timeout
 
     # errors and closing
     def refuse(self, status: int, reason: str) -> None:
@@ -419,6 +426,10 @@ class HttpConnection:
         """Shutdown step 2 for this connection."""
         if self.idle:
             self.set_deadline(Deadline.LINGER, self.app.linger)
+
+
+def _not_connected(data: bytes) -> None:
+    raise ConnectionError("no transport yet")
 
 
 def _bytes_waiting(transport: Any) -> bool:

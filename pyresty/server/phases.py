@@ -17,7 +17,7 @@ import inspect
 import logging
 import types
 from collections.abc import Callable, Coroutine, Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from pyresty.http import response as wire
 from pyresty.server.request import Exit, Request
@@ -28,8 +28,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyresty.http")
 
-MAX_REMATCH = 10
-PHASES = ("rewrite", "access", "content", "header_filter", "body_filter", "log")
+MAX_REMATCH: Final = 10
+PHASES: Final = ("rewrite", "access", "content", "header_filter", "body_filter", "log")
 
 
 class Route:

@@ -13,7 +13,7 @@ they end the request from any phase. A plain ``return`` ends only the phase.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, BinaryIO, NoReturn
+from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 from urllib.parse import parse_qs, unquote
 
 from pyresty.errors import ResponseStarted
@@ -25,9 +25,9 @@ if TYPE_CHECKING:
     from pyresty.server.connection import HttpConnection
     from pyresty.server.phases import Route
 
-STREAM_AFTER = 64 * 1024  # buffered body bytes before the response starts streaming
-_PLAIN_200 = (b"HTTP/1.1 200 OK\r\n%bContent-Type: text/plain\r\nContent-Length: %d\r\n"
-              b"Connection: keep-alive\r\n\r\n")
+STREAM_AFTER: Final = 64 * 1024  # buffered body bytes before the response starts streaming
+_PLAIN_200: Final = (b"HTTP/1.1 200 OK\r\n%bContent-Type: text/plain\r\nContent-Length: %d\r\n"
+              b"Connection: keep-alive\r\n\r\n%b")   # + the body, in one format
 
 
 class Exit(Exception):
@@ -82,7 +82,13 @@ class Request:
         self.conn = conn
         self.method = method
         self.uri = uri = target.decode("latin-1")
-        raw_path, _, self.query = uri.partition("?")
+        mark = uri.find("?")
+        if mark < 0:
+            raw_path = uri
+            self.query = ""
+        else:
+            raw_path = uri[:mark]
+            self.query = uri[mark + 1:]
         if raw_path[:1] != "/":
             raw_path = _origin_path(raw_path)
         self.path: str = unquote(raw_path) if "%" in raw_path else raw_path
@@ -258,13 +264,13 @@ class Request:
             keep_alive = self.keep_alive and conn.keepalive_allowed(self)
         if status == 200 and keep_alive and length is not None and headers_out is None:
             # the common case, one format: a 200 with a known length, kept alive
-            head = _PLAIN_200 % (date_lines(), length)
-            if body and self.method != "HEAD":
-                self.body_bytes_sent = len(body)
-                head += body
+            if self.method == "HEAD":
+                body = b""
+            self.body_bytes_sent = len(body)
+            head = _PLAIN_200 % (date_lines(), length, body)
             self.bytes_sent = len(head)
             if not conn.closed:
-                conn.transport.write(head)
+                conn.send(head)
             return
         parts = [STATUS_LINES.get(status) or wire.status_line(status), date_lines()]
         has_type = has_length = False
@@ -294,7 +300,7 @@ class Request:
         head = b"".join(parts)
         self.bytes_sent += len(head)
         if not conn.closed:
-            conn.transport.write(head)
+            conn.send(head)
 
     def _write_body(self, data: bytes) -> None:
         if self.method == "HEAD" or wire.bodiless(self.status):

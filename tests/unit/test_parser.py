@@ -701,3 +701,30 @@ def test_framing_fields_after_a_padded_field_are_still_seen(step):
     assert seen == [(3, False)]
     assert sink.messages[0].fields == [(b"X-Pad", b"value"), (b"Content-Length", b"3")]
     assert sink.messages[0].body == b"abc"
+
+
+# --------------------------------------------------------------------------
+# the version without get_http_version (the parser infers 1.1 where it can)
+
+CONNECTION_VARIANTS = [(), (b"Connection: close",), (b"Connection: keep-alive",),
+                       (b"connection: Keep-Alive",), (b"Proxy-Connection: keep-alive",),
+                       (b"Connection: upgrade",), (b"X-Connection: keep-alive",)]
+
+
+@pytest.mark.parametrize("version", ["0.9", "1.0", "1.1", "2.0"])
+@pytest.mark.parametrize("connection", CONNECTION_VARIANTS, ids=lambda f: b"+".join(f).decode() or "none")
+def test_version_reported_as_llhttp_parsed_it(version: str, connection: tuple[bytes, ...]) -> None:
+    """Every version llhttp accepts, with and without the Connection fields
+    that turn keep-alive on or off, is reported exactly."""
+    outcome = parse(request(fields=connection, version=b"HTTP/" + version.encode()))
+    assert outcome.status is None
+    assert [m.version for m in outcome.messages] == [version]
+
+
+def test_version_changes_between_pipelined_requests() -> None:
+    versions = ["1.1", "1.0", "1.1", "2.0", "0.9", "1.1"]
+    data = b"".join(request(fields=() if v == "1.1" else (b"Connection: keep-alive",),
+                            version=b"HTTP/" + v.encode()) for v in versions)
+    outcome = parse(data)
+    assert outcome.status is None
+    assert [(m.version, m.keep_alive) for m in outcome.messages] == [(v, True) for v in versions]
