@@ -41,11 +41,12 @@ class _DateCache:
     every response: reading the clock per request is measurable on the hot path.
     """
 
-    __slots__ = ("second", "lines")
+    __slots__ = ("second", "lines", "plain_heads")
 
     def __init__(self) -> None:
         self.second = -1
         self.lines = b""
+        self.plain_heads: dict[int, bytes] = {}
         self.refresh()
 
     def refresh(self) -> bytes:
@@ -53,6 +54,7 @@ class _DateCache:
         if now != self.second:
             self.second = now
             self.lines = f"Server: {SERVER}\r\nDate: {formatdate(now, usegmt=True)}\r\n".encode("latin-1")
+            self.plain_heads = {}
         return self.lines
 
 
@@ -66,6 +68,24 @@ def date_lines() -> bytes:
 
 def refresh_date() -> bytes:
     return _dates.refresh()
+
+
+_PLAIN_200: Final = (b"HTTP/1.1 200 OK\r\n%bContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                     b"Connection: keep-alive\r\n\r\n")
+PLAIN_HEADS_MAX: Final = 256   # distinct body lengths remembered within one second
+
+
+def plain_200_head(length: int) -> bytes:
+    """The head of the commonest response: 200, text/plain, ``length`` bytes,
+    kept alive. Built once per length and second: formatting it per request
+    cost more than the rest of the response."""
+    heads = _dates.plain_heads
+    head = heads.get(length)
+    if head is None:
+        if len(heads) >= PLAIN_HEADS_MAX:
+            heads.clear()
+        head = heads[length] = _PLAIN_200 % (_dates.lines, length)
+    return head
 
 
 # RFC 9112 §7.1: a chunk is its size in hex, CRLF, the data, CRLF; size 0 ends the body.

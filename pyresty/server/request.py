@@ -19,15 +19,13 @@ from urllib.parse import parse_qs, unquote
 from pyresty.errors import ResponseStarted
 from pyresty.http import response as wire
 from pyresty.http.headers import Headers
-from pyresty.http.response import STATUS_LINES, date_lines
+from pyresty.http.response import STATUS_LINES, date_lines, plain_200_head
 
 if TYPE_CHECKING:
     from pyresty.server.connection import HttpConnection
     from pyresty.server.phases import Route
 
 STREAM_AFTER: Final = 64 * 1024  # buffered body bytes before the response starts streaming
-_PLAIN_200: Final = (b"HTTP/1.1 200 OK\r\n%bContent-Type: text/plain\r\nContent-Length: %d\r\n"
-              b"Connection: keep-alive\r\n\r\n%b")   # + the body, in one format
 
 
 class Exit(Exception):
@@ -263,11 +261,11 @@ class Request:
         else:
             keep_alive = self.keep_alive and conn.keepalive_allowed(self)
         if status == 200 and keep_alive and length is not None and headers_out is None:
-            # the common case, one format: a 200 with a known length, kept alive
-            if self.method == "HEAD":
-                body = b""
-            self.body_bytes_sent = len(body)
-            head = _PLAIN_200 % (date_lines(), length, body)
+            # the common case: a 200 with a known length, kept alive
+            head = plain_200_head(length)
+            if body and self.method != "HEAD":
+                self.body_bytes_sent = len(body)
+                head += body
             self.bytes_sent = len(head)
             if not conn.closed:
                 conn.send(head)

@@ -642,6 +642,21 @@ def test_date_and_server_lines():
     parsedate_to_datetime(match.group(2).decode())   # an IMF-fixdate
 
 
+def test_plain_200_head_follows_the_length_and_the_date():
+    head = wire.plain_200_head(6)
+    assert head == (b"HTTP/1.1 200 OK\r\n" + wire.date_lines() + b"Content-Type: text/plain\r\n"
+                    b"Content-Length: 6\r\nConnection: keep-alive\r\n\r\n")
+    # more lengths than the cache holds: each head still says its own length
+    for length in range(wire.PLAIN_HEADS_MAX * 2 + 1):
+        assert b"\r\nContent-Length: %d\r\n" % length in wire.plain_200_head(length)
+    assert len(wire._dates.plain_heads) <= wire.PLAIN_HEADS_MAX
+    # a new second rebuilds the Date line and forgets every head built with the old one
+    wire._dates.second = 0
+    wire.refresh_date()
+    assert wire._dates.plain_heads == {}
+    assert wire.date_lines() in wire.plain_200_head(6)
+
+
 def split_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
     head, sep, body = raw.partition(b"\r\n\r\n")
     assert sep, "no end of head"
