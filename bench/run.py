@@ -37,7 +37,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -417,63 +416,65 @@ def bench_micro(args: argparse.Namespace, scratch: Path) -> list[tuple[str, str]
 # --- profile -----------------------------------------------------------------
 
 def profile_pyresty(args: argparse.Namespace, cpus: Cpus, scratch: Path) -> str:
-    """py-spy on the pyresty worker under wrk: the top frames, self and total."""
-    pyspy = servers.VENV_BIN / "py-spy"
-    if not pyspy.exists():
-        return "(py-spy is not installed in the venv)"
+    """``perf record`` on the pyresty worker under wrk: its CPU by component
+    (kernel, CPython, the compiled request path, httptools, uvloop), then the
+    busiest symbols. perf sees C and kernel frames, which a Python sampler
+    (py-spy) cannot: most of a compiled request is in them."""
+    if shutil.which("perf") is None:
+        return "(perf is not installed: apt-get install linux-perf)"
     server = Pyresty()
-    raw = scratch / "pyspy.txt"
+    data = scratch / "perf.data"
     try:
         server.start(cpus.server)
         worker = server.serving_workers()[0]
         url = f"http://127.0.0.1:{server.port}{server.path}"
         load = wrk.Load(url, args.duration, scratch / "profile-wrk.log", cpus=cpus.load)
-        # py-spy pauses the worker to sample it: keep it off the server's CPU
-        argv = [str(pyspy), "record", "-p", str(worker), "-d",
-                str(max(1, round(args.duration) - 1)), "-r", "250", "-f", "raw", "-o", str(raw)]
+        argv = ["perf", "record", "-q", "-F", "2000", "-o", str(data), "-p", str(worker),
+                "--", "sleep", str(max(1, round(args.duration) - 1))]
         if cpus.load is not None:
-            argv = ["taskset", "-c", cpus.load, *argv]
-        spy = Process(argv, scratch / "pyspy.log")
-        try:
-            spy.popen.wait(args.duration + 30)
-        finally:
-            spy.stop()
+            argv = ["taskset", "-c", cpus.load, *argv]   # off the server's CPU
+        recorded = subprocess.run(argv, capture_output=True, text=True, timeout=args.duration + 30)
         load.wait()
     finally:
         server.stop()
-    if not raw.exists():
-        return "(py-spy wrote nothing: " + (scratch / "pyspy.log").read_text()[-500:] + ")"
-    return summarise_profile(raw.read_text())
+    if recorded.returncode != 0 or not data.exists():
+        return f"(perf record failed: {recorded.stderr.strip()[-300:]})"
+    by_dso = perf_report(data, "dso")
+    by_symbol = perf_report(data, "dso,sym")
+    lines = ["| share | component |", "|--:|---|"]
+    lines += [f"| {share:5.1f}% | {component(dso)} |" for share, dso in by_dso[:8]]
+    lines += ["", "| share | symbol |", "|--:|---|"]
+    lines += [f"| {share:5.1f}% | `{symbol}` |" for share, symbol in by_symbol[:20]]
+    return "\n".join(lines)
 
 
-def summarise_profile(raw: str, limit: int = 15) -> str:
-    """Top functions by own and by inclusive samples (lines of a function merged)."""
-    own: Counter[str] = Counter()
-    total: Counter[str] = Counter()
-    samples = 0
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        if not stack or not count.isdigit():
-            continue
-        # "func (path/file.py:123)" -> "func (path/file.py)"
-        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
-        n = int(count)
-        samples += n
-        own[frames[-1]] += n
-        for frame in set(frames):
-            total[frame] += n
-    if not samples:
-        return "(no samples)"
-    # frames present in every sample (the process's outer stack) say nothing
-    inner = Counter({frame: n for frame, n in total.items() if n < samples})
+def perf_report(data: Path, sort: str) -> list[tuple[float, str]]:
+    """(percent, key) rows of ``perf report --sort <sort>``, largest first."""
+    out = subprocess.run(["perf", "report", "-i", str(data), "--no-children", "--sort", sort,
+                          "--stdio", "-q"], capture_output=True, text=True, timeout=120).stdout
+    rows = []
+    for line in out.splitlines():
+        match = re.match(r"\s*([\d.]+)%\s+(.*\S)", line)
+        if match:
+            rows.append((float(match[1]), re.sub(r"\s+", " ", match[2])))
+    return rows
 
-    def top(counter: Counter[str], label: str) -> list[str]:
-        return [f"| {label} |  function |", "|--:|---|",
-                *(f"| {n / samples * 100:5.1f}% | `{frame}` |"
-                  for frame, n in counter.most_common(limit))]
 
-    return "\n".join([f"{samples} samples of the busy worker (idle time excluded).", "",
-                      *top(own, "self"), "", *top(inner, "total")])
+COMPONENTS = [
+    (r"kernel", "kernel: TCP over loopback, epoll, the read and write system calls"),
+    (r"libpython", "CPython: objects, calls, the handler's own bytecode"),
+    (r"__mypyc", "pyresty's request path (compiled with mypyc)"),
+    (r"^parser\.", "httptools (llhttp)"),
+    (r"^loop\.", "uvloop (libuv)"),
+    (r"^libc", "libc"),
+]
+
+
+def component(dso: str) -> str:
+    for pattern, name in COMPONENTS:
+        if re.search(pattern, dso):
+            return f"{name} (`{dso}`)"
+    return f"`{dso}`"
 
 
 # --- report ------------------------------------------------------------------
@@ -530,7 +531,7 @@ def main() -> int:
     parser.add_argument("--only", default="hello,reload,spread,micro",
                         help="comma-separated sections: hello, reload, micro, profile")
     parser.add_argument("--profile", action="store_true",
-                        help="also py-spy the pyresty worker under load")
+                        help="also profile the pyresty worker under load with perf")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
     args = parser.parse_args()
     if args.duration is None:
@@ -569,7 +570,7 @@ def main() -> int:
                 parts += ["", f"## bench/{name}", "", "```", text, "```"]
         if "profile" in sections:
             log("profiling the pyresty worker")
-            parts += ["", "## Where the pyresty worker spends CPU (py-spy)", "",
+            parts += ["", "## Where the pyresty worker spends CPU (perf)", "",
                       profile_pyresty(args, cpus, scratch)]
     except KeyboardInterrupt:
         log("interrupted; stopping every server")
