@@ -9,6 +9,7 @@ import time
 import pytest
 
 from harness import Pyresty, raw_exchange, http_get, wait_for
+from pyresty import purepython
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -59,6 +60,10 @@ async def teapot(r):
 async def exit200(r):
     await r.say("kept")
     r.exit(200)
+
+async def typo(r):
+    r.stauts = 404          # a misspelt attribute
+    await r.say("typo kept")
 
 async def go(r):
     r.redirect("/hello", 301)
@@ -133,6 +138,9 @@ content = "app:teapot"
 [[server.location]]
 path = "= /exit200"
 content = "app:exit200"
+[[server.location]]
+path = "= /typo"
+content = "app:typo"
 [[server.location]]
 path = "= /go"
 content = "app:go"
@@ -416,3 +424,16 @@ def test_refused_requests_are_in_the_access_log(server):
     line = wait_for(lambda: [l for l in (server.prefix / "logs" / "access.log").read_text()
                              .splitlines() if '"-" 400 ' in l], 5, "the refused request's line")[-1]
     assert re.match(r'127\.0\.0\.1 - - \[.+\] "-" 400 \d+ "-" "-" 0\.000 - - -$', line)
+
+
+def test_misspelt_request_attribute_is_a_500_when_compiled(server, request):
+    """Compiled, Request is a closed object: a typo is an AttributeError (500,
+    logged), not a silently ignored attribute. Interpreted, Python lets it pass."""
+    compiled = request.node.callspec.params["server"] == "compiled" and purepython.compiled()
+    status, _, body = http_get(server.port, "/typo")
+    if compiled:
+        assert status == 500
+        server.wait_log(r"\[error\] .*handler failed on GET /typo")
+        assert "AttributeError" in server.log_text()
+    else:
+        assert (status, body) == (200, b"typo kept\n")
