@@ -46,7 +46,7 @@ class OptionalBuildExt(build_ext):
                 path = self.get_ext_fullpath(ext.name)
                 if os.path.exists(path):
                     os.remove(path)
-            print(f"warning: pyresty's hot path was not compiled ({exc}); "
+            print(f"warning: pyresty's request path was not compiled ({exc}); "
                   "it runs as plain Python, correct but slower", file=sys.stderr)
 
 
