@@ -51,7 +51,7 @@ class OptionalBuildExt(build_ext):
 
 
 def ext_modules() -> list:  # type: ignore[type-arg]
-    if os.environ.get("PYRESTY_PURE_PYTHON"):
+    if os.environ.get("PYRESTY_PURE_PYTHON", "").strip().lower() in ("1", "true", "yes", "on"):
         return []
     from mypyc.build import mypycify
     return mypycify(HOT_PATH, opt_level="3", debug_level="1")

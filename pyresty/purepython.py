@@ -35,9 +35,14 @@ class SourceFirst:
         return None
 
 
+def enabled() -> bool:
+    """``PYRESTY_PURE_PYTHON`` is 1, true, yes or on (any case); 0, false or unset is off."""
+    return os.environ.get(ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def install() -> None:
-    """Put the finder first when ``PYRESTY_PURE_PYTHON`` is set (idempotent)."""
-    if os.environ.get(ENV) and not any(isinstance(f, SourceFirst) for f in sys.meta_path):
+    """Put the finder first when ``PYRESTY_PURE_PYTHON`` is on (idempotent)."""
+    if enabled() and not any(isinstance(f, SourceFirst) for f in sys.meta_path):
         sys.meta_path.insert(0, SourceFirst())
 
 
@@ -51,5 +56,5 @@ def describe() -> str:
     """For the start-up log line."""
     if compiled():
         return "request path compiled (mypyc)"
-    reason = f"{ENV} is set" if os.environ.get(ENV) else "not compiled at install"
+    reason = f"{ENV} is on" if enabled() else "not compiled at install"
     return f"request path interpreted ({reason})"

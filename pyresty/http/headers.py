@@ -8,6 +8,7 @@ value sets several fields at once (``Set-Cookie``).
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, MutableMapping
+from typing import Any
 
 
 class Headers(MutableMapping[str, str]):
@@ -43,7 +44,7 @@ class Headers(MutableMapping[str, str]):
     def __len__(self) -> int:
         return len(self._fields)
 
-    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+    def get(self, name: str, default: Any = None) -> Any:  # type: ignore[override]
         field = self._fields.get(name.lower())
         return field[1] if field else default
 

@@ -205,6 +205,10 @@ class RequestParser:
             version = "1.1"
         else:
             version = self._get_http_version()
+            if version != "1.0" and version != "1.1":
+                # llhttp also accepts "HTTP/2.0" and "HTTP/0.9" request lines; as
+                # nginx, answer 505 rather than serve them as HTTP/1.x
+                self._fail(505, f"HTTP/{version} is not supported")
         self._on_head(_METHODS.get(method) or method.decode("ascii"), target,
                            version, fields, keep_alive, upgrade)
 

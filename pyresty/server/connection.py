@@ -35,6 +35,7 @@ from pyresty.server.request import Request
 
 if TYPE_CHECKING:
     from pyresty.config.model import Listen
+    from pyresty.config.model import Server as ConfigServer
     from pyresty.server.server import HttpServer
 
 log = logging.getLogger("pyresty.http")
@@ -60,16 +61,15 @@ class HttpConnection:
                  "current", "parsing", "pending", "requests", "closed", "closing",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
                  "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
-                 "send", "keepalive_timeout", "max_requests")
+                 "send", "settings", "keepalive_timeout", "max_requests")
 
     def __init__(self, app: HttpServer, listen: Listen) -> None:
         self.app = app
         self.listen = listen
-        self.server_conf = conf = app.default_server(listen)
-        # read per request: copied out of the (uncompiled) config object once
-        self.keepalive_timeout: float = conf.keepalive_timeout
-        # keepalive_timeout 0 turns keepalive off, as in nginx
-        self.max_requests: int = conf.keepalive_requests if conf.keepalive_timeout > 0 else 0
+        self.server_conf = app.default_server(listen)
+        self.keepalive_timeout = 0.0
+        self.max_requests = 0
+        self.follow(self.server_conf)
         self.shared_listen = app.shares_listen(listen)
         self.route_cache = app.route_cache(self.server_conf)
         self.loop = app.loop
@@ -141,7 +141,7 @@ class HttpConnection:
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self.set_deadline(Deadline.SEND, self.server_conf.send_timeout)
+        self.set_deadline(Deadline.SEND, self.settings.send_timeout)
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -165,14 +165,16 @@ class HttpConnection:
         app = self.app
         if app.timing:
             req.start_time = self.loop.time()
-        self.requests += 1
-        if self.requests >= self.max_requests:
-            req.keep_alive = False
         if self.shared_listen:
             app.route(req, self)
+            if req.server is not self.settings:
+                self.follow(req.server)
         else:
             req.server = self.server_conf
             req.route = self.route_cache.get(req.path) or app.route_for(self.server_conf, req.path)
+        self.requests += 1
+        if self.requests >= self.max_requests:
+            req.keep_alive = False
         self.parsing = req
         parser = self.parser
         if parser.chunked or parser.content_length:
@@ -183,6 +185,16 @@ class HttpConnection:
             # first): start it now.
             self._start_or_queue(req)
         # else: started by on_end, in the same feed, once the message is complete
+
+    def follow(self, server: ConfigServer) -> None:
+        """Take the keepalive, body and send settings of ``server``: the
+        listen's default server at first, then the one each request's Host
+        chose (as nginx does; the header timeout stays the default server's)."""
+        self.settings = server
+        # read per request: copied out of the (uncompiled) config object
+        self.keepalive_timeout = server.keepalive_timeout
+        # keepalive_timeout 0 turns keepalive off, as in nginx
+        self.max_requests = server.keepalive_requests if server.keepalive_timeout > 0 else 0
 
     def _start_or_queue(self, req: Request) -> None:
         req.queued = True
@@ -208,7 +220,7 @@ class HttpConnection:
             raise HttpError(413, "request body too large")
         req.feed_body(data)
         if req is self.current and self.deadline_kind is Deadline.BODY:
-            self.set_deadline(Deadline.BODY, self.server_conf.client_body_timeout)
+            self.set_deadline(Deadline.BODY, self.settings.client_body_timeout)
         self._wake_body()
 
     def on_end(self) -> None:
@@ -251,7 +263,7 @@ class HttpConnection:
             if self.closed:
                 raise ConnectionResetError("client closed the connection")
             if req is self.current:
-                self.set_deadline(Deadline.BODY, self.server_conf.client_body_timeout)
+                self.set_deadline(Deadline.BODY, self.settings.client_body_timeout)
             self._body_waiter = self.loop.create_future()
             await self._body_waiter
 

@@ -13,6 +13,7 @@ they end the request from any phase. A plain ``return`` ends only the phase.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 from urllib.parse import parse_qs, unquote
 
@@ -113,8 +114,18 @@ class Request:
         return headers
 
     @headers_out.setter
-    def headers_out(self, value: Headers) -> None:
-        self._headers_out = value
+    def headers_out(self, value: Headers | Mapping[str, Any]) -> None:
+        # The explicit check matters compiled: mypyc does not type-check what a
+        # property setter receives, and a dict stored as Headers crashed the process.
+        if isinstance(value, Headers):
+            self._headers_out = value
+        elif isinstance(value, Mapping):
+            headers = Headers()
+            for name, field in value.items():
+                headers[name] = field   # a list value sets several fields, as with Headers
+            self._headers_out = headers
+        else:
+            raise TypeError(f"headers_out takes a Headers or a mapping, not {type(value).__name__}")
 
     # request side
     @property
@@ -214,7 +225,7 @@ class Request:
         """End the request with ``status`` from any phase (raises; does not return)."""
         raise Exit(status)
 
-    def redirect(self, url: str, status: int = 302) -> NoReturn:
+    def redirect(self, url: object, status: int = 302) -> NoReturn:
         """Answer with a redirect to ``url`` (raises; does not return)."""
         if self.started:
             raise ResponseStarted("cannot redirect: the response has started")
@@ -252,7 +263,8 @@ class Request:
         header_filter = self.route.header_filter
         if header_filter is not None:
             header_filter(self)
-        self.started = True
+        # ``started`` only once the head is built: a header that cannot be sent
+        # (CR/LF) raises first, and the request still gets its 500
         status = self.status
         headers_out = self._headers_out
         conn = self.conn
@@ -267,6 +279,7 @@ class Request:
                 self.body_bytes_sent = len(body)
                 head += body
             self.bytes_sent = len(head)
+            self.started = True
             if not conn.closed:
                 conn.send(head)
             return
@@ -297,6 +310,7 @@ class Request:
             parts.append(wire.chunk(body) if self._chunked else body)
         head = b"".join(parts)
         self.bytes_sent += len(head)
+        self.started = True
         if not conn.closed:
             conn.send(head)
 

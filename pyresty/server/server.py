@@ -78,6 +78,7 @@ class HttpServer:
     # listening
     async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:
         """Serve on already-bound listening sockets."""
+        refresh_date()   # the cached Date is as old as the fork otherwise, until the first sweep
         for listen, sock in sockets:
             # HttpConnection has a Protocol's methods, not its base class (mypyc)
             server = await self.loop.create_server(

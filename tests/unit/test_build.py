@@ -26,13 +26,15 @@ def hot_path() -> list[str]:
 
 
 def modules(**env: str) -> dict[str, str]:
-    """Where each hot module is imported from, in a fresh interpreter."""
+    """Where each hot module is imported from, in a fresh interpreter whose
+    environment has ``env`` and otherwise no PYRESTY_PURE_PYTHON."""
     names = [p.removesuffix(".py").replace("/", ".") for p in hot_path()]
     code = ("import importlib, json, sys\n"
             "import pyresty\n"
             f"print(json.dumps({{n: importlib.import_module(n).__file__ for n in {names!r}}}))")
+    base = {k: v for k, v in os.environ.items() if k != "PYRESTY_PURE_PYTHON"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, **env}, timeout=60, check=True)
+                         env={**base, **env}, timeout=60, check=True)
     return json.loads(out.stdout)
 
 
@@ -41,7 +43,7 @@ def test_hot_path_modules_exist() -> None:
         assert (ROOT / path).is_file(), path
 
 
-@pytest.mark.skipif(bool(os.environ.get("PYRESTY_PURE_PYTHON")),
+@pytest.mark.skipif(os.environ.get("PYRESTY_PURE_PYTHON", "").lower() in ("1", "true", "yes", "on"),
                     reason="PYRESTY_PURE_PYTHON is set: the request path runs interpreted")
 def test_hot_path_is_compiled() -> None:
     """A build that silently fell back to plain Python would halve throughput."""
@@ -54,6 +56,13 @@ def test_hot_path_is_compiled() -> None:
     assert not interpreted, f"not compiled (is a C compiler installed? see setup.py): {interpreted}"
 
 
-def test_pure_python_switch_loads_the_source() -> None:
-    files = modules(PYRESTY_PURE_PYTHON="1")
+@pytest.mark.parametrize("value", ["1", "true", "YES", "on"])
+def test_pure_python_switch_loads_the_source(value: str) -> None:
+    files = modules(PYRESTY_PURE_PYTHON=value)
     assert all(file.endswith(".py") for file in files.values()), files
+
+
+@pytest.mark.parametrize("value", ["0", "false", "no", "off", ""])
+def test_pure_python_switch_off_values_keep_the_build(value: str) -> None:
+    """Off values import what the install built (compiled, where it compiled)."""
+    assert modules(PYRESTY_PURE_PYTHON=value) == modules()
