@@ -7,9 +7,11 @@
    connections) pinned to another, servers alternating A/B/C/D for
    ``--rounds`` rounds. Figures: req/s, p50/p99 latency and server CPU
    microseconds per request (utime+stime of master and workers from /proc,
-   over the wrk run, divided by the requests wrk completed). wrk saturates
-   before nginx does, so CPU per request is the fair comparison; the medians
-   of the rounds are reported, with ratios against nginx ``return 200``.
+   over the wrk run, divided by the requests wrk completed) and, where perf
+   can count, CPU cycles per request (``perf stat -e cycles`` on the same
+   processes). wrk saturates before nginx does, so CPU per request is the
+   fair comparison; the medians of the rounds are reported, with ratios
+   against nginx ``return 200``.
 2. reload: nginx and pyresty with 2 workers under ``wrk -t2 -c50`` while the
    master gets a HUP every ``--interval`` s with a new response body. wrk's
    socket errors, non-2xx and p99; the time from HUP until a fresh connection
@@ -119,6 +121,41 @@ class Sample:
     sys_us: float
     requests: int
     errors: int
+    cycles: float = float("nan")   # per request, from perf; nan without perf
+
+
+class CycleCount:
+    """``perf stat -e cycles`` over a server's processes, user and kernel.
+
+    A second measure of CPU per request beside /proc: this VM's kernel charges
+    CPU time by sampling at each 4 ms tick, which moves single rounds by tens of
+    percent; the cycle counter counts exactly what ran. perf attaches within
+    milliseconds of its start, before wrk's first request of a 10 s run.
+    """
+
+    def __init__(self, pids: list[int]) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        if shutil.which("perf") is not None:
+            self.proc = subprocess.Popen(
+                ["perf", "stat", "-x,", "-e", "cycles", "-p", ",".join(map(str, pids))],
+                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    def stop(self) -> float | None:
+        """Cycles counted since the start (None without perf or a counter)."""
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            _, err = self.proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.communicate()
+            return None
+        for line in err.splitlines():
+            fields = line.split(",")
+            if len(fields) > 2 and fields[2].startswith("cycles") and fields[0].isdigit():
+                return float(fields[0])
+        return None
 
 
 @dataclass
@@ -135,12 +172,18 @@ def hello_once(make: Callable[[], Server], seconds: float, warmup: float, cpus: 
     try:
         server.start(cpus.server)
         url = f"http://127.0.0.1:{server.port}{server.path}"
-        if warmup:
-            wrk.run(url, warmup, server.dir / "warmup.log", cpus=cpus.load)
         pids = server.pids()
+        if warmup:
+            # The first cycle counter on a process stalls it for ~0.1 s on this VM
+            # (its p99 showed it): let the warm-up take that stall, not the run.
+            primer = CycleCount(pids)
+            wrk.run(url, warmup, server.dir / "warmup.log", cpus=cpus.load)
+            primer.stop()
+        counter = CycleCount(pids)
         before = cpu_seconds(pids)
         result = wrk.run(url, seconds, server.dir / "wrk.log", cpus=cpus.load)
         after = cpu_seconds(pids)
+        cycles = counter.stop()
         if sorted(pids) != sorted(server.pids()):
             log(f"  warning: {server.name} changed processes during the run; CPU undercounted")
         if result.requests == 0:
@@ -151,7 +194,8 @@ def hello_once(make: Callable[[], Server], seconds: float, warmup: float, cpus: 
                       user_us=(after[0] - before[0]) / result.requests * 1e6,
                       sys_us=(after[1] - before[1]) / result.requests * 1e6,
                       requests=result.requests,
-                      errors=result.socket_errors + result.non2xx)
+                      errors=result.socket_errors + result.non2xx,
+                      cycles=cycles / result.requests if cycles else float("nan"))
     finally:
         server.stop()
 
@@ -170,22 +214,27 @@ def bench_hello(args: argparse.Namespace, modules: list[str] | None, cpus: Cpus)
             log(f"  round {round_no} {name:<28} {sample.rps:>10.0f} req/s  "
                 f"p50 {sample.p50:6.2f} ms  p99 {sample.p99:6.2f} ms  "
                 f"{sample.cpu_us:6.2f} µs CPU/req ({sample.user_us:.1f} user + "
-                f"{sample.sys_us:.1f} sys){errors}")
+                f"{sample.sys_us:.1f} sys, {sample.cycles:,.0f} cycles){errors}")
     return rows
 
 
 def hello_table(rows: list[Hello]) -> str:
     base = rows[0].median("cpu_us")
+    base_cycles = rows[0].median("cycles")
     lines = ["| server (1 worker) | req/s | p50 ms | p99 ms | CPU µs/req | user + sys "
-             "| CPU µs/req, each round | CPU/req vs nginx | efficiency vs nginx |",
-             "|---|--:|--:|--:|--:|--:|--:|--:|--:|"]
+             "| CPU µs/req, each round | CPU/req vs nginx | efficiency vs nginx "
+             "| cycles/req (perf) | efficiency by cycles |",
+             "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"]
     for row in rows:
         cpu = row.median("cpu_us")
+        cycles = row.median("cycles")
         each = " / ".join(f"{s.cpu_us:.1f}" for s in row.samples)
+        by_cycles = (f"{cycles:,.0f} | {base_cycles / cycles:.2f}" if cycles == cycles
+                     else "- | -")   # nan: perf could not count
         lines.append(f"| {row.name} | {row.median('rps'):,.0f} | {row.median('p50'):.2f} "
                      f"| {row.median('p99'):.2f} | **{cpu:.2f}** "
                      f"| {row.median('user_us'):.1f} + {row.median('sys_us'):.1f} | {each} "
-                     f"| {cpu / base:.2f}× | {base / cpu:.2f} |")
+                     f"| {cpu / base:.2f}× | {base / cpu:.2f} | {by_cycles} |")
     return "\n".join(lines)
 
 
@@ -511,7 +560,10 @@ def environment(args: argparse.Namespace, sections: set[str], cpus: Cpus,
                     f"{args.warmup:g} s warm-up, {args.rounds} rounds alternating the servers, "
                     f"medians of the rounds. CPU µs/req: utime+stime of every server process "
                     f"(master and workers, /proc) over the wrk run, divided by the requests wrk "
-                    f"completed; efficiency = nginx's CPU/req divided by the server's.")
+                    f"completed; efficiency = nginx's CPU/req divided by the server's. "
+                    f"cycles/req: the same processes' CPU cycles, user and kernel, counted by "
+                    f"`perf stat` over the same run (this kernel charges /proc CPU time by "
+                    f"sampling at each tick, which moves single rounds; the counter does not).")
     if "reload" in sections:
         text.append(f"Reload: wrk -t2 -c50 while the master gets {args.reloads} HUPs, one every "
                     f"{args.interval:g} s, each with a new response body; then {IDLE_RELOADS} "
