@@ -95,6 +95,11 @@ class RequestParser:
         self._should_keep_alive = parser.should_keep_alive
         self._should_upgrade = parser.should_upgrade
 
+    def keeps_alive(self) -> bool:
+        """llhttp's keep-alive verdict now: after a chunked body it has also
+        read the trailer fields, where a ``Connection: close`` turns it off."""
+        return self._should_keep_alive()
+
     @property
     def in_head(self) -> bool:
         """True while a request head has begun and is not complete."""

@@ -229,6 +229,11 @@ class HttpConnection:
         if req is None:
             return
         req._body_done = True
+        if self.parser.chunked and req.keep_alive and not self.parser.keeps_alive():
+            # A trailer field said Connection: close. llhttp refuses any byte
+            # after such a message, so close after the answer rather than
+            # answer the next pipelined request with a 400.
+            req.keep_alive = False
         if req is self.current:
             if self.deadline_kind is Deadline.BODY:
                 self.clear_deadline()

@@ -528,3 +528,20 @@ def test_date_is_current_in_a_worker_forked_after_a_reload(mode, tmp_path):
         assert worst < 1.5, f"a response carried a Date {worst:.1f} s old"
     finally:
         srv.stop()
+
+
+def test_connection_close_in_a_trailer_closes_after_the_answer(server):
+    """llhttp turns keep-alive off when a chunked body's trailer says
+    ``Connection: close``, and then refuses any further byte: the answer says
+    close and the connection ends, instead of a 400 for the pipelined request."""
+    body = (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\nConnection: close\r\n\r\n")
+    reply = raw_exchange(server.port, body + b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n", timeout=5)
+    assert reply.startswith(b"HTTP/1.1 200 OK\r\n"), reply
+    assert b"\r\nConnection: close\r\n" in reply and reply.endswith(b"\r\n\r\nhello")
+    assert b"400" not in reply
+    # without the trailer, the same pipeline is answered twice
+    plain = body.replace(b"Connection: close\r\n", b"")
+    reply = raw_exchange(server.port, plain + b"GET /hello HTTP/1.1\r\nHost: a\r\n"
+                         b"Connection: close\r\n\r\n", timeout=5)
+    assert reply.count(b"HTTP/1.1 200 OK\r\n") == 2, reply
