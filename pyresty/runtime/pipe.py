@@ -515,11 +515,14 @@ class Proc:
         child = self._child
         stdin = child.stdin
         child.lose_stdin("stdin is shut down")
-        if stdin is not None:
-            if stdin.can_write_eof():
-                stdin.write_eof()  # flushes the queue first
-            else:
-                stdin.close()
+        if stdin is not None and not stdin.is_closing():
+            # uvloop may have closed the pipe already (the child exited) with the
+            # pipe_connection_lost callback still queued: it raises RuntimeError
+            with contextlib.suppress(RuntimeError, OSError):
+                if stdin.can_write_eof():
+                    stdin.write_eof()  # flushes the queue first
+                else:
+                    stdin.close()
 
     async def wait(self) -> tuple[str, int]:
         """Wait for the child to end: ("exit", exit code) or ("signal", signal number).

@@ -175,6 +175,26 @@ def test_write_after_the_child_is_gone(run: Runner) -> None:
     run(body)
 
 
+@pytest.mark.timeout(10)
+def test_shutdown_stdin_after_the_loop_closed_the_pipe(run: Runner) -> None:
+    """The child exits, the loop closes its stdin pipe, and shutdown("stdin")
+    runs before the pipe_connection_lost callback: uvloop raised RuntimeError
+    ("the handler is closed") from write_eof, which failed shell.run at random."""
+    async def body() -> None:
+        proc = await pipe.spawn(["cat"])
+        child = proc._child
+        stdin = child.stdin
+        assert stdin is not None
+        proc.kill(signal.SIGKILL)
+        assert await proc.wait() == ("signal", signal.SIGKILL)
+        await until(lambda: child.stdin is None)   # the loop closed the pipe...
+        child.stdin = stdin                        # ...as the callback had not run yet
+        proc.shutdown("stdin")
+        with pytest.raises(PipeError, match="stdin is closed"):
+            await proc.write(b"late")
+    run(body)
+
+
 @pytest.mark.timeout(30)
 def test_write_10mb_to_cat_without_reading_meanwhile(run: Runner) -> None:
     async def body() -> None:
