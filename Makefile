@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# setup.py compiles these with mypyc; a change rebuilds the extensions
-COMPILED := setup.py $(wildcard pyresty/http/*.py pyresty/server/*.py)
+# setup.py compiles the modules of its HOT_PATH with mypyc; a change rebuilds them
+COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
 
 .PHONY: run test bench clean
 
