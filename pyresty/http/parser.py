@@ -61,13 +61,12 @@ class RequestSink(Protocol):
 class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
-    __slots__ = ("_sink", "_parser", "_target", "_fields",
+    __slots__ = ("_parser", "_target", "_fields",
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
                  "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
                  "_should_keep_alive", "_should_upgrade", "_on_head")
 
     def __init__(self, sink: RequestSink) -> None:
-        self._sink = sink
         self._on_head = sink.on_head
         # httptools looks its callbacks up once, by name: body and message-end
         # events go straight to the sink, with no frame of ours in between.
@@ -215,7 +214,7 @@ class RequestParser:
                 # nginx, answer 505 rather than serve them as HTTP/1.x
                 self._fail(505, f"HTTP/{version} is not supported")
         self._on_head(_METHODS.get(method) or method.decode("ascii"), target,
-                           version, fields, keep_alive, upgrade)
+                      version, fields, keep_alive, upgrade)
 
 
 def _check_field_sizes(fields: list[tuple[bytes, bytes]]) -> None:
