@@ -263,6 +263,13 @@ def test_incr(stores: Stores) -> None:
                 await d.incr("n", bad)
         with pytest.raises(TypeError):
             await d.incr("n", 1, init="0")
+        # init_ttl means nothing without init (OpenResty refuses it too); nothing changes
+        before = await d.get("n")
+        with pytest.raises(ValueError, match="init_ttl requires init"):
+            await d.incr("n", 1, init_ttl=5)
+        with pytest.raises(ValueError, match="init_ttl requires init"):
+            await d.incr("absent", 1, init=None, init_ttl=5)
+        assert await d.get("n") == before and await d.get("absent") is None
         await d.set("gone", 1, ttl=0.02)
         await gone(d, "gone")
         assert await d.incr("gone") is None

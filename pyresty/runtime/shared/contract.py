@@ -150,6 +150,16 @@ def check_number(what: str, value: object) -> None:
         raise TypeError(f"{what} must be an int or float, not {type(value).__name__}")
 
 
+def check_incr_init(init: object, init_ttl: object) -> None:
+    """``incr``'s rule, as OpenResty's: ``init_ttl`` means nothing without ``init``."""
+    if init is None:
+        if init_ttl is not None:
+            raise ValueError("incr: init_ttl requires init (the TTL applies only to an "
+                             "entry that incr creates from init)")
+    else:
+        check_number("init", init)
+
+
 def bad_value(value: object) -> TypeError:
     return TypeError("shared dict values are str, bytes, int, float or bool, "
                      f"not {type(value).__name__}")

@@ -711,12 +711,11 @@ class EmbeddedDict:
         An absent (or expired) key gives None unless ``init`` is given, in which
         case it is created as ``init + delta`` with ``init_ttl``. An existing
         entry keeps its TTL. Raises TypeError if the entry is not a number or
-        ``delta``/``init`` are not int/float.
+        ``delta``/``init`` are not int/float, ValueError for ``init_ttl`` without ``init``.
         """
         if type(delta) is not int and type(delta) is not float:
             contract.check_number("delta", delta)
-        if init is not None:
-            contract.check_number("init", init)
+        contract.check_incr_init(init, init_ttl)
         init_exp = contract.ttl_ns(init_ttl) if init_ttl is not None else 0
         k = key.encode() if type(key) is str else key
         if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:

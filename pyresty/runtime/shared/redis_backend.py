@@ -398,8 +398,7 @@ class RedisDict:
         """
         if type(delta) is not int and type(delta) is not float:
             contract.check_number("delta", delta)
-        if init is not None:
-            contract.check_number("init", init)
+        contract.check_incr_init(init, init_ttl)
         args = (repr(delta), b"1" if type(delta) is int else b"0",
                 b"" if init is None else encode(init), ttl_ms(init_ttl), self._grace)
         r = await self._call(key, False, self._incr, keys=self._names(key), args=args)
