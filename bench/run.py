@@ -205,6 +205,9 @@ def bench_hello(args: argparse.Namespace, modules: list[str] | None, cpus: Cpus)
     if modules is not None:
         makers.append(("nginx + Lua content_by_lua", lambda: Nginx(lua_modules=modules)))
     makers += [("uvicorn raw ASGI", Uvicorn), ("pyresty content handler", Pyresty)]
+    if args.baseline is not None:
+        makers.append((f"pyresty at {baseline_label(args.baseline)}",
+                       lambda: baseline_pyresty(args.baseline)))
     rows = [Hello(name) for name, _ in makers]
     for round_no in range(1, args.rounds + 1):
         for row, (name, make) in zip(rows, makers):
@@ -216,6 +219,19 @@ def bench_hello(args: argparse.Namespace, modules: list[str] | None, cpus: Cpus)
                 f"{sample.cpu_us:6.2f} µs CPU/req ({sample.user_us:.1f} user + "
                 f"{sample.sys_us:.1f} sys, {sample.cycles:,.0f} cycles){errors}")
     return rows
+
+
+def baseline_label(checkout: Path) -> str:
+    """The commit of another checkout, for the row that compares builds."""
+    done = subprocess.run(["git", "-C", str(checkout), "log", "-1", "--format=%h"],
+                          capture_output=True, text=True)
+    return done.stdout.strip() or str(checkout)
+
+
+def baseline_pyresty(checkout: Path) -> Pyresty:
+    server = Pyresty()
+    server.venv_bin = checkout / ".venv" / "bin"
+    return server
 
 
 def hello_table(rows: list[Hello]) -> str:
@@ -585,7 +601,12 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true",
                         help="also profile the pyresty worker under load with perf")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also run the pyresty of another checkout (its .venv) in the hello "
+                             "rounds: before/after figures of a change, back to back in one run")
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / ".venv" / "bin" / "pyresty").exists():
+        parser.error(f"--baseline: no {args.baseline}/.venv/bin/pyresty (run make there first)")
     if args.duration is None:
         args.duration = 3.0 if args.quick else 10.0
     sections = {s.strip() for s in args.only.split(",") if s.strip()}

@@ -363,8 +363,10 @@ path = "= /hello"
 content = "{self.module()}:hello"
 """)
 
+    venv_bin = VENV_BIN      # another checkout's .venv/bin to compare builds (--baseline)
+
     def command(self) -> list[str]:
-        exe = VENV_BIN / "pyresty"
+        exe = self.venv_bin / "pyresty"
         return [str(exe) if exe.exists() else "pyresty", "-c", str(self.dir / "pyresty.toml")]
 
     def reconfigure(self, generation: int) -> None:

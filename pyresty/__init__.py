@@ -18,7 +18,9 @@ from pyresty import purepython  # noqa: E402
 purepython.install()   # before any compiled module is imported
 
 from pyresty.errors import (  # noqa: E402
+    ClientBodyTimeout,
     ConfigError,
+    Exit,
     HandlerError,
     PipeError,
     PyrestyError,
@@ -34,7 +36,9 @@ from pyresty.runtime import pipe, shell, timer, worker
 from pyresty.server.request import Request
 
 __all__ = [
+    "ClientBodyTimeout",
     "ConfigError",
+    "Exit",
     "HandlerError",
     "PipeError",
     "PyrestyError",

@@ -1,16 +1,23 @@
 """The error log: nginx's line format on top of the stdlib ``logging`` module.
 
-Every module logs through ``logging.getLogger("pyresty...")``; ``configure``
-installs one handler per process that writes
+``configure`` installs one handler per process, on the *root* logger, that writes
 
     2026/11/22 12:00:00 [warn] 1234#0: message
 
 (level, pid, worker id -- the id is ``-`` in the master and the agent).
 Levels are nginx's: debug, info, notice, warn, error, crit, alert, emerg.
 A traceback, when there is one, follows on the next lines.
+
+Because the handler is the root logger's, every logger arrives: pyresty's own
+(``pyresty.*``), a handler's ``logging.getLogger("myapp")``, and libraries'
+(httpx, aiohttp, ...), all at ``error_log_level`` and above. Python warnings
+arrive as ``[warn]`` lines. In processes that run user code,
+``capture_print`` makes ``print()`` (anything written to ``sys.stdout``) an
+error-log line at ``[notice]``, one per line of text.
 """
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
@@ -73,7 +80,7 @@ def configure(path: str | None, level: str = "info") -> None:
     """Send the log to ``path`` (stderr when None or "stderr") at ``level``."""
     global _handler
     if _handler is not None:
-        log.removeHandler(_handler)
+        logging.getLogger().removeHandler(_handler)
         _handler.close()
     if path in (None, "stderr"):
         _handler = logging.StreamHandler(sys.stderr)
@@ -81,9 +88,10 @@ def configure(path: str | None, level: str = "info") -> None:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         _handler = _ReopenableFileHandler(path, encoding="utf-8", delay=False)
     _handler.setFormatter(_formatter)
-    log.addHandler(_handler)
-    log.setLevel(LEVELS[level])
-    log.propagate = False
+    root = logging.getLogger()
+    root.addHandler(_handler)
+    root.setLevel(LEVELS[level])
+    logging.captureWarnings(True)
 
 
 def set_worker_tag(tag: object) -> None:
@@ -95,3 +103,49 @@ def reopen() -> None:
     """Reopen the log file (USR1)."""
     if isinstance(_handler, _ReopenableFileHandler):
         _handler.reopen()
+
+
+class PrintToLog(io.TextIOBase):
+    """A ``sys.stdout`` whose complete lines become error-log lines at ``[notice]``.
+
+    A partial line waits for its newline (or ``flush``); one line longer than
+    ``MAX_LINE`` is logged in pieces rather than held without bound.
+    """
+
+    MAX_LINE = 8192
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self._log = logger
+        self._pending = ""
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return "utf-8"
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        if not isinstance(text, str):
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
+        data = self._pending + text
+        *lines, self._pending = data.split("\n")
+        for line in lines:
+            self._log.log(NOTICE, "%s", line)
+        while len(self._pending) > self.MAX_LINE:
+            self._log.log(NOTICE, "%s", self._pending[:self.MAX_LINE])
+            self._pending = self._pending[self.MAX_LINE:]
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            line, self._pending = self._pending, ""
+            self._log.log(NOTICE, "%s", line)
+
+
+def capture_print() -> None:
+    """Send ``print()`` and other writes to ``sys.stdout`` to the error log at
+    ``[notice]`` (logger ``stdout``); for processes that run user code."""
+    if not isinstance(sys.stdout, PrintToLog):
+        sys.stdout = PrintToLog(logging.getLogger("stdout"))

@@ -9,8 +9,17 @@
     │   └── SocketTimeout      (also a TimeoutError)
     ├── PipeError              pipe.spawn / Proc operation failed
     ├── HandlerError           a handler string that cannot be loaded
-    └── ResponseStarted        a header change or redirect after the response head was sent
-                               (also a RuntimeError)
+    ├── ResponseStarted        a header change or redirect after the response head was sent
+    │                          (also a RuntimeError)
+    └── ClientBodyTimeout      the client sent its body slower than client_body_timeout
+                               (also a TimeoutError; the request ends with 408)
+
+    Exit (a BaseException)     raised by ``Request.exit``/``redirect`` to end the request
+
+``Exit`` is not an error and, like ``asyncio.CancelledError``, not an
+``Exception``: ``try: ... except Exception:`` in a handler does not swallow
+``r.exit(403)``, so the request ends where the handler asked it to
+(OpenResty's ``ngx.exit`` inside ``pcall`` behaves the same way).
 
 Lower-layer errors (OSError, lmdb.Error, redis errors) are re-raised as one of
 these with ``raise ... from exc`` so callers catch one family.
@@ -60,3 +69,19 @@ class HandlerError(PyrestyError):
 
 class ResponseStarted(PyrestyError, RuntimeError):
     """A header change, ``exit`` or ``redirect`` after the response head was sent."""
+
+
+class ClientBodyTimeout(PyrestyError, TimeoutError):
+    """The client sent its request body slower than ``client_body_timeout``."""
+
+
+class Exit(BaseException):
+    """Ends the current request with ``status`` (raised by ``Request.exit`` and ``redirect``).
+
+    Derives from BaseException so that ``except Exception`` in user code does
+    not swallow it. Code that must clean up uses ``finally`` or ``async with``.
+    """
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import inspect
 import json
 import logging
 import os
@@ -37,7 +36,7 @@ import uvloop
 
 from pyresty import errorlog
 from pyresty.config.model import Config, Listen
-from pyresty.runtime import identity, loader
+from pyresty.runtime import context, identity, loader
 from pyresty.runtime import timer as timers
 from pyresty.runtime.identity import Role
 
@@ -155,6 +154,8 @@ class WorkerProcess:
     async def _boot(self) -> None:
         config = self.config
         self._install_signals()
+        context.capture_base()        # before user code: what every request copies
+        errorlog.capture_print()      # print() in user code goes to the error log
         loader.install(config.code_path)
         if config.shared:
             from pyresty.runtime import shared
@@ -173,9 +174,7 @@ class WorkerProcess:
         self._exit_hook = self._hook("exit_worker")
         if init is not None:
             try:
-                result = init()
-                if inspect.isawaitable(result):
-                    await result
+                await context.call(init)      # a Task and Context of its own
             except Exception as exc:
                 log.error("init_worker hook %s failed", config.hooks.init_worker, exc_info=True)
                 raise BootError(f"init_worker hook {config.hooks.init_worker} failed: "
@@ -329,9 +328,7 @@ class WorkerProcess:
         if hook is None or limit <= 0:
             return
         try:
-            result = hook()
-            if inspect.isawaitable(result):
-                await asyncio.wait_for(result, limit)
+            await asyncio.wait_for(context.call(hook), limit)
         except TimeoutError:
             log.error("exit_worker hook %s ran past %.1f s; abandoned",
                       self.config.hooks.exit_worker, limit)

@@ -87,7 +87,7 @@ import tempfile
 from typing import Any, Awaitable, Callable
 
 from pyresty.errors import TimerError
-from pyresty.runtime import identity
+from pyresty.runtime import context, identity
 from pyresty.runtime.identity import Role
 
 __all__ = ["Timer", "TimerError", "at", "every", "pending_count", "running_count"]
@@ -464,7 +464,8 @@ class TimerScheduler:
             coro = self._run_leased(timer, timer._premature)
         else:
             coro = _invoke(timer, timer._premature)
-        task = self.loop.create_task(coro)
+        # each run in a Task and a fresh copy of the base Context (runtime/context.py)
+        task = context.spawn(self.loop, coro)
         self._tasks[task] = timer
         task.add_done_callback(self._on_done)
         self._idle.clear()

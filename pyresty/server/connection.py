@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
+from pyresty.errors import ClientBodyTimeout
 from pyresty.http import response as wire
 from pyresty.http.parser import HttpError, RequestParser
 from pyresty.server.phases import start
@@ -417,7 +418,7 @@ class HttpConnection:
             waiter = self._body_waiter
             self._body_waiter = None
             if waiter is not None and not waiter.done():
-                waiter.set_exception(TimeoutError("client_body_timeout"))
+                waiter.set_exception(ClientBodyTimeout("client_body_timeout"))
             else:
                 self.close()
         elif kind is Deadline.LINGER:

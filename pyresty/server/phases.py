@@ -1,10 +1,33 @@
 """Request phases: rewrite, access, content, header_filter, body_filter, log.
 
 Each location is compiled once per process into a ``Route`` holding the
-resolved handler callables. ``handle`` runs one request through the phases as
-a single coroutine; ``start`` drives it synchronously and only creates a Task
-when a handler really suspends, so a handler that never awaits I/O costs no
-Task and no extra loop iteration.
+resolved handler callables.
+
+Rules
+-----
+1. Every request runs in an asyncio Task of its own (``start``), in a fresh
+   copy of the process's base ``contextvars.Context`` (runtime/context.py),
+   from the first line of its first phase to the end of its log phase. The
+   phases of one request share that Task and Context; no two requests do.
+2. ``run`` is the Task's body: rewrite (re-matching when ``r.path`` changes),
+   access, content (or static files, or 404), the end of the response, the
+   access log, then the log phase.
+3. ``r.exit(status)`` raises ``Exit`` (a BaseException, so ``except
+   Exception`` cannot swallow it); it ends the request from any phase. An
+   ``Exit`` wrapped in an exception group (a TaskGroup's) still counts.
+   ``exit`` after the response started ends the request as it stands; a
+   status of 300 or more that differs from the one sent is logged once at
+   ``[error]``, as OpenResty logs ``ngx.exit`` after the headers.
+4. A handler that raises gives a 500 page (or, once the response started, a
+   cut connection) and a traceback in the error log; the worker serves on.
+5. A phase handler that returns a value other than None is logged once per
+   location and phase at ``[warn]``: the value is ignored (nginx users write
+   ``return 403`` where ``r.exit(403)`` is meant).
+6. Cancellation (``worker_shutdown_timeout``) reaches the handler as
+   ``CancelledError`` at its await point; the connection is aborted and the
+   request logged as 499. A client that disconnects does not cancel the
+   handler (OpenResty's default): its writes raise ``ConnectionResetError``
+   from ``flush()`` and ``read_body()``, and its output is dropped.
 
 Rewrite may change ``r.path``: the location is matched again and the new
 location's rewrite runs, at most ``MAX_REMATCH`` times (nginx's limit of 10
@@ -15,12 +38,15 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import types
-from collections.abc import Callable, Coroutine, Generator
+import os
+import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
+from pyresty.errors import ClientBodyTimeout, Exit
 from pyresty.http import response as wire
-from pyresty.server.request import Exit, Request
+from pyresty.runtime import context
+from pyresty.server.request import Request
 
 if TYPE_CHECKING:
     from pyresty.config.model import Config, Location
@@ -36,7 +62,7 @@ class Route:
     """A location with its handlers resolved to callables."""
 
     __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
-                 "log", "client_max_body_size", "static_root", "content_only")
+                 "log", "client_max_body_size", "static_root", "warned")
 
     def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
                  client_max_body_size: int) -> None:
@@ -49,9 +75,7 @@ class Route:
         self.log = handlers.get("log")
         self.client_max_body_size = client_max_body_size
         self.static_root = location.root if location is not None else None
-        # nothing but a content handler: start() runs it without the phase coroutine
-        self.content_only = (self.content is not None and self.rewrite is None
-                             and self.access is None and self.log is None)
+        self.warned: set[str] = set()   # phases whose returned value was logged (rule 5)
 
 
 def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
@@ -67,106 +91,67 @@ def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> 
     return routes
 
 
-def start(app: HttpServer, r: Request) -> None:
-    """Run ``r`` through its phases; a Task is made only if a handler suspends.
-
-    A route with only a content handler (the common case) runs that handler's
-    coroutine directly, without the ``handle`` coroutine around it.
-
-    The coroutine is stepped by a ``for`` loop over its ``__await__``
-    iterator, not by ``send``: a coroutine that returns ends the loop without
-    a ``StopIteration`` (whose traceback would cost more, compiled, than the
-    rest of this function).
-    """
-    route = r.route
-    content = route.content
-    if route.content_only and content is not None:
-        coro = content(r)
-        try:
-            for waiting_on in coro.__await__():
-                # suspended on I/O: a Task takes the coroutine from here
-                app.track(app.loop.create_task(_resume_content(app, r, coro, waiting_on)))
-                return
-        except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
-            if not _failed(app, r, exc):
-                raise
-        _complete(app, r)
-        return
-    coro = handle(app, r)
-    for waiting_on in coro.__await__():
-        app.track(app.loop.create_task(_resume(coro, waiting_on)))
-        return
-
-
-async def _resume(coro: Coroutine[Any, Any, None], waiting_on: Any) -> None:
-    await _continue(coro, waiting_on)
-
-
-async def _resume_content(app: HttpServer, r: Request, coro: Coroutine[Any, Any, None],
-                          waiting_on: Any) -> None:
-    try:
-        await _continue(coro, waiting_on)
-    except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
-        if not _failed(app, r, exc):
-            raise
-    _complete(app, r)
-
-
-@types.coroutine
-def _continue(coro: Coroutine[Any, Any, None], waiting_on: Any) -> Generator[Any, None, None]:
-    # Hand the future the coroutine is blocked on to the Task, then let the
-    # Task drive the coroutine itself from where it stopped.
-    try:
-        yield waiting_on
-    except BaseException as exc:
-        # Cancelled while parked on waiting_on: deliver it to the coroutine.
-        try:
-            waiting_on = coro.throw(exc)
-        except StopIteration:
+def start(server: HttpServer, r: Request) -> None:
+    """Run ``r`` through its phases in a Task and Context of its own (rule 1)."""
+    if context.EAGER:
+        task = context.spawn(server.loop, run(server, r))
+        if task.done():
             return
-        yield from _continue(coro, waiting_on)
-        return
-    yield from coro.__await__()
+    else:
+        task = server.loop.create_task(run(server, r), context=context.fresh())
+    r.task = task
+    server.tasks.add(task)
 
 
-async def handle(app: HttpServer, r: Request) -> None:
-    """All phases of one request, then the response end, the log phase and the access log."""
+async def run(server: HttpServer, r: Request) -> None:
+    """The body of a request's Task: every phase, the response end, the logs (rule 2)."""
     try:
-        route = r.route
-        if route.rewrite is not None:
-            route = await _rewrite(app, r, route)
-        if route.access is not None:
-            await route.access(r)
-        if route.content is not None:
-            await route.content(r)
-        elif route.static_root is not None and route.location is not None:
-            await app.serve_static(r, route.location)
-        else:
-            raise Exit(404)
-    except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
-        if not _failed(app, r, exc):
-            raise
-    _complete(app, r)
-    if r.route.log is not None:
-        await _log_phase(r)
+        try:
+            route = r.route
+            if route.rewrite is not None:
+                route = await _rewrite(server, r, route)
+            if route.access is not None:
+                result = await route.access(r)
+                if result is not None:
+                    _returned(r, route, "access", result)
+            if route.content is not None:
+                result = await route.content(r)
+                if result is not None:
+                    _returned(r, route, "content", result)
+            elif route.static_root is not None and route.location is not None:
+                await server.serve_static(r, route.location)
+            else:
+                raise Exit(404)
+        except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
+            if not _failed(server, r, exc):
+                raise
+        _complete(server, r)
+        if r.route.log is not None:
+            await _log_phase(r)
+    finally:
+        task = r.task
+        if task is not None:
+            server.tasks.discard(task)
 
 
-def _failed(app: HttpServer, r: Request, exc: BaseException) -> bool:
+def _failed(server: HttpServer, r: Request, exc: BaseException) -> bool:
     """Turn what a phase raised into the response; False when it must propagate
     (cancellation: the request is over and the connection aborted)."""
     conn = r.conn
+    if isinstance(exc, BaseExceptionGroup):
+        exc = _exit_in(exc) or exc   # an Exit raised inside a TaskGroup (rule 3)
     if isinstance(exc, Exit):
-        _exit_response(r, exc.status)
+        _exit_response(r, exc.status, exc)
     elif isinstance(exc, asyncio.CancelledError):
         conn.abort()
-        _log_request(app, r, 499)
+        _log_request(server, r, 499)
         conn.request_done(r)
         return False
     elif isinstance(exc, (ConnectionError, TimeoutError)) and conn.closed:
         r.finished = True   # the client left: nothing to send; logged as 499
         r.status = 499
-    elif isinstance(exc, TimeoutError) and not r.started:
-        _exit_response(r, 408)
+    elif isinstance(exc, ClientBodyTimeout) and not r.started:
+        _exit_response(r, 408, None)
         r.keep_alive = False
     elif isinstance(exc, Exception):
         log.error("handler failed on %s %s", r.method, r.uri, exc_info=exc)
@@ -176,7 +161,19 @@ def _failed(app: HttpServer, r: Request, exc: BaseException) -> bool:
     return True
 
 
-def _complete(app: HttpServer, r: Request) -> None:
+def _exit_in(group: BaseExceptionGroup[Any]) -> Exit | None:
+    """The first ``Exit`` inside an exception group, however deeply nested."""
+    for inner in group.exceptions:
+        if isinstance(inner, Exit):
+            return inner
+        if isinstance(inner, BaseExceptionGroup):
+            found = _exit_in(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _complete(server: HttpServer, r: Request) -> None:
     """End the response, count and log the request, and move the connection on."""
     conn = r.conn
     if not conn.closed and not r.finished:
@@ -191,8 +188,8 @@ def _complete(app: HttpServer, r: Request) -> None:
             else:
                 r.finished = False
                 r._headers_out = None
-                r.route = app.fallback   # no filters this time
-                _exit_response(r, 500)
+                r.route = server.fallback   # no filters this time
+                _exit_response(r, 500, None)
                 r.finish()
     elif not r.finished:
         # The client left before the response was complete. Nothing was sent
@@ -200,19 +197,21 @@ def _complete(app: HttpServer, r: Request) -> None:
         r.finished = True
         if not r.started:
             r.status = 499
-    app.requests_total += 1
-    if app.timing:
-        _access_log(app, r, r.status)
+    server.requests_total += 1
+    if server.timing:
+        _access_log(server, r, r.status)
     conn.request_done(r)
 
 
-async def _rewrite(app: HttpServer, r: Request, route: Any) -> Any:
+async def _rewrite(server: HttpServer, r: Request, route: Any) -> Any:
     for _ in range(MAX_REMATCH):
         path = r.path
-        await route.rewrite(r)
+        result = await route.rewrite(r)
+        if result is not None:
+            _returned(r, route, "rewrite", result)
         if r.path == path:
             return route
-        app.rematch(r)
+        server.rematch(r)
         route = r.route
         if route.rewrite is None:
             return route
@@ -220,8 +219,12 @@ async def _rewrite(app: HttpServer, r: Request, route: Any) -> Any:
     raise Exit(500)
 
 
-def _exit_response(r: Request, status: int) -> None:
+def _exit_response(r: Request, status: int, exc: Exit | None) -> None:
+    """Make the response ``exit(status)`` asked for (rule 3)."""
     if r.started:
+        if status >= 300 and status != r.status and status not in (408, 499):
+            log.error("attempt to set status %d via r.exit() after sending out the response "
+                      "status %d%s, on %s %s", status, r.status, _where(exc), r.method, r.uri)
         return
     r.status = status
     if status >= 300:
@@ -234,6 +237,36 @@ def _exit_response(r: Request, status: int) -> None:
             r._out.append(wire.error_body(status))
 
 
+_PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _where(exc: BaseException | None) -> str:
+    """`` at file:line`` of the user code that raised ``exc`` ("" if unknown)."""
+    if exc is None:
+        return ""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not _ours(f.filename)]
+    return f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+
+
+def _ours(filename: str) -> bool:
+    # compiled modules name their source relative to the project ("pyresty/server/...")
+    return filename.startswith(_PACKAGE_DIR + os.sep) or filename.startswith("pyresty" + os.sep)
+
+
+def _returned(r: Request, route: Route, phase: str, value: object) -> None:
+    """A phase handler returned a value: say once per location and phase that it is ignored."""
+    if phase in route.warned:
+        return
+    route.warned.add(phase)
+    name = getattr(route.location, phase, None) if route.location is not None else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        hint = f"use r.exit({value})"
+    else:
+        hint = "the value is ignored; end a request with r.exit(status)"
+    log.warning("%s handler %s returned %r; %s (on %s %s)", phase, name, value, hint,
+                r.method, r.uri)
+
+
 def _fail(r: Request) -> None:
     """A handler raised: a 500 page if nothing was sent, else cut the connection."""
     if r.started:
@@ -242,28 +275,34 @@ def _fail(r: Request) -> None:
         r.conn.abort()
         return
     r._headers_out = None
-    _exit_response(r, 500)
+    _exit_response(r, 500, None)
 
 
-def _log_request(app: HttpServer, r: Request, status: int) -> None:
-    app.requests_total += 1
-    if app.timing:
-        _access_log(app, r, status)
+def _log_request(server: HttpServer, r: Request, status: int) -> None:
+    server.requests_total += 1
+    if server.timing:
+        _access_log(server, r, status)
 
 
-def _access_log(app: HttpServer, r: Request, status: int) -> None:
-    access_log = app.access_log_for(r)
+def _access_log(server: HttpServer, r: Request, status: int) -> None:
+    access_log = server.access_log_for(r)
     if access_log is not None:
-        access_log.write(r, status, app.loop.time())
+        access_log.write(r, status, server.loop.time())
 
 
 async def _log_phase(r: Request) -> None:
-    handler = r.route.log
+    route = r.route
+    handler = route.log
     if handler is None:
         return
     try:
         result = handler(r)
         if inspect.isawaitable(result):
-            await result
+            result = await result
+        if result is not None:
+            _returned(r, route, "log", result)
+    except Exit as exc:
+        log.error("r.exit(%d) in the log phase does nothing: the response was sent%s, on %s %s",
+                  exc.status, _where(exc), r.method, r.uri)
     except Exception:
         log.error("log handler failed on %s %s", r.method, r.uri, exc_info=True)

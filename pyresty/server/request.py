@@ -8,8 +8,13 @@ body continues chunked (HTTP/1.1) or close-delimited (HTTP/1.0). Writes wait
 while the transport is above its high-water mark, so a slow client cannot make
 the worker buffer without bound.
 
-``exit(status)`` and ``redirect`` raise ``Exit``, which the phase runner catches:
-they end the request from any phase. A plain ``return`` ends only the phase.
+``exit(status)`` and ``redirect`` raise ``Exit`` (a BaseException), which the
+phase runner catches: they end the request from any phase. A plain ``return``
+ends only the phase. In ``header_filter``, before the head is sent, ``exit``
+with a status of 300 or more replaces the response with that status's page
+(no filter runs on the page); in ``body_filter`` it ends the body there: the
+chunk being filtered and all later output are dropped and the response ends
+(a length-framed response that falls short closes its connection).
 """
 from __future__ import annotations
 
@@ -17,23 +22,18 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 from urllib.parse import parse_qs, unquote
 
-from pyresty.errors import ResponseStarted
+from pyresty.errors import Exit, ResponseStarted
 from pyresty.http import response as wire
 from pyresty.http.headers import Headers
 from pyresty.http.response import STATUS_LINES, date_lines, plain_200_head
 
 if TYPE_CHECKING:
+    import asyncio
+
     from pyresty.server.connection import HttpConnection
     from pyresty.server.phases import Route
 
 STREAM_AFTER: Final = 64 * 1024  # buffered body bytes before the response starts streaming
-
-
-class Exit(Exception):
-    """Raised by ``Request.exit``/``redirect`` to end the request (internal)."""
-
-    def __init__(self, status: int) -> None:
-        self.status = status
 
 
 def _as_bytes(part: Any) -> bytes:
@@ -72,6 +72,8 @@ class Request:
     _body_size = 0
     _body_done = False
     _continue_sent = False
+    _discarding = False     # exit() in a filter: later output is dropped
+    task: asyncio.Task[None] | None = None   # the Task running this request's phases
     upstream_addr: str | None = None
     upstream_status: int | None = None
     upstream_response_time: float | None = None
@@ -159,8 +161,9 @@ class Request:
         """The whole request body (b"" when there is none).
 
         Sends ``100 Continue`` first when the client asked for it. Waits for the
-        body at most ``client_body_timeout`` between reads; raises ``Exit(408)``
-        when the client is slower than that.
+        body at most ``client_body_timeout`` between reads; raises
+        ``ClientBodyTimeout`` (the request then ends with 408) when the client
+        is slower than that, ``ConnectionResetError`` when it went away.
         """
         if not self._body_done:
             if not self._continue_sent and not self.started:
@@ -198,6 +201,8 @@ class Request:
 
     def _buffer(self, parts: tuple[Any, ...], end: bytes) -> int:
         """Append ``parts`` and ``end`` to the body buffer; returns its new size."""
+        if self._discarding:
+            return 0
         out = self._out
         size = self._out_size
         for part in parts:
@@ -215,6 +220,9 @@ class Request:
         if self.finished:
             return
         data = self._take_output(eof=False)
+        if self._discarding and self.started:
+            self.finish()     # exit() in a filter ended the body
+            return
         if not self.started:
             self._start(None, data)
         elif data:
@@ -222,7 +230,14 @@ class Request:
         await self.conn.drain()
 
     def exit(self, status: int) -> NoReturn:
-        """End the request with ``status`` from any phase (raises; does not return)."""
+        """End the request with ``status`` from any phase.
+
+        Raises ``pyresty.Exit``, a BaseException: ``except Exception`` does not
+        stop it. Before the response started, a status of 300 or more answers
+        with that status's page (the output so far is dropped); a lower one ends
+        the request with the output so far and that status. After the response
+        started, the request ends as it stands.
+        """
         raise Exit(status)
 
     def redirect(self, url: object, status: int = 302) -> NoReturn:
@@ -238,7 +253,7 @@ class Request:
             if "content-length" not in self.headers_out:
                 self.headers_out["Content-Length"] = str(count)
             self._start(count)
-        if self.method == "HEAD" or count == 0:
+        if self.method == "HEAD" or count == 0 or self._discarding:
             return
         await self.conn.send_file(file, offset, count)
         self.body_bytes_sent += count
@@ -251,10 +266,19 @@ class Request:
         if out:
             self._out = []
             self._out_size = 0
+        if self._discarding:
+            return b""
         body_filter = self.route.body_filter
         if body_filter is not None:
             self.eof = eof
-            data = _as_bytes(body_filter(self, data) or b"")
+            try:
+                data = _as_bytes(body_filter(self, data) or b"")
+            except Exit:
+                # exit() in body_filter ends the body here (module docstring)
+                self._discarding = True
+                if self.started and not self._chunked:
+                    self.keep_alive = False   # the declared length will not be met
+                return b""
         return data
 
     def _start(self, length: int | None, body: bytes = b"") -> None:
@@ -262,7 +286,13 @@ class Request:
         ``length`` None means the body streams."""
         header_filter = self.route.header_filter
         if header_filter is not None:
-            header_filter(self)
+            try:
+                header_filter(self)
+            except Exit as exc:
+                page = self._replace_response(exc.status)
+                if page is not None:
+                    length = len(page)
+                    body = page
         # ``started`` only once the head is built: a header that cannot be sent
         # (CR/LF) raises first, and the request still gets its 500
         status = self.status
@@ -313,6 +343,23 @@ class Request:
         self.started = True
         if not conn.closed:
             conn.send(head)
+
+    def _replace_response(self, status: int) -> bytes | None:
+        """``exit(status)`` in header_filter: the page that replaces the body
+        (None: the response goes on with the new status)."""
+        if status < 300:
+            if status >= 200:
+                self.status = status
+            return None
+        self.status = status
+        self._discarding = True    # what the handler writes from now on is dropped
+        self._out = []
+        self._out_size = 0
+        headers = self._headers_out = Headers()
+        if wire.bodiless(status):
+            return b""
+        headers["Content-Type"] = "text/html"
+        return wire.error_body(status)
 
     def _write_body(self, data: bytes) -> None:
         if self.method == "HEAD" or wire.bodiless(self.status):

@@ -202,10 +202,6 @@ class HttpServer:
         """Whether several servers listen on ``listen`` (so Host chooses)."""
         return listen in self._shared_listen
 
-    def track(self, task: asyncio.Task[None]) -> None:
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     def access_log_for(self, req: Request) -> AccessLog | None:
         return self._access_logs.get(id(req.server))
 
