@@ -295,7 +295,7 @@ async def _respond(r: StaticRequest, file: Any, st: os.stat_result, name: str) -
         if_modified_since=headers.get("if-modified-since"),
         if_unmodified_since=headers.get("if-unmodified-since"))
     if status is not Precondition.PROCEED:
-        r.exit(status)
+        r.exit(int(status))
     ctype = content_type(name)
     out["content-type"] = ctype
     out["accept-ranges"] = "bytes"
