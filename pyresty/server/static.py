@@ -5,11 +5,14 @@ in plain functions below so it can be tested without a socket:
 
 - ``normalize_path`` / ``open_file``: request path -> an open regular file
   under ``root``, or the status that refuses it;
-- ``check_preconditions``: ``If-Match``, ``If-Unmodified-Since``,
-  ``If-None-Match``, ``If-Modified-Since`` -> 200, 304 or 412 (RFC 9110 §13.2.2);
-- ``select_range`` / ``parse_range``: ``Range`` and ``If-Range`` -> a byte
-  span, "whole file", or 416 (RFC 9110 §14);
-- ``make_etag``, ``http_date``, ``content_type``: response header values.
+- ``make_etag``, ``content_type``: response header values.
+
+The HTTP semantics are not here but in ``pyresty.http``, where proxied and
+handler responses can use them too: ``dates`` (Last-Modified),
+``conditional`` (If-Match, If-None-Match, If-Modified-Since,
+If-Unmodified-Since -> proceed, 304 or 412, RFC 9110 §13.2.2) and ``ranges``
+(Range and If-Range -> 200, 206 with one span or ``multipart/byteranges``,
+or 416 with ``Content-Range: bytes */<size>``, RFC 9110 §14).
 
 Rules:
 
@@ -34,25 +37,24 @@ Rules:
 """
 from __future__ import annotations
 
-import datetime
 import errno
 import mimetypes
 import os
-import re
+import secrets
 import stat
+import time
 from collections.abc import Sequence
-from email.utils import formatdate
-from enum import Enum
 from typing import Any, NoReturn, Protocol
 from urllib.parse import quote
 
 from pyresty.config.model import Location
+from pyresty.http.conditional import Precondition, evaluate_preconditions
+from pyresty.http.dates import format_http_date
+from pyresty.http.ranges import (
+    ByteRange, evaluate_range, multipart_byteranges, unsatisfied_range,
+)
 
-__all__ = [
-    "NoRange", "NotServed", "check_preconditions", "content_type", "http_date",
-    "if_range_holds", "make_etag", "normalize_path", "open_file", "parse_http_date",
-    "parse_range", "select_range", "serve",
-]
+__all__ = ["NotServed", "content_type", "make_etag", "normalize_path", "open_file", "serve"]
 
 
 class StaticRequest(Protocol):
@@ -72,6 +74,10 @@ class StaticRequest(Protocol):
     def exit(self, status: int) -> NoReturn: ...
 
     def redirect(self, url: str, status: int = ...) -> Any: ...
+
+    async def print(self, *parts: Any) -> None: ...
+
+    async def flush(self) -> None: ...
 
     async def send_file(self, file: Any, offset: int, count: int) -> None: ...
 
@@ -216,56 +222,6 @@ def make_etag(mtime: int, size: int) -> str:
     return f'"{mtime:x}-{size:x}"'
 
 
-def http_date(timestamp: float) -> str:
-    """An IMF-fixdate (RFC 9110 §5.6.7): ``Sun, 06 Nov 1994 08:49:37 GMT``."""
-    return formatdate(timestamp, usegmt=True)
-
-
-_DAYS = "(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
-_LONG_DAYS = "(?:Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday)"
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun",
-           "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_MONTH = "(?P<month>" + "|".join(_MONTHS) + ")"
-_TIME = r"(?P<hour>\d\d):(?P<minute>\d\d):(?P<second>\d\d)"
-_DATE_FORMATS = (
-    # IMF-fixdate, then the two obsolete forms recipients must accept (RFC 9110 §5.6.7)
-    re.compile(rf"{_DAYS}, (?P<day>\d\d) {_MONTH} (?P<year>\d{{4}}) {_TIME} GMT", re.ASCII),
-    re.compile(rf"{_LONG_DAYS}, (?P<day>\d\d)-{_MONTH}-(?P<year>\d\d) {_TIME} GMT", re.ASCII),
-    re.compile(rf"{_DAYS} {_MONTH} (?P<day>[ \d]\d) {_TIME} (?P<year>\d{{4}})", re.ASCII),
-)
-
-
-def parse_http_date(value: str) -> int | None:
-    """Seconds since the epoch for an HTTP-date, or ``None`` if it is not one.
-
-    Strict about the three forms of RFC 9110 §5.6.7 (a recipient must ignore
-    an invalid date rather than guess). A two-digit rfc850 year more than 50
-    years ahead is taken as the past century's, as §5.6.7 requires.
-    """
-    value = value.strip()
-    for form in _DATE_FORMATS:
-        m = form.fullmatch(value)
-        if m is not None:
-            return _timestamp(m)
-    return None
-
-
-def _timestamp(m: re.Match[str]) -> int | None:
-    year = int(m["year"])
-    if len(m["year"]) == 2:
-        this_year = datetime.datetime.now(datetime.timezone.utc).year
-        year += this_year - this_year % 100
-        if year > this_year + 50:
-            year -= 100
-    try:
-        moment = datetime.datetime(year, _MONTHS.index(m["month"]) + 1, int(m["day"]),
-                                   int(m["hour"]), int(m["minute"]), int(m["second"]),
-                                   tzinfo=datetime.timezone.utc)
-    except ValueError:
-        return None
-    return int(moment.timestamp())
-
-
 # Types Python's table lacks or spells differently from nginx's mime.types.
 MODERN_TYPES = {
     ".js": "application/javascript",
@@ -296,141 +252,6 @@ def content_type(name: str) -> str:
     if dot <= 0:  # no extension, or a dot file such as ".htaccess"
         return DEFAULT_TYPE
     return _TYPES.get(name[dot:].lower(), DEFAULT_TYPE)
-
-
-# --- conditional requests ----------------------------------------------------
-
-_ENTITY_TAG = re.compile(r'(?:W/)?"[^"]*"')
-
-
-def _etag_listed(field: str, etag: str, *, weak: bool) -> bool:
-    """Whether ``etag`` is in an If-Match/If-None-Match list (RFC 9110 §8.8.3.2)."""
-    if field.strip() == "*":
-        return True
-    for tag in _ENTITY_TAG.findall(field):
-        if tag.startswith("W/"):
-            if weak and tag[2:] == etag:
-                return True
-        elif tag == etag:
-            return True
-    return False
-
-
-def check_preconditions(headers: Any, etag: str, mtime: int) -> int:
-    """200 to go on, 304 or 412, for a GET or HEAD (RFC 9110 §13.2.2).
-
-    ``headers`` needs only ``.get(lowercase name)``. If-Match (strong
-    comparison) else If-Unmodified-Since can give 412; then If-None-Match
-    (weak comparison) else If-Modified-Since can give 304 — If-Modified-Since
-    is ignored when If-None-Match is present.
-
-    If-Modified-Since answers 304 when the file's mtime is *at or before* the
-    given date (RFC 9110 §13.1.3, nginx's ``if_modified_since before``), not
-    only on an exact match (nginx's default ``exact``): a cache that stored the
-    Date of its copy instead of Last-Modified still gets its 304. Dates that do
-    not parse are ignored, as §13.1.3 requires.
-    """
-    if_match = headers.get("if-match")
-    if if_match is not None:
-        if not _etag_listed(if_match, etag, weak=False):
-            return 412
-    else:
-        since = _date_field(headers, "if-unmodified-since")
-        if since is not None and mtime > since:
-            return 412
-    if_none_match = headers.get("if-none-match")
-    if if_none_match is not None:
-        return 304 if _etag_listed(if_none_match, etag, weak=True) else 200
-    since = _date_field(headers, "if-modified-since")
-    if since is not None and mtime <= since:
-        return 304
-    return 200
-
-
-def _date_field(headers: Any, name: str) -> int | None:
-    value = headers.get(name)
-    return None if value is None else parse_http_date(value)
-
-
-# --- ranges ------------------------------------------------------------------
-
-class NoRange(Enum):
-    """What to do when ``select_range`` gives no byte span."""
-
-    IGNORE = "ignore"                # send the whole file with 200
-    UNSATISFIABLE = "unsatisfiable"  # 416 with Content-Range: bytes */size
-
-
-_RANGE_SPEC = re.compile(r"([0-9]*)-([0-9]*)")
-# Larger than any file; keeps int() away from 4300-digit strings (ValueError).
-_HUGE = 10 ** 18
-
-
-def _number(digits: str) -> int:
-    return int(digits) if len(digits) <= 18 else _HUGE
-
-
-def parse_range(value: str, size: int) -> tuple[int, int] | NoRange:
-    """One ``Range: bytes=...`` against a file of ``size`` bytes (RFC 9110 §14.1.2).
-
-    Returns ``(first, last)`` inclusive, clamped to the file. ``bytes=a-b``,
-    ``bytes=a-`` and ``bytes=-n`` (the last n bytes) are understood.
-    ``NoRange.IGNORE`` — send the whole file with 200 — for another unit, a
-    malformed or invalid spec (``b < a``), and for *several* ranges: a
-    multipart/byteranges answer is not implemented, and ignoring Range is
-    always allowed (§14.2). ``NoRange.UNSATISFIABLE`` (416) when the first
-    position is at or past the end, for ``-0``, and for any range of an empty
-    file.
-    """
-    unit, eq, specs = value.partition("=")
-    if not eq or unit.lower() != "bytes":
-        return NoRange.IGNORE
-    parts = [part.strip() for part in specs.split(",")]
-    parts = [part for part in parts if part]  # the list rule allows empty elements
-    if len(parts) != 1:
-        return NoRange.IGNORE
-    m = _RANGE_SPEC.fullmatch(parts[0])
-    if m is None:
-        return NoRange.IGNORE
-    first, last = m.groups()
-    if not first:
-        if not last:
-            return NoRange.IGNORE
-        length = _number(last)
-        if length == 0 or size == 0:
-            return NoRange.UNSATISFIABLE
-        return max(0, size - length), size - 1
-    start = _number(first)
-    end = _number(last) if last else _HUGE
-    if end < start:
-        return NoRange.IGNORE
-    if start >= size:
-        return NoRange.UNSATISFIABLE
-    return start, min(end, size - 1)
-
-
-def if_range_holds(value: str, etag: str, mtime: int) -> bool:
-    """Whether ``If-Range`` lets Range apply (RFC 9110 §13.1.5).
-
-    An entity tag must equal the current one by strong comparison (a weak tag
-    never does); a date must equal Last-Modified exactly.
-    """
-    value = value.strip()
-    if value.startswith('"'):
-        return value == etag
-    if value.startswith("W/"):
-        return False
-    return parse_http_date(value) == mtime
-
-
-def select_range(range_field: str | None, if_range_field: str | None,
-                 etag: str, mtime: int, size: int) -> tuple[int, int] | NoRange:
-    """The span a GET should answer, from its Range and If-Range fields."""
-    if range_field is None:
-        return NoRange.IGNORE
-    if if_range_field is not None and not if_range_holds(if_range_field, etag, mtime):
-        return NoRange.IGNORE
-    return parse_range(range_field, size)
 
 
 # --- the handler -------------------------------------------------------------
@@ -464,28 +285,50 @@ async def _respond(r: StaticRequest, file: Any, st: os.stat_result, name: str) -
     mtime = int(st.st_mtime)
     etag = make_etag(mtime, size)
     out = r.headers_out
-    out["last-modified"] = http_date(mtime)
+    out["last-modified"] = format_http_date(mtime)
     out["etag"] = etag
     headers = r.headers
-    status = check_preconditions(headers, etag, mtime)
-    if status != 200:
-        r.exit(status)
-    out["content-type"] = content_type(name)
+    now = time.time()   # HTTP dates are wall-clock time
+    status = evaluate_preconditions(
+        r.method, etag=etag, last_modified=mtime, now=now,
+        if_match=headers.get("if-match"), if_none_match=headers.get("if-none-match"),
+        if_modified_since=headers.get("if-modified-since"),
+        if_unmodified_since=headers.get("if-unmodified-since"))
+    if status is not Precondition.PROCEED:
+        r.exit(int(status))
+    ctype = content_type(name)
+    out["content-type"] = ctype
     out["accept-ranges"] = "bytes"
-    span: tuple[int, int] | NoRange = NoRange.IGNORE
-    if r.method == "GET":  # GET is the only method range handling is defined for (§14.2)
-        span = select_range(headers.get("range"), headers.get("if-range"), etag, mtime, size)
-    if span is NoRange.UNSATISFIABLE:
-        out["content-range"] = f"bytes */{size}"
+    ranges = evaluate_range(r.method, headers.get("range"), headers.get("if-range"),
+                            size=size, etag=etag, last_modified=mtime, now=now)
+    if ranges.status == 416:
+        out["content-range"] = unsatisfied_range(size)
         r.exit(416)
-    if isinstance(span, tuple):
-        start, end = span
+    if ranges.multipart:
+        await _send_multipart(r, file, ranges.spans, size, ctype)
+    elif ranges.spans:
+        span = ranges.spans[0]
         r.status = 206
-        out["content-range"] = f"bytes {start}-{end}/{size}"
-        await r.send_file(file, start, end - start + 1)
+        out["content-range"] = span.content_range(size)
+        await r.send_file(file, span.first, span.length)
     else:
         r.status = 200
         await r.send_file(file, 0, size)
+
+
+async def _send_multipart(r: StaticRequest, file: Any, spans: Sequence[ByteRange], size: int,
+                          ctype: str) -> None:
+    """206 ``multipart/byteranges``: each part's head, then its bytes by sendfile."""
+    body = multipart_byteranges(spans, size, ctype, secrets.token_hex(10))
+    r.status = 206
+    out = r.headers_out
+    out["content-type"] = body.content_type
+    out["content-length"] = str(body.length)
+    for head, span in body.parts:
+        await r.print(head)
+        await r.flush()   # the head goes out before the file's bytes
+        await r.send_file(file, span.first, span.length)
+    await r.print(body.closing)
 
 
 def _with_slash(r: StaticRequest) -> str:

@@ -101,3 +101,51 @@ def test_head_and_post(server):
     assert status == 200 and body == b"" and headers["content-length"] == "11"
     status, headers, _ = http_get(server.port, "/static/hello.txt", method="POST")
     assert status == 405 and headers["allow"] == "GET, HEAD"
+
+
+def test_if_modified_since_in_the_future_is_ignored(server):
+    """Issue 16 item 12: a date later than the server's clock gives the file, not 304.
+
+    nginx 1.22 answers 200 (its default ``if_modified_since exact``)."""
+    status, _, body = http_get(server.port, "/static/hello.txt",
+                               headers={"If-Modified-Since": "Tue, 01 Dec 2099 00:00:00 GMT"})
+    assert status == 200 and body == b"hello file\n"
+
+
+def test_no_satisfiable_range_is_416(server):
+    """Issue 16 item 12: nginx 1.22 answers 416 with ``Content-Range: bytes */<len>``."""
+    size = len(BIG)
+    status, headers, _ = http_get(server.port, "/static/big.bin",
+                                  headers={"Range": f"bytes={size}-{size + 10},{size + 20}-"})
+    assert status == 416 and headers["content-range"] == f"bytes */{size}"
+
+
+def test_several_ranges_are_multipart_byteranges(server):
+    """nginx 1.22 answers several ranges with 206 multipart/byteranges, parts in order."""
+    size = len(BIG)
+    status, headers, body = http_get(server.port, "/static/big.bin",
+                                     headers={"Range": "bytes=1000-1999,-300000,5-5"})
+    assert status == 206 and "content-range" not in headers
+    kind, _, boundary = headers["content-type"].partition("; boundary=")
+    assert kind == "multipart/byteranges" and boundary
+    assert headers["content-length"] == str(len(body))
+    expected = b""
+    for first, last in ((1000, 1999), (size - 300000, size - 1), (5, 5)):
+        expected += (f"\r\n--{boundary}\r\nContent-Type: application/octet-stream\r\n"
+                     f"Content-Range: bytes {first}-{last}/{size}\r\n\r\n").encode()
+        expected += BIG[first:last + 1]
+    expected += f"\r\n--{boundary}--\r\n".encode()
+    assert body == expected
+    # the connection stays usable: the next answer on it is framed right
+    reply = raw_exchange(server.port, b"GET /static/hello.txt HTTP/1.1\r\nHost: x\r\n"
+                         b"Range: bytes=0-1,3-4\r\n\r\n"
+                         b"GET /static/hello.txt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert reply.count(b"HTTP/1.1 206 ") == 1 and reply.count(b"HTTP/1.1 200 ") == 1
+    assert reply.endswith(b"\r\n\r\nhello file\n")
+
+
+def test_overlapping_ranges_get_the_whole_file(server):
+    """nginx 1.22 answers 200 when the ranges add up to more than the file."""
+    status, headers, body = http_get(server.port, "/static/hello.txt",
+                                     headers={"Range": "bytes=0-8,2-10"})
+    assert status == 200 and body == b"hello file\n" and "content-range" not in headers

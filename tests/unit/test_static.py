@@ -1,10 +1,12 @@
-"""Static files: path safety, ranges, conditionals, header values, the handler."""
+"""Static files: path safety, header values, and the handler with its conditionals and
+ranges (the RFC 9110 rules themselves: test_dates, test_conditional, test_ranges)."""
 from __future__ import annotations
 
 import asyncio
 import errno
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +15,8 @@ import pytest
 from pyresty.config.model import Location
 from pyresty.http.headers import Headers
 from pyresty.server import static
-from pyresty.server.static import (
-    NoRange, NotServed, check_preconditions, content_type, http_date, if_range_holds,
-    make_etag, normalize_path, open_file, parse_http_date, parse_range, select_range,
-)
+from pyresty.http.dates import format_http_date
+from pyresty.server.static import NotServed, content_type, make_etag, normalize_path, open_file
 
 # --- normalize_path ------------------------------------------------------------
 
@@ -208,159 +208,7 @@ def test_other_open_errors_propagate() -> None:
     assert static._refusal(exc) is exc
 
 
-# --- ranges ---------------------------------------------------------------------
-
-IGNORE, UNSAT = NoRange.IGNORE, NoRange.UNSATISFIABLE
-
-
-@pytest.mark.parametrize("value, size, expected", [
-    ("bytes=0-4", 10, (0, 4)),
-    ("bytes=2-2", 10, (2, 2)),
-    ("bytes=5-", 10, (5, 9)),          # open-ended
-    ("bytes=0-", 10, (0, 9)),
-    ("bytes=-3", 10, (7, 9)),          # suffix
-    ("bytes=-10", 10, (0, 9)),
-    ("bytes=-100", 10, (0, 9)),        # suffix longer than the file: all of it
-    ("bytes=5-100", 10, (5, 9)),       # last past the end: clamped
-    ("bytes=9-9", 10, (9, 9)),
-    ("BYTES=1-2", 10, (1, 2)),         # the unit is case-insensitive
-    ("bytes= 1-2 ", 10, (1, 2)),       # OWS around list elements
-    ("bytes=1-2,", 10, (1, 2)),        # empty list elements are allowed
-    ("bytes=0-99999999999999999999999", 10, (0, 9)),
-    ("bytes=-" + "9" * 5000, 10, (0, 9)),     # no int() on 5000 digits
-    ("bytes=10-", 10, UNSAT),          # first at the end
-    ("bytes=10-20", 10, UNSAT),
-    ("bytes=" + "9" * 5000 + "-", 10, UNSAT),
-    ("bytes=-0", 10, UNSAT),
-    ("bytes=0-", 0, UNSAT),            # an empty file has no bytes to give
-    ("bytes=-5", 0, UNSAT),
-    ("bytes=0-0", 0, UNSAT),
-    ("bytes=5-2", 10, IGNORE),         # invalid: last before first
-    ("bytes=0-1,3-4", 10, IGNORE),     # several ranges: whole file, 200
-    ("bytes=0-1, 20-30", 10, IGNORE),
-    ("bytes=-", 10, IGNORE),
-    ("bytes=", 10, IGNORE),
-    ("bytes=a-b", 10, IGNORE),
-    ("bytes=1-2-3", 10, IGNORE),
-    ("bytes=+1-2", 10, IGNORE),
-    ("bytes=\u0661-2", 10, IGNORE),    # a non-ASCII digit
-    ("bytes 0-1", 10, IGNORE),
-    ("items=0-1", 10, IGNORE),
-    ("bytes =0-1", 10, IGNORE),
-    ("", 10, IGNORE),
-])
-def test_parse_range(value: str, size: int, expected: object) -> None:
-    assert parse_range(value, size) == expected
-
-
-MTIME = 784111777                       # Sun, 06 Nov 1994 08:49:37 GMT
-DATE = "Sun, 06 Nov 1994 08:49:37 GMT"
-ETAG = make_etag(MTIME, 10)
-
-
-@pytest.mark.parametrize("range_field, if_range, expected", [
-    (None, None, IGNORE),
-    (None, ETAG, IGNORE),
-    ("bytes=0-1", None, (0, 1)),
-    ("bytes=0-1", ETAG, (0, 1)),                 # If-Range with the current tag
-    ("bytes=0-1", '"other"', IGNORE),            # changed: whole file
-    ("bytes=0-1", "W/" + ETAG, IGNORE),          # weak tags never match
-    ("bytes=0-1", DATE, (0, 1)),                 # exact Last-Modified
-    ("bytes=0-1", "Sun, 06 Nov 1994 08:49:38 GMT", IGNORE),
-    ("bytes=0-1", "not a date", IGNORE),
-    ("bytes=50-", ETAG, UNSAT),
-    ("bytes=50-", '"other"', IGNORE),
-])
-def test_select_range(range_field: str | None, if_range: str | None, expected: object) -> None:
-    assert select_range(range_field, if_range, ETAG, MTIME, 10) == expected
-
-
-def test_if_range_holds_strips_whitespace() -> None:
-    assert if_range_holds(f"  {ETAG} ", ETAG, MTIME)
-
-
-# --- conditionals ------------------------------------------------------------------
-
-EARLIER = "Sun, 06 Nov 1994 08:49:36 GMT"
-LATER = "Sun, 06 Nov 1994 08:49:38 GMT"
-
-
-@pytest.mark.parametrize("fields, expected", [
-    ({}, 200),
-    ({"if-modified-since": DATE}, 304),             # exact
-    ({"if-modified-since": LATER}, 304),            # later: not modified since
-    ({"if-modified-since": EARLIER}, 200),
-    ({"if-modified-since": "Sunday, 06-Nov-94 08:49:37 GMT"}, 304),  # rfc850
-    ({"if-modified-since": "Sun Nov  6 08:49:37 1994"}, 304),        # asctime
-    ({"if-modified-since": "yesterday"}, 200),      # invalid dates are ignored
-    ({"if-modified-since": ""}, 200),
-    ({"if-none-match": ETAG}, 304),
-    ({"if-none-match": "W/" + ETAG}, 304),          # weak comparison
-    ({"if-none-match": f'"a", {ETAG}, "b"'}, 304),
-    ({"if-none-match": "*"}, 304),
-    ({"if-none-match": '"other"'}, 200),
-    ({"if-none-match": ETAG[1:-1]}, 200),            # unquoted is not a tag
-    ({"if-none-match": '"other"', "if-modified-since": LATER}, 200),  # INM wins over IMS
-    ({"if-none-match": ETAG, "if-modified-since": EARLIER}, 304),
-    ({"if-match": ETAG}, 200),
-    ({"if-match": "*"}, 200),
-    ({"if-match": '"other"'}, 412),
-    ({"if-match": "W/" + ETAG}, 412),                # strong comparison
-    ({"if-match": '"other"', "if-none-match": ETAG}, 412),   # If-Match first
-    ({"if-unmodified-since": DATE}, 200),
-    ({"if-unmodified-since": LATER}, 200),
-    ({"if-unmodified-since": EARLIER}, 412),
-    ({"if-unmodified-since": "garbage"}, 200),
-    ({"if-match": ETAG, "if-unmodified-since": EARLIER}, 200),  # IUS ignored with If-Match
-    ({"if-match": ETAG, "if-none-match": ETAG}, 304),
-])
-def test_check_preconditions(fields: dict[str, str], expected: int) -> None:
-    assert check_preconditions(fields, ETAG, MTIME) == expected
-
-
-def test_check_preconditions_with_real_headers() -> None:
-    headers = Headers([("If-None-Match", ETAG)])
-    assert check_preconditions(headers, ETAG, MTIME) == 304
-
-
 # --- header values ------------------------------------------------------------------
-
-@pytest.mark.parametrize("value, expected", [
-    (DATE, MTIME),
-    ("Sunday, 06-Nov-94 08:49:37 GMT", MTIME),
-    ("Sun Nov  6 08:49:37 1994", MTIME),
-    ("Thu, 01 Jan 1970 00:00:00 GMT", 0),
-    ("  " + DATE + " ", MTIME),
-    ("Sun, 06 Nov 1994 08:49:37 +0000", None),
-    ("Sun, 06 Nov 1994 08:49:37", None),
-    ("Sun, 32 Nov 1994 08:49:37 GMT", None),
-    ("Sun, 06 Nov 1994 25:49:37 GMT", None),
-    ("Sun, 6 Nov 1994 08:49:37 GMT", None),
-    ("Sun, 06 Foo 1994 08:49:37 GMT", None),
-    ("784111777", None),
-    ("", None),
-])
-def test_parse_http_date(value: str, expected: int | None) -> None:
-    assert parse_http_date(value) == expected
-
-
-def test_rfc850_two_digit_year_is_never_far_in_the_future() -> None:
-    import datetime
-    year = datetime.datetime.now(datetime.timezone.utc).year
-    stamp = parse_http_date(f"Monday, 01-Jan-{(year + 60) % 100:02d} 00:00:00 GMT")
-    assert stamp is not None
-    assert datetime.datetime.fromtimestamp(stamp, datetime.timezone.utc).year == year + 60 - 100
-
-
-@pytest.mark.parametrize("stamp, expected", [
-    (MTIME, DATE),
-    (0, "Thu, 01 Jan 1970 00:00:00 GMT"),
-    (1700000000, "Tue, 14 Nov 2023 22:13:20 GMT"),
-])
-def test_http_date(stamp: int, expected: str) -> None:
-    assert http_date(stamp) == expected
-    assert parse_http_date(expected) == stamp
-
 
 def test_make_etag_is_nginx_style() -> None:
     assert make_etag(0x5f5e1000, 0x1a2b) == '"5f5e1000-1a2b"'
@@ -406,7 +254,8 @@ class FakeRequest:
         self.headers = Headers(list((headers or {}).items()))
         self.headers_out = Headers()
         self.status = 200
-        self.body: bytes | None = None
+        self.body: bytes | None = None     # None until the response starts
+        self.buffered = b""
         self.redirected: tuple[str, int] | None = None
 
     def exit(self, status: int) -> Any:
@@ -415,10 +264,26 @@ class FakeRequest:
     def redirect(self, url: str, status: int = 302) -> None:
         self.redirected = (url, status)
 
+    async def print(self, *parts: Any) -> None:
+        self.buffered += b"".join(p if isinstance(p, bytes) else str(p).encode() for p in parts)
+
+    async def flush(self) -> None:
+        self._write(self.buffered)
+        self.buffered = b""
+
+    def _write(self, data: bytes) -> None:
+        self.body = (self.body or b"") + (b"" if self.method == "HEAD" else data)
+
     async def send_file(self, file: Any, offset: int, count: int) -> None:
-        self.headers_out.setdefault("content-length", str(count))
+        if self.body is None:
+            self.headers_out.setdefault("content-length", str(count))
         file.seek(offset)
-        self.body = b"" if self.method == "HEAD" else file.read(count)
+        self._write(file.read(count))
+
+    def finish(self) -> None:
+        """What the server does after the handler returns: send what is buffered."""
+        self._write(self.buffered)
+        self.buffered = b""
 
 
 def run(root: Path, request: FakeRequest) -> FakeRequest | int:
@@ -428,6 +293,7 @@ def run(root: Path, request: FakeRequest) -> FakeRequest | int:
         asyncio.run(static.serve(request, location))
     except Exited as exited:
         return exited.status
+    request.finish()
     return request
 
 
@@ -440,7 +306,7 @@ def test_serve_whole_file(tree: Path) -> None:
     assert r.headers_out["content-length"] == "11"
     assert r.headers_out["accept-ranges"] == "bytes"
     assert r.headers_out["etag"] == make_etag(int(st.st_mtime), 11)
-    assert r.headers_out["last-modified"] == http_date(int(st.st_mtime))
+    assert r.headers_out["last-modified"] == format_http_date(int(st.st_mtime))
 
 
 def test_serve_head_and_range(tree: Path) -> None:
@@ -505,3 +371,74 @@ def test_serve_closes_the_file(tree: Path) -> None:
     for headers in ({}, {"Range": "bytes=50-"}, {"If-None-Match": "*"}):
         run(tree, FakeRequest("/a.txt", headers=headers))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_serve_ignores_if_modified_since_in_the_future(tree: Path) -> None:
+    """Issue 16 item 12: no 304 for a date later than now (nginx 1.22: 200)."""
+    future = format_http_date(time.time() + 86400)
+    r = run(tree, FakeRequest("/a.txt", headers={"If-Modified-Since": future}))
+    assert isinstance(r, FakeRequest)
+    assert (r.status, r.body) == (200, b"hello world")
+    r = run(tree, FakeRequest("/a.txt", headers={"If-Modified-Since": format_http_date(time.time())}))
+    assert r == 304
+
+
+def test_serve_no_range_satisfiable_is_416(tree: Path) -> None:
+    """Issue 16 item 12: nginx 1.22 answers 416 with ``Content-Range: bytes */11``."""
+    for value in ("bytes=20-30,40-50", "bytes=11-,-0"):
+        r = FakeRequest("/a.txt", headers={"Range": value})
+        assert run(tree, r) == 416
+        assert r.headers_out["content-range"] == "bytes */11"
+
+
+def test_serve_multipart_byteranges(tree: Path) -> None:
+    """nginx 1.22 answers several ranges with 206 multipart/byteranges."""
+    r = run(tree, FakeRequest("/a.txt", headers={"Range": "bytes=0-4,-5"}))
+    assert isinstance(r, FakeRequest)
+    assert r.status == 206
+    ctype = r.headers_out["content-type"]
+    boundary = ctype.removeprefix("multipart/byteranges; boundary=")
+    assert boundary != ctype and len(boundary) == 20
+    assert "content-range" not in r.headers_out
+    assert r.body == (f"\r\n--{boundary}\r\nContent-Type: text/plain\r\n"
+                      f"Content-Range: bytes 0-4/11\r\n\r\nhello"
+                      f"\r\n--{boundary}\r\nContent-Type: text/plain\r\n"
+                      f"Content-Range: bytes 6-10/11\r\n\r\nworld"
+                      f"\r\n--{boundary}--\r\n").encode()
+    assert r.headers_out["content-length"] == str(len(r.body))
+    other = run(tree, FakeRequest("/a.txt", headers={"Range": "bytes=0-4,-5"}))
+    assert isinstance(other, FakeRequest)
+    assert other.headers_out["content-type"] != ctype        # a fresh boundary each time
+
+
+@pytest.mark.parametrize("headers, status, body", [
+    ({"Range": "bytes=0-4,20-"}, 206, b"hello"),              # one satisfiable: single part
+    ({"Range": "bytes=0-9,0-9"}, 200, b"hello world"),        # overlapping past the size
+    ({"Range": "bytes=0-4,6-"}, 206, None),                   # several: multipart
+    ({"Range": "bytes=5-2"}, 200, b"hello world"),            # invalid: ignored (nginx 416)
+    ({"Range": "bytes=0-1", "If-Range": '"stale"'}, 200, b"hello world"),
+])
+def test_serve_range_decisions(tree: Path, headers: dict[str, str], status: int,
+                               body: bytes | None) -> None:
+    r = run(tree, FakeRequest("/a.txt", headers=headers))
+    assert isinstance(r, FakeRequest)
+    assert r.status == status
+    if body is not None:
+        assert r.body == body
+        assert r.headers_out["content-length"] == str(len(body))
+
+
+def test_serve_if_range_with_the_current_validators(tree: Path) -> None:
+    first = run(tree, FakeRequest("/a.txt"))
+    assert isinstance(first, FakeRequest)
+    for validator in (first.headers_out["etag"], first.headers_out["last-modified"]):
+        r = run(tree, FakeRequest("/a.txt", headers={"Range": "bytes=6-", "If-Range": validator}))
+        assert isinstance(r, FakeRequest)
+        assert (r.status, r.body) == (206, b"world")
+
+
+def test_serve_precondition_failed(tree: Path) -> None:
+    r = FakeRequest("/a.txt", headers={"If-Match": '"stale"', "Range": "bytes=0-1"})
+    assert run(tree, r) == 412
+    r = FakeRequest("/a.txt", headers={"If-Unmodified-Since": "Thu, 01 Jan 1970 00:00:00 GMT"})
+    assert run(tree, r) == 412
