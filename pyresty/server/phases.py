@@ -91,14 +91,18 @@ def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> 
     return routes
 
 
+_EAGER: Final = context.EAGER
+
+
 def start(server: HttpServer, r: Request) -> None:
     """Run ``r`` through its phases in a Task and Context of its own (rule 1)."""
-    if context.EAGER:
+    if _EAGER:
         task = context.spawn(server.loop, run(server, r))
         if task.done():
             return
     else:
-        task = server.loop.create_task(run(server, r), context=context.fresh())
+        # a copy of a Context is O(1): it is a persistent map
+        task = server.loop.create_task(run(server, r), context=server.base_context.copy())
     r.task = task
     server.tasks.add(task)
 

@@ -9,6 +9,7 @@ drives its shutdown through the methods named after SPEC §4's steps:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import functools
 import logging
 import socket
@@ -16,6 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pyresty.http.response import refresh_date
+from pyresty.runtime import context
 from pyresty.server import phases
 from pyresty.server.access_log import AccessLog
 from pyresty.server.connection import HttpConnection
@@ -50,6 +52,8 @@ class HttpServer:
         self.fallback = phases.Route(None, {}, 1024 * 1024)
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
+        # what each request's Context is copied from (runtime/context.py, rule 2)
+        self.base_context: contextvars.Context = context.fresh()
         self.draining = False
         self.linger = LINGER
         self.requests_total = 0
