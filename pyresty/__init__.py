@@ -31,8 +31,7 @@ from pyresty.errors import (  # noqa: E402
     SocketTimeout,
     TimerError,
 )
-from pyresty import process
-from pyresty.runtime import pipe, shell, timer, worker
+from pyresty.runtime import pipe, process, shell, timer, worker
 from pyresty.server.request import Request
 
 __all__ = [

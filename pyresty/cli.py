@@ -52,10 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.signal:
         return send_signal(config, args)
     if args.command == "status":
-        from pyresty.process.control import print_status
+        from pyresty.supervisor.control import print_status
         return print_status(config)
     if args.command == "drain":
-        from pyresty.process.control import drain
+        from pyresty.supervisor.control import drain
         try:
             timeout = configuration.parse_duration(args.timeout)
         except ValueError as exc:
@@ -92,7 +92,7 @@ def check_handlers(config: Config, args: argparse.Namespace | None = None) -> li
 
 
 def send_signal(config: Config, args: argparse.Namespace) -> int:
-    from pyresty.process.pidfile import read_pid
+    from pyresty.supervisor.pidfile import read_pid
     pid = read_pid(config.pid)
     if pid is None:
         print(f"pyresty: no running master: pid file {config.pid} is missing or stale",
@@ -121,9 +121,9 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
 def start(config: Config, args: argparse.Namespace) -> int:
     errorlog.configure(config.error_log, config.error_log_level)
     if config.workers == 0:
-        from pyresty.process.single import run_single
+        from pyresty.supervisor.single import run_single
         return run_single(config)
-    from pyresty.process.master import Master
+    from pyresty.supervisor.master import Master
     return Master(config, args.config, args.prefix, dev=args.dev).run()
 
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from pyresty.config.model import Config, Listen
 
 if TYPE_CHECKING:
-    from pyresty.process.master import Master
+    from pyresty.supervisor.master import Master
 
 IO_TIMEOUT = 0.5
 EXIT_OK = 0
@@ -110,7 +110,7 @@ class ControlServer(_Listener):
 
 class StatusServer(_Listener):
     def __init__(self, master: Master, listen: Listen) -> None:
-        from pyresty.process.listeners import bind
+        from pyresty.supervisor.listeners import bind
         sock = bind(listen)
         sock.set_inheritable(False)
         super().__init__(master, sock)
@@ -125,7 +125,7 @@ class StatusServer(_Listener):
             body = json.dumps({"processes": self.master.snapshot()}, indent=1).encode()
             status, ctype = "200 OK", "application/json"
         elif path == "/metrics":
-            from pyresty.process.metrics import render
+            from pyresty.supervisor.metrics import render
             body = render(self.master)
             status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
         else:

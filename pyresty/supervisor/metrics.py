@@ -8,7 +8,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 if TYPE_CHECKING:
-    from pyresty.process.master import Master
+    from pyresty.supervisor.master import Master
 
 
 class _MasterCollector:

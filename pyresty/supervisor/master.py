@@ -41,9 +41,9 @@ from pyresty import config as configuration
 from pyresty import errorlog, purepython
 from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
-from pyresty.process import listeners
-from pyresty.process.pidfile import remove_pid, running_master, write_pid
-from pyresty.process.worker import WORKER_BOOT_ERROR, WorkerProcess
+from pyresty.supervisor import listeners
+from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
+from pyresty.supervisor.worker import WORKER_BOOT_ERROR, WorkerProcess
 from pyresty.runtime import identity
 from pyresty.runtime.identity import Role
 
@@ -141,7 +141,7 @@ class Master:
             shared.wipe(config.shared, shared.base_dir_for(config.prefix), owner=_owner(config))
         write_pid(config.pid)
         self._install_signals()
-        from pyresty.process.control import ControlServer, StatusServer
+        from pyresty.supervisor.control import ControlServer, StatusServer
         try:
             self.control = ControlServer(self, config.control_socket)
             if config.status.listen is not None:
@@ -153,7 +153,7 @@ class Master:
         for listen in self.sockets:
             log.info("listening on %s", listen)
         if self.dev:
-            from pyresty.process.devwatch import start_watcher
+            from pyresty.supervisor.devwatch import start_watcher
             start_watcher(config, self.pid)
         _preload_server_modules()
         log.log(errorlog.NOTICE, "%s", purepython.describe())

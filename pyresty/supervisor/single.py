@@ -6,9 +6,9 @@ import os
 
 from pyresty import errorlog, purepython
 from pyresty.config.model import Config
-from pyresty.process import listeners
-from pyresty.process.pidfile import remove_pid, running_master, write_pid
-from pyresty.process.worker import WorkerProcess
+from pyresty.supervisor import listeners
+from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
+from pyresty.supervisor.worker import WorkerProcess
 from pyresty.runtime.identity import Role
 
 log = logging.getLogger("pyresty.process")
