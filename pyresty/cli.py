@@ -10,19 +10,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
+from typing import TYPE_CHECKING
 
 from pyresty import config as configuration
 from pyresty import errorlog
 from pyresty.config.model import Config
 from pyresty.errors import ConfigError
+from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
+from pyresty.supervisor.signals import COMMANDS
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-
-SIGNALS = {"reload": signal.SIGHUP, "quit": signal.SIGQUIT, "stop": signal.SIGTERM,
-           "reopen": signal.SIGUSR1}
+if TYPE_CHECKING:
+    from pyresty.supervisor.worker import HttpLayer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="prefix", metavar="PREFIX",
                         help="prefix for relative paths (default: the config file's folder)")
     parser.add_argument("-t", dest="test", action="store_true", help="test the config and exit")
-    parser.add_argument("-s", dest="signal", choices=sorted(SIGNALS), help="signal the master")
+    parser.add_argument("-s", dest="signal", choices=sorted(COMMANDS), help="signal the master")
     parser.add_argument("--dev", action="store_true", help="reload workers when code changes")
     parser.add_argument("--timeout", default="30s", help="drain: how long to wait (default 30s)")
     return parser
@@ -110,7 +109,7 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
             print("pyresty: reload refused: the configuration is invalid", file=sys.stderr)
             return EXIT_FAILURE
     try:
-        os.kill(pid, SIGNALS[args.signal])
+        os.kill(pid, COMMANDS[args.signal])
     except ProcessLookupError:
         print(f"pyresty: no running master: process {pid} from {config.pid} is gone",
               file=sys.stderr)
@@ -120,11 +119,22 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
 
 def start(config: Config, args: argparse.Namespace) -> int:
     errorlog.configure(config.error_log, config.error_log_level)
+    http = http_layer()
     if config.workers == 0:
         from pyresty.supervisor.single import run_single
-        return run_single(config)
+        return run_single(config, http)
     from pyresty.supervisor.master import Master
-    return Master(config, args.config, args.prefix, dev=args.dev).run()
+    return Master(config, args.config, args.prefix, http, dev=args.dev).run()
+
+
+def http_layer() -> HttpLayer:
+    """The HTTP server the workers host, handed to the supervisor (which never
+    imports it). Imported here, before any fork, so every worker starts with
+    pyresty's serving modules loaded: a reload costs a fork, not an import.
+    User code is never imported in the master."""
+    import pyresty.server.static  # noqa: F401  (loaded on a static file's first request otherwise)
+    from pyresty.server import server
+    return server
 
 
 if __name__ == "__main__":

@@ -1,13 +1,19 @@
-"""The master's control socket and status listener, and the CLI side of both.
+"""The control socket and the status listener, both sides.
 
 Control socket: a unix stream socket beside the pid file, mode 0600 (only the
 user who runs the server may drain it or read its figures). One JSON request
-line, one JSON reply line: ``{"command": "status"}`` or ``{"command": "drain"}``.
+line, one JSON reply line: ``{"command": "status" | "drain" | "resume"}``.
 
-Status listener (``[status] listen``): ``GET /status`` (JSON, every process) and
-``GET /metrics`` (Prometheus text). Both are served by the master from figures
-the workers report every ``STATS_INTERVAL``; the master never blocks on them
-for longer than ``IO_TIMEOUT``.
+Status listener (``[status] listen``): ``GET /status`` (JSON, every process;
+503 while the server drains, so a readiness probe fails) and ``GET /metrics``
+(Prometheus text). Both answer from figures the processes report every
+``STATS_INTERVAL``.
+
+The answers are built by ``control_reply`` and ``status_reply`` from any
+``Supervised`` (the master, or the single process of ``workers = 0``); this
+module never imports either. The master serves them from its selector loop
+(``ControlServer``, ``StatusServer``) and never blocks on a client for longer
+than ``IO_TIMEOUT``.
 """
 from __future__ import annotations
 
@@ -17,26 +23,85 @@ import selectors
 import socket
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from email.utils import formatdate
+from typing import Any, Protocol
 
 from pyresty.config.model import Config, Listen
-
-if TYPE_CHECKING:
-    from pyresty.supervisor.master import Master
+from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
+from pyresty.supervisor.table import Row
 
 IO_TIMEOUT = 0.5
-EXIT_OK = 0
-EXIT_FAILURE = 1
+MAX_HEAD = 8192          # a status request's head; anything longer is not a probe
+
+
+class Supervised(Protocol):
+    """What the control socket and the status listener need of a server."""
+
+    draining: bool
+
+    def rows(self) -> list[Row]:
+        """Every process, for ``status``."""
+
+    def drain(self) -> None:
+        """Stop keepalive everywhere (``pyresty drain``)."""
+
+    def resume(self) -> None:
+        """End a drain (``pyresty drain --cancel``)."""
+
+
+def control_reply(server: Supervised, request: bytes) -> bytes:
+    """The reply line to one control request line."""
+    try:
+        command = json.loads(request).get("command")
+    except (ValueError, AttributeError):
+        command = None
+    if command == "status":
+        reply: dict[str, Any] = {"draining": server.draining,
+                                 "processes": [row.to_json() for row in server.rows()]}
+    elif command == "drain":
+        server.drain()
+        reply = {"draining": True}
+    elif command == "resume":
+        server.resume()
+        reply = {"draining": False}
+    else:
+        reply = {"error": f"unknown command {command!r}"}
+    return json.dumps(reply).encode() + b"\n"
+
+
+def status_reply(server: Supervised, head: bytes) -> bytes:
+    """The whole HTTP/1.1 answer to one request head on the status listener."""
+    line = head.split(b"\r\n", 1)[0].split()
+    path = line[1].decode("latin-1") if len(line) > 1 else ""
+    if path == "/status":
+        state = "draining" if server.draining else "serving"
+        body = json.dumps({"state": state, "processes": [row.to_json() for row in server.rows()]},
+                          indent=1).encode()
+        # a readiness probe must fail while draining, so new traffic goes elsewhere
+        status = "503 Service Unavailable" if server.draining else "200 OK"
+        ctype = "application/json"
+    elif path == "/metrics":
+        from pyresty.supervisor.metrics import render
+        body = render(server.rows(), server.draining)
+        status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+    else:
+        body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
+    # RFC 9110 §6.6.1: an origin server with a clock sends Date
+    return (f"HTTP/1.1 {status}\r\nDate: {formatdate(usegmt=True)}\r\n"
+            f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
 
 
 class _Listener:
-    """A listening socket the master polls; each client is served in one go."""
+    """A listening socket polled by a selector; each client is served in one go."""
 
-    def __init__(self, master: Master, sock: socket.socket) -> None:
-        self.master = master
+    def __init__(self, server: Supervised, selector: selectors.BaseSelector,
+                 sock: socket.socket) -> None:
+        self.server = server
+        self.selector = selector
         self.sock = sock
         sock.setblocking(False)
-        master.selector.register(sock, selectors.EVENT_READ, self._accept)
+        selector.register(sock, selectors.EVENT_READ, self._accept)
 
     def _accept(self) -> None:
         try:
@@ -61,78 +126,67 @@ class _Listener:
 
     def close(self) -> None:
         try:
-            self.master.selector.unregister(self.sock)
+            self.selector.unregister(self.sock)
         except (KeyError, ValueError):
             pass
         self.sock.close()
 
 
 class ControlServer(_Listener):
-    def __init__(self, master: Master, path: str) -> None:
+    def __init__(self, server: Supervised, selector: selectors.BaseSelector, path: str) -> None:
         self.path = path
-        try:
-            os.unlink(path)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o177)
-        try:
-            sock.bind(path)
-        finally:
-            os.umask(old_umask)
-        os.chmod(path, 0o600)
-        sock.listen(16)
-        super().__init__(master, sock)
+        super().__init__(server, selector, bind_control_socket(path))
 
     def serve(self, conn: socket.socket, deadline: float) -> None:
-        request = _read_line(conn, deadline)
-        try:
-            command = json.loads(request).get("command")
-        except ValueError:
-            command = None
-        if command == "status":
-            reply: dict[str, Any] = {"processes": self.master.snapshot()}
-        elif command == "drain":
-            self.master.drain()
-            reply = {"draining": True}
-        else:
-            reply = {"error": f"unknown command {command!r}"}
+        reply = control_reply(self.server, _read_line(conn, deadline))
         _settimeout(conn, deadline)
-        conn.sendall(json.dumps(reply).encode() + b"\n")
+        conn.sendall(reply)
 
     def close(self) -> None:
         super().close()
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        remove_control_socket(self.path)
 
 
 class StatusServer(_Listener):
-    def __init__(self, master: Master, listen: Listen) -> None:
+    def __init__(self, server: Supervised, selector: selectors.BaseSelector, listen: Listen) -> None:
         from pyresty.supervisor.listeners import bind
         sock = bind(listen)
         sock.set_inheritable(False)
-        super().__init__(master, sock)
+        super().__init__(server, selector, sock)
 
     def serve(self, conn: socket.socket, deadline: float) -> None:
-        head = _read_until(conn, b"\r\n\r\n", 8192, deadline)
+        head = _read_until(conn, b"\r\n\r\n", MAX_HEAD, deadline)
         if b"\r\n\r\n" not in head:
             return
-        line = head.split(b"\r\n", 1)[0].split()
-        path = line[1].decode("latin-1") if len(line) > 1 else ""
-        if path == "/status":
-            body = json.dumps({"processes": self.master.snapshot()}, indent=1).encode()
-            status, ctype = "200 OK", "application/json"
-        elif path == "/metrics":
-            from pyresty.supervisor.metrics import render
-            body = render(self.master)
-            status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
-        else:
-            body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
         _settimeout(conn, deadline)
-        conn.sendall(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
-                     f"Connection: close\r\n\r\n".encode() + body)
+        conn.sendall(status_reply(self.server, head))
+
+
+def bind_control_socket(path: str) -> socket.socket:
+    """A listening unix socket at ``path``, mode 0600 (raises OSError)."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o177)
+    try:
+        sock.bind(path)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(old_umask)
+    os.chmod(path, 0o600)
+    sock.listen(16)
+    return sock
+
+
+def remove_control_socket(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _settimeout(conn: socket.socket, deadline: float | None) -> None:
@@ -164,7 +218,7 @@ def _read_line(conn: socket.socket, deadline: float | None = None) -> bytes:
 
 # the CLI side
 def ask(config: Config, command: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Send one command to the running master; raises OSError when there is none."""
+    """Send one command to the running server; raises OSError when there is none."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(config.control_socket)
@@ -182,14 +236,14 @@ COLUMNS = [("role", 6), ("id", 3), ("pid", 8), ("gen", 4), ("state", 24), ("conn
            ("requests", 9), ("timers", 10), ("rss", 8)]
 
 
-def format_table(processes: list[dict[str, Any]]) -> str:
+def format_table(rows: list[Row]) -> str:
     lines = [" ".join(name.upper().ljust(width) for name, width in COLUMNS).rstrip()]
-    for p in processes:
-        cells = [p["role"], "-" if p["id"] is None else p["id"], p["pid"], p["generation"],
-                 p["state"], p.get("connections", "-"), p.get("requests", "-"),
-                 f'{p.get("timers_pending", "-")}/{p.get("timers_running", "-")}'
-                 if p["role"] != "master" else "-",
-                 f'{p["rss"] / 1048576:.1f}M']
+    for row in rows:
+        serves = row.connections is not None
+        cells = [row.role, "-" if row.id is None else row.id, row.pid, row.generation, row.state,
+                 row.connections if serves else "-", row.requests if serves else "-",
+                 f"{row.timers_pending}/{row.timers_running}" if serves else "-",
+                 f"{row.rss / 1048576:.1f}M"]
         lines.append(" ".join(str(c).ljust(w) for c, (_, w) in zip(cells, COLUMNS)).rstrip())
     return "\n".join(lines)
 
@@ -199,7 +253,7 @@ def print_status(config: Config) -> int:
         reply = ask(config, "status")
     except OSError as exc:
         return _no_master(config, exc)
-    print(format_table(reply["processes"]))
+    print(format_table([Row.from_json(p) for p in reply["processes"]]))
     return EXIT_OK
 
 
@@ -213,11 +267,11 @@ def drain(config: Config, timeout: float) -> int:
     zero_seen = False
     while True:
         try:
-            processes = ask(config, "status")["processes"]
+            rows = [Row.from_json(p) for p in ask(config, "status")["processes"]]
         except OSError:
             print("active connections: 0 (the master is gone)")
             return EXIT_OK
-        active = sum(p.get("connections", 0) for p in processes if p["role"] == "worker")
+        active = sum(row.connections or 0 for row in rows)
         print(f"active connections: {active}", flush=True)
         if active == 0 and zero_seen:
             return EXIT_OK
@@ -227,3 +281,13 @@ def drain(config: Config, timeout: float) -> int:
             print(f"pyresty: drain timed out with {active} connections left", file=sys.stderr)
             return EXIT_FAILURE
         time.sleep(0.5)  # the workers report every 0.5 s: polling faster shows nothing new
+
+
+def cancel_drain(config: Config) -> int:
+    """``drain --cancel``: keepalive back on, ``/status`` 200 again."""
+    try:
+        ask(config, "resume")
+    except OSError as exc:
+        return _no_master(config, exc)
+    print("pyresty: drain cancelled; serving with keepalive")
+    return EXIT_OK

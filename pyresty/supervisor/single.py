@@ -8,13 +8,13 @@ from pyresty import errorlog, purepython
 from pyresty.config.model import Config
 from pyresty.supervisor import listeners
 from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
-from pyresty.supervisor.worker import WorkerProcess
+from pyresty.supervisor.worker import HttpLayer, WorkerProcess
 from pyresty.runtime.identity import Role
 
 log = logging.getLogger("pyresty.process")
 
 
-def run_single(config: Config) -> int:
+def run_single(config: Config, http: HttpLayer) -> int:
     other = running_master(config.pid)
     if other is not None:
         log.critical("pyresty is already running (pid %d, %s); not starting", other, config.pid)
@@ -32,7 +32,8 @@ def run_single(config: Config) -> int:
         log.info("listening on %s", listen)
     log.log(errorlog.NOTICE, "%s", purepython.describe())
     try:
-        worker = WorkerProcess(config, Role.SINGLE, 0, 0, list(sockets.items()), None, os.getpid())
+        worker = WorkerProcess(config, Role.SINGLE, 0, 0, list(sockets.items()), None, os.getpid(),
+                               http)
         return worker.run()
     finally:
         remove_pid(config.pid)
