@@ -5,6 +5,8 @@
     pyresty -s reload|quit|stop|reopen        signal the running master
     pyresty status [-c FILE]                  every process and its figures
     pyresty drain [--timeout 30s] [-c FILE]   preStop: drain connections, wait for 0
+    pyresty drain --cancel [-c FILE]          end a drain: keepalive back on
+    pyresty --version
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from pyresty import config as configuration
 from pyresty import errorlog
+from pyresty._version import __version__
 from pyresty.config.model import Config
 from pyresty.errors import ConfigError
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
@@ -35,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-s", dest="signal", choices=sorted(COMMANDS), help="signal the master")
     parser.add_argument("--dev", action="store_true", help="reload workers when code changes")
     parser.add_argument("--timeout", default="30s", help="drain: how long to wait (default 30s)")
+    parser.add_argument("--cancel", action="store_true",
+                        help="drain: end a drain (keepalive back on, /status 200)")
+    parser.add_argument("--version", action="version", version=f"pyresty {__version__}")
     return parser
 
 
@@ -45,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        if args.test:
+            print(f"pyresty: configuration file {args.config} test failed", file=sys.stderr)
         return EXIT_FAILURE
     if args.test:
         return test_config(config, args)
@@ -53,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "status":
         from pyresty.supervisor.control import print_status
         return print_status(config)
+    if args.command == "drain" and args.cancel:
+        from pyresty.supervisor.control import cancel_drain
+        return cancel_drain(config)
     if args.command == "drain":
         from pyresty.supervisor.control import drain
         try:
@@ -91,11 +102,20 @@ def check_handlers(config: Config, args: argparse.Namespace | None = None) -> li
 
 
 def send_signal(config: Config, args: argparse.Namespace) -> int:
+    """``-s``: signal the master this config's pid file names, once it is sure that
+    pid is a pyresty master of this prefix (a stale pid file may name anything)."""
+    from pyresty.supervisor.control import ask, verify_master
     from pyresty.supervisor.pidfile import read_pid
     pid = read_pid(config.pid)
     if pid is None:
-        print(f"pyresty: no running master: pid file {config.pid} is missing or stale",
+        hint = "" if args.config else \
+            " (without -c, pyresty looks for the built-in welcome server; give -c FILE)"
+        print(f"pyresty: no running master: pid file {config.pid} is missing or stale{hint}",
               file=sys.stderr)
+        return EXIT_FAILURE
+    problem = verify_master(config, pid)
+    if problem is not None:
+        print(f"pyresty: not signalling pid {pid} from {config.pid}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
     if args.signal == "reload" and config.workers == 0:
         print("pyresty: reload needs a master process (workers >= 1); restart a single-process "
@@ -108,6 +128,18 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
                 print(problem, file=sys.stderr)
             print("pyresty: reload refused: the configuration is invalid", file=sys.stderr)
             return EXIT_FAILURE
+        # HUP with an answer: a refusal the master finds (a new address taken) is ours too
+        try:
+            reply = ask(config, "reload")
+        except OSError as exc:
+            print(f"pyresty: reload: no answer on {config.control_socket}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        if reply.get("reload") == "refused":
+            print(f"pyresty: reload refused: {reply.get('reason')}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"pyresty: reloading: {reply.get('reason')}")
+        return EXIT_OK
     try:
         os.kill(pid, COMMANDS[args.signal])
     except ProcessLookupError:

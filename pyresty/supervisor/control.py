@@ -2,7 +2,8 @@
 
 Control socket: a unix stream socket beside the pid file, mode 0600 (only the
 user who runs the server may drain it or read its figures). One JSON request
-line, one JSON reply line: ``{"command": "status" | "drain" | "resume"}``.
+line, one JSON reply line: ``{"command": "status" | "drain" | "resume" | "reload"}``
+(``reload`` is HUP with an answer: started, queued, or refused and why).
 
 Status listener (``[status] listen``): ``GET /status`` (JSON, every process;
 503 while the server drains, so a readiness probe fails) and ``GET /metrics``
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 
 from pyresty.config.model import Config, Listen
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
+from pyresty.supervisor.pidfile import MASTER_TITLES, process_title
 from pyresty.supervisor.table import Row
 
 IO_TIMEOUT = 0.5
@@ -48,6 +50,9 @@ class Supervised(Protocol):
     def resume(self) -> None:
         """End a drain (``pyresty drain --cancel``)."""
 
+    def request_reload(self) -> tuple[str, str]:
+        """Reload now: ("started" | "queued" | "refused", why)."""
+
 
 def control_reply(server: Supervised, request: bytes) -> bytes:
     """The reply line to one control request line."""
@@ -64,6 +69,9 @@ def control_reply(server: Supervised, request: bytes) -> bytes:
     elif command == "resume":
         server.resume()
         reply = {"draining": False}
+    elif command == "reload":
+        outcome, reason = server.request_reload()
+        reply = {"reload": outcome, "reason": reason}
     else:
         reply = {"error": f"unknown command {command!r}"}
     return json.dumps(reply).encode() + b"\n"
@@ -150,7 +158,7 @@ class ControlServer(_Listener):
 class StatusServer(_Listener):
     def __init__(self, server: Supervised, selector: selectors.BaseSelector, listen: Listen) -> None:
         from pyresty.supervisor.listeners import bind
-        sock = bind(listen)
+        sock = bind(listen, " (the status listener)")
         sock.set_inheritable(False)
         super().__init__(server, selector, sock)
 
@@ -226,8 +234,30 @@ def ask(config: Config, command: str, timeout: float = 5.0) -> dict[str, Any]:
         return json.loads(_read_line(sock))
 
 
+def verify_master(config: Config, pid: int) -> str | None:
+    """Why ``pid`` is not the pyresty master (or single process) of ``config``'s prefix,
+    or None when it is: its title is a master's, and it answers on this prefix's
+    control socket with that pid."""
+    title = process_title(pid)
+    if title is None:
+        return "no such process"
+    if not title.startswith(MASTER_TITLES):
+        shown = title.replace("\0", " ").strip()[:60]
+        return f"it is not a pyresty master (it runs {shown!r})"
+    try:
+        answered = ask(config, "status")["processes"][0]["pid"]
+    except (OSError, ValueError, LookupError, TypeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return f"it does not answer on {config.control_socket} ({reason})"
+    if answered != pid:
+        return f"the master at {config.control_socket} is pid {answered}"
+    return None
+
+
 def _no_master(config: Config, exc: OSError) -> int:
-    print(f"pyresty: no running master at {config.control_socket}: {exc.strerror or exc}",
+    hint = " (without -c, pyresty looks for the built-in welcome server; give -c FILE)" \
+        if config.path == "<builtin>" else ""
+    print(f"pyresty: no running master at {config.control_socket}: {exc.strerror or exc}{hint}",
           file=sys.stderr)
     return EXIT_FAILURE
 

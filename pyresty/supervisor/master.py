@@ -45,7 +45,7 @@ from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
 from pyresty.runtime import identity
 from pyresty.runtime.identity import Role
-from pyresty.supervisor import listeners
+from pyresty.supervisor import listeners, terminal
 from pyresty.supervisor.channel import BootFailed, Drain, Message, Ready, Resume, Stats, encode
 from pyresty.supervisor.control import ControlServer, StatusServer
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
@@ -105,13 +105,12 @@ class Master:
         other = running_master(config.pid)
         if other is not None:
             # never take over another server's pid file and control socket
-            log.log(errorlog.EMERG, "pyresty is already running (pid %d, %s); not starting",
-                    other, config.pid)
+            terminal.fatal(config, f"already running (pid {other}, {config.pid}); not starting")
             return EXIT_FAILURE
         try:
             self.sockets = listeners.bind_all(listeners.listens_of(config))
         except OSError as exc:
-            log.log(errorlog.EMERG, "cannot listen: %s", exc)
+            terminal.fatal(config, str(exc))
             return EXIT_FAILURE
         if config.shared:
             from pyresty.runtime import shared
@@ -120,12 +119,19 @@ class Master:
         self._install_signals()
         try:
             self.control = ControlServer(self, self.selector, config.control_socket)
-            if config.status.listen is not None:
-                self.status_server = StatusServer(self, self.selector, config.status.listen)
         except OSError as exc:
-            log.log(errorlog.EMERG, "cannot open the control socket: %s", exc)
+            terminal.fatal(config, f"cannot open the control socket {config.control_socket}: "
+                                   f"{exc.strerror or exc}")
             remove_pid(config.pid)
             return EXIT_FAILURE
+        if config.status.listen is not None:
+            try:
+                self.status_server = StatusServer(self, self.selector, config.status.listen)
+            except OSError as exc:
+                terminal.fatal(config, str(exc))
+                self.control.close()
+                remove_pid(config.pid)
+                return EXIT_FAILURE
         for listen in self.sockets:
             log.info("listening on %s", listen)
         if self.dev:
@@ -227,8 +233,11 @@ class Master:
             self.spawn_worker(gen, Role.AGENT, None)
         return gen
 
-    def reload(self) -> None:
-        """HUP: validate the new config, then start a new generation beside the old."""
+    def reload(self) -> str | None:
+        """HUP: validate the new config, then start a new generation beside the old.
+
+        Returns why the reload was refused (logged too), or None once the new
+        generation is starting."""
         log.log(errorlog.NOTICE, "reloading configuration")
         try:
             config = configuration.load(self.config_arg, self.prefix_arg) if self.config_arg \
@@ -236,20 +245,35 @@ class Master:
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem)
-            log.error("reload refused: the configuration is invalid; still serving the old one")
-            return
+            return self._refuse("the configuration is invalid; still serving the old one")
         if config.workers == 0:
-            log.error("reload refused: workers = 0 (single process) needs a restart")
-            return
+            return self._refuse("workers = 0 (single process) needs a restart")
         try:
             # keep the sockets only the current generation uses: _promote closes
             # them once it stops, _abandon_pending keeps them (they still serve)
             self.sockets.update(listeners.bind_all(listeners.listens_of(config), keep=self.sockets))
         except OSError as exc:
-            log.error("reload refused: cannot listen: %s", exc)
-            return
+            return self._refuse(f"{exc}; still serving the old configuration")
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
+        return None
+
+    def _refuse(self, reason: str) -> str:
+        log.error("reload refused: %s", reason)
+        return reason
+
+    def request_reload(self) -> tuple[str, str]:
+        """``pyresty -s reload``: what HUP does, with the outcome for the caller:
+        ("started" | "queued" | "refused", why)."""
+        if self.stopping is not None:
+            return "refused", "the server is shutting down"
+        if self.pending is not None:
+            self.reload_queued = True
+            return "queued", "a reload is in progress; this one follows it"
+        reason = self.reload()
+        if reason is not None:
+            return "refused", reason
+        return "started", f"generation {self.generations} is starting"
 
     def _generation_ready(self, gen: Generation) -> bool:
         members = [c for c in self.children.values() if c.generation == gen.number]
@@ -265,6 +289,8 @@ class Master:
             errorlog.configure(gen.config.error_log, gen.config.error_log_level)
         log.log(errorlog.NOTICE, "generation %d ready: %d workers%s", gen.number,
                 gen.config.workers, " and the privileged agent" if gen.config.privileged_agent else "")
+        if old is None:
+            terminal.announce(gen.config, [str(listen) for listen in self.sockets])
         for child in list(self.children.values()):
             if old is not None and child.generation == old.number:
                 self.stop_child(child)
@@ -275,6 +301,7 @@ class Master:
         if self.draining:
             # a reload ends a drain: the new generation serves with keepalive
             self.draining = False
+            self.broadcast(Resume())   # its workers were told to drain when they were spawned
             log.log(errorlog.NOTICE, "drain ended by the reload")
         if self.reload_queued:
             self.reload_queued = False
@@ -413,7 +440,8 @@ class Master:
             self._abandon_pending(f"{child.label} failed to start ({how})")
             return
         if starting:
-            log.log(errorlog.EMERG, "%s failed to start; stopping (see the errors above)", child.label)
+            terminal.fatal(self.config, f"{child.label} failed to start; stopping: "
+                                        f"{child.boot_error or how}")
             self.exit_code = EXIT_FAILURE
             self.handle_term()
             return
@@ -459,6 +487,7 @@ class Master:
         elif isinstance(message, Stats):
             child.stats = message
         elif isinstance(message, BootFailed):
+            child.boot_error = message.reason
             log.error("%s failed to start: %s", child.label, message.reason)
 
     def _check_deadlines(self) -> None:
@@ -525,6 +554,10 @@ class Master:
         for sock in self.sockets.values():
             sock.close()
         remove_pid(self.config.pid)
+        if self.config.shared and not self.children:
+            # every child is gone (the loop ends when none is left): no store is open
+            from pyresty.runtime import shared
+            shared.remove(shared.base_dir_for(self.config.prefix))
         log.log(errorlog.NOTICE, "exit")
 
 

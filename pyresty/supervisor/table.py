@@ -47,6 +47,7 @@ class Child:
     stop_deadline: float | None = None
     stop_started: float | None = None
     stats: Stats = field(default_factory=Stats)
+    boot_error: str | None = None   # why it could not boot, as it said (BootFailed)
     reader: LineReader = field(default_factory=LineReader)
 
     @property
