@@ -6,61 +6,77 @@
     pyresty.shared                        dictionaries shared by every process
     pyresty.pipe / pyresty.shell          non-blocking child processes
     pyresty.<Name>Error                   what the API raises (see pyresty.errors)
+
+Lazy: ``import pyresty`` loads nothing else; each name is imported on first
+use (PEP 562), so the master, the command line and ``-t`` load only what they
+use, and importing the package cannot close an import cycle.
 """
 from __future__ import annotations
 
-from typing import Any
+import importlib
+from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"  # before the imports below: pyresty.http reads it
-
-from pyresty import purepython  # noqa: E402
+from pyresty import purepython
+from pyresty._version import __version__
 
 purepython.install()   # before any compiled module is imported
 
-from pyresty.errors import (  # noqa: E402
-    ClientBodyTimeout,
-    ConfigError,
-    Exit,
-    HandlerError,
-    PipeError,
-    PyrestyError,
-    ResponseStarted,
-    SharedDictError,
-    SharedDictFull,
-    SocketError,
-    SocketTimeout,
-    TimerError,
-)
-from pyresty import process
-from pyresty.runtime import pipe, shell, timer, worker
-from pyresty.server.request import Request
+# name -> (module, attribute in it; None for the module itself)
+_PUBLIC: dict[str, tuple[str, str | None]] = {
+    "ClientBodyTimeout": ("pyresty.errors", "ClientBodyTimeout"),
+    "ConfigError": ("pyresty.errors", "ConfigError"),
+    "Exit": ("pyresty.errors", "Exit"),
+    "HandlerError": ("pyresty.errors", "HandlerError"),
+    "PipeError": ("pyresty.errors", "PipeError"),
+    "PyrestyError": ("pyresty.errors", "PyrestyError"),
+    "ResponseStarted": ("pyresty.errors", "ResponseStarted"),
+    "SharedDictError": ("pyresty.errors", "SharedDictError"),
+    "SharedDictFull": ("pyresty.errors", "SharedDictFull"),
+    "SocketError": ("pyresty.errors", "SocketError"),
+    "SocketTimeout": ("pyresty.errors", "SocketTimeout"),
+    "TimerError": ("pyresty.errors", "TimerError"),
+    "Request": ("pyresty.server.request", "Request"),
+    "pipe": ("pyresty.runtime.pipe", None),
+    "process": ("pyresty.runtime.process", None),
+    "shared": ("pyresty.runtime.shared", "shared"),   # lmdb and redis: only when used
+    "shell": ("pyresty.runtime.shell", None),
+    "timer": ("pyresty.runtime.timer", None),
+    "worker": ("pyresty.runtime.worker", None),
+}
 
-__all__ = [
-    "ClientBodyTimeout",
-    "ConfigError",
-    "Exit",
-    "HandlerError",
-    "PipeError",
-    "PyrestyError",
-    "Request",
-    "ResponseStarted",
-    "SharedDictError",
-    "SharedDictFull",
-    "SocketError",
-    "SocketTimeout",
-    "TimerError",
-    "pipe",
-    "process",
-    "shared",
-    "shell",
-    "timer",
-    "worker",
-]
+__all__ = sorted(_PUBLIC)
+
+if TYPE_CHECKING:
+    from pyresty.errors import (
+        ClientBodyTimeout,
+        ConfigError,
+        Exit,
+        HandlerError,
+        PipeError,
+        PyrestyError,
+        ResponseStarted,
+        SharedDictError,
+        SharedDictFull,
+        SocketError,
+        SocketTimeout,
+        TimerError,
+    )
+    from pyresty.runtime import pipe, process, shell, timer, worker
+    from pyresty.runtime.shared import shared
+    from pyresty.server.request import Request
 
 
 def __getattr__(name: str) -> Any:
-    # ``pyresty.shared`` pulls in lmdb and redis: import it on first use only.
-    if name == "shared":
-        from pyresty.runtime.shared import shared
-        return shared
-    raise AttributeError(f"module 'pyresty' has no attribute {name!r}")
+    try:
+        module, attribute = _PUBLIC[name]
+    except KeyError:
+        raise AttributeError(f"module 'pyresty' has no attribute {name!r}") from None
+    value = importlib.import_module(module)
+    if attribute is not None:
+        value = getattr(value, attribute)
+    globals()[name] = value      # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

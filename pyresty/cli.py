@@ -5,24 +5,26 @@
     pyresty -s reload|quit|stop|reopen        signal the running master
     pyresty status [-c FILE]                  every process and its figures
     pyresty drain [--timeout 30s] [-c FILE]   preStop: drain connections, wait for 0
+    pyresty drain --cancel [-c FILE]          end a drain: keepalive back on
+    pyresty --version
 """
 from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
+from typing import TYPE_CHECKING
 
 from pyresty import config as configuration
 from pyresty import errorlog
+from pyresty._version import __version__
 from pyresty.config.model import Config
 from pyresty.errors import ConfigError
+from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
+from pyresty.supervisor.signals import COMMANDS
 
-EXIT_OK = 0
-EXIT_FAILURE = 1
-
-SIGNALS = {"reload": signal.SIGHUP, "quit": signal.SIGQUIT, "stop": signal.SIGTERM,
-           "reopen": signal.SIGUSR1}
+if TYPE_CHECKING:
+    from pyresty.supervisor.worker import HttpLayer
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,9 +35,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("-p", dest="prefix", metavar="PREFIX",
                         help="prefix for relative paths (default: the config file's folder)")
     parser.add_argument("-t", dest="test", action="store_true", help="test the config and exit")
-    parser.add_argument("-s", dest="signal", choices=sorted(SIGNALS), help="signal the master")
+    parser.add_argument("-s", dest="signal", choices=sorted(COMMANDS), help="signal the master")
     parser.add_argument("--dev", action="store_true", help="reload workers when code changes")
     parser.add_argument("--timeout", default="30s", help="drain: how long to wait (default 30s)")
+    parser.add_argument("--cancel", action="store_true",
+                        help="drain: end a drain (keepalive back on, /status 200)")
+    parser.add_argument("--version", action="version", version=f"pyresty {__version__}")
     return parser
 
 
@@ -46,16 +51,21 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
+        if args.test:
+            print(f"pyresty: configuration file {args.config} test failed", file=sys.stderr)
         return EXIT_FAILURE
     if args.test:
         return test_config(config, args)
     if args.signal:
         return send_signal(config, args)
     if args.command == "status":
-        from pyresty.process.control import print_status
+        from pyresty.supervisor.control import print_status
         return print_status(config)
+    if args.command == "drain" and args.cancel:
+        from pyresty.supervisor.control import cancel_drain
+        return cancel_drain(config)
     if args.command == "drain":
-        from pyresty.process.control import drain
+        from pyresty.supervisor.control import drain
         try:
             timeout = configuration.parse_duration(args.timeout)
         except ValueError as exc:
@@ -92,11 +102,20 @@ def check_handlers(config: Config, args: argparse.Namespace | None = None) -> li
 
 
 def send_signal(config: Config, args: argparse.Namespace) -> int:
-    from pyresty.process.pidfile import read_pid
+    """``-s``: signal the master this config's pid file names, once it is sure that
+    pid is a pyresty master of this prefix (a stale pid file may name anything)."""
+    from pyresty.supervisor.control import ask, verify_master
+    from pyresty.supervisor.pidfile import read_pid
     pid = read_pid(config.pid)
     if pid is None:
-        print(f"pyresty: no running master: pid file {config.pid} is missing or stale",
+        hint = "" if args.config else \
+            " (without -c, pyresty looks for the built-in welcome server; give -c FILE)"
+        print(f"pyresty: no running master: pid file {config.pid} is missing or stale{hint}",
               file=sys.stderr)
+        return EXIT_FAILURE
+    problem = verify_master(config, pid)
+    if problem is not None:
+        print(f"pyresty: not signalling pid {pid} from {config.pid}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
     if args.signal == "reload" and config.workers == 0:
         print("pyresty: reload needs a master process (workers >= 1); restart a single-process "
@@ -109,8 +128,20 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
                 print(problem, file=sys.stderr)
             print("pyresty: reload refused: the configuration is invalid", file=sys.stderr)
             return EXIT_FAILURE
+        # HUP with an answer: a refusal the master finds (a new address taken) is ours too
+        try:
+            reply = ask(config, "reload")
+        except OSError as exc:
+            print(f"pyresty: reload: no answer on {config.control_socket}: {exc.strerror or exc}",
+                  file=sys.stderr)
+            return EXIT_FAILURE
+        if reply.get("reload") == "refused":
+            print(f"pyresty: reload refused: {reply.get('reason')}", file=sys.stderr)
+            return EXIT_FAILURE
+        print(f"pyresty: reloading: {reply.get('reason')}")
+        return EXIT_OK
     try:
-        os.kill(pid, SIGNALS[args.signal])
+        os.kill(pid, COMMANDS[args.signal])
     except ProcessLookupError:
         print(f"pyresty: no running master: process {pid} from {config.pid} is gone",
               file=sys.stderr)
@@ -120,11 +151,22 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
 
 def start(config: Config, args: argparse.Namespace) -> int:
     errorlog.configure(config.error_log, config.error_log_level)
+    http = http_layer()
     if config.workers == 0:
-        from pyresty.process.single import run_single
-        return run_single(config)
-    from pyresty.process.master import Master
-    return Master(config, args.config, args.prefix, dev=args.dev).run()
+        from pyresty.supervisor.single import run_single
+        return run_single(config, http)
+    from pyresty.supervisor.master import Master
+    return Master(config, args.config, args.prefix, http, dev=args.dev).run()
+
+
+def http_layer() -> HttpLayer:
+    """The HTTP server the workers host, handed to the supervisor (which never
+    imports it). Imported here, before any fork, so every worker starts with
+    pyresty's serving modules loaded: a reload costs a fork, not an import.
+    User code is never imported in the master."""
+    import pyresty.server.static  # noqa: F401  (loaded on a static file's first request otherwise)
+    from pyresty.server import server
+    return server
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from typing import Final
 from email.utils import formatdate
 from http import HTTPStatus
 
-from pyresty import __version__
+from pyresty._version import __version__
 
 SERVER: Final = f"pyresty/{__version__}"
 

@@ -2,16 +2,9 @@
 from __future__ import annotations
 
 import os
-import signal
 
 from pyresty.runtime.identity import current
-
-_SIGNALS = {
-    "reload": signal.SIGHUP,
-    "quit": signal.SIGQUIT,
-    "stop": signal.SIGTERM,
-    "reopen": signal.SIGUSR1,
-}
+from pyresty.supervisor.signals import COMMANDS
 
 
 def type() -> str:  # noqa: A001 - public name from SPEC §6
@@ -25,7 +18,7 @@ def signal_master(command: str) -> None:
     Raises ValueError for another command, ProcessLookupError if the master is gone.
     """
     try:
-        sig = _SIGNALS[command]
+        sig = COMMANDS[command]
     except KeyError:
-        raise ValueError(f"unknown command {command!r} (expected one of: {', '.join(_SIGNALS)})") from None
+        raise ValueError(f"unknown command {command!r} (expected one of: {', '.join(COMMANDS)})") from None
     os.kill(current.master_pid, sig)

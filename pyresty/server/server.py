@@ -103,6 +103,11 @@ class HttpServer:
         for conn in list(self.connections):
             conn.stop_keepalive()
 
+    def resume_keepalive(self) -> None:
+        """End a drain (``pyresty drain --cancel``, a reload): new connections keep
+        alive again; those already told to close do so after their answer."""
+        self.draining = False
+
     async def wait_idle(self, timeout: float) -> bool:
         """Shutdown step 4: wait until every connection has closed (True) or timeout."""
         if not self.connections:

@@ -55,8 +55,11 @@ def test_t_reports_every_config_error_with_file_and_key(make_server):
     lines = result.stderr.strip().splitlines()
     assert any('workrs: unknown key (did you mean "workers"?)' in line for line in lines)
     assert any("upstream.api.keepalive: invalid value -1" in line for line in lines)
+    *problems, summary = lines
     assert all(line.startswith(str(server.config_path)) or line.startswith("pyresty.toml")
-               for line in lines), lines
+               for line in problems), lines
+    # the one-line verdict comes for config errors too, as for handler errors (nginx -t)
+    assert summary == f"pyresty: configuration file {server.config_path} test failed"
     assert "Traceback" not in result.stderr
 
 
@@ -189,3 +192,167 @@ def test_reload_of_a_single_process_server_is_refused(make_server):
     result = server.cli("-s", "reload")
     assert result.returncode == 1 and "needs a master process" in result.stderr
     assert http_get(server.port, "/hello")[2] == b"v1\n"
+
+
+# -- what a newcomer sees on the terminal (issue 16) ---------------------------
+
+def _run(server, *args: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    """The server in the foreground until it exits on its own (a start-up failure)."""
+    return subprocess.run([*PYRESTY, "-c", str(server.config_path), *args], cwd=server.prefix,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_version():
+    from pyresty._version import __version__
+    result = subprocess.run([*PYRESTY, "--version"], capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and result.stdout.strip() == f"pyresty {__version__}"
+
+
+def test_a_taken_address_is_named_on_stderr(make_server):
+    server = make_server(CONFIG, {"app.py": APP}, start=False)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", server.port))
+        squatter.listen()
+        result = _run(server)
+    assert result.returncode == 1
+    assert (f"pyresty: cannot listen on 127.0.0.1:{server.port}: address already in use"
+            in result.stderr), result.stderr
+    assert "[emerg] " in server.log_text() and "address already in use" in server.log_text()
+
+
+def test_a_taken_status_address_names_the_status_listener(make_server):
+    server = make_server(CONFIG + '[status]\nlisten = "127.0.0.1:{port2}"\n', {"app.py": APP},
+                         start=False)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", server.ports[1]))
+        squatter.listen()
+        result = _run(server)
+    assert result.returncode == 1
+    assert (f"cannot listen on 127.0.0.1:{server.ports[1]} (the status listener): "
+            "address already in use") in result.stderr, result.stderr
+    assert "control socket" not in result.stderr
+
+
+def test_a_second_start_says_already_running_on_stderr(make_server):
+    server = make_server(CONFIG, {"app.py": APP}, ready=READY, expect_log=(r"already running",))
+    result = _run(server)
+    assert result.returncode == 1
+    assert f"pyresty: already running (pid {server.pid}" in result.stderr, result.stderr
+
+
+def test_a_boot_failure_at_start_is_on_stderr(make_server):
+    server = make_server(CONFIG, {"app.py": "import nowhere_to_be_found\n"}, start=False,
+                         expect_log=(r"failed to start", r"cannot load handlers"))
+    result = _run(server)
+    assert result.returncode == 1
+    assert "failed to start; stopping" in result.stderr
+    assert "No module named 'nowhere_to_be_found'" in result.stderr, result.stderr
+
+
+def _stdout_line(server, timeout: float = 10) -> str:
+    """The next line the running server printed on its stdout (stderr is merged in)."""
+    import select
+    assert server.proc is not None and server.proc.stdout is not None
+    ready, _, _ = select.select([server.proc.stdout], [], [], timeout)
+    assert ready, "the server printed nothing"
+    return server.proc.stdout.readline().decode()
+
+
+def test_a_started_server_says_where_it_listens_logs_and_how_to_stop(make_server):
+    server = make_server(CONFIG + '[status]\nlisten = "127.0.0.1:{port2}"\n', {"app.py": APP},
+                         ready=READY)
+    line = _stdout_line(server)
+    assert line.startswith(f"pyresty: serving on http://127.0.0.1:{server.port}"), line
+    assert f"status at http://127.0.0.1:{server.ports[1]}/status" in line
+    assert f"error log: {server.error_log}" in line
+    assert f"pyresty -s quit -c {server.config_path}" in line and "Ctrl-C" in line
+
+
+def test_s_without_c_says_where_it_looked(tmp_path):
+    result = subprocess.run([*PYRESTY, "-s", "reload"], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 1
+    assert "no running master: pid file" in result.stderr
+    assert "without -c" in result.stderr and "give -c FILE" in result.stderr
+
+
+def test_s_never_signals_a_pid_that_is_not_this_prefixs_master(make_server):
+    # a stale pid file naming an unrelated process: -s stop killed it
+    server = make_server(CONFIG, {"app.py": APP}, start=False)
+    pid_file = server.prefix / "logs" / "pyresty.pid"
+    pid_file.parent.mkdir()
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        pid_file.write_text(f"{bystander.pid}\n")
+        result = server.cli("-s", "stop")
+        assert result.returncode == 1
+        assert f"not signalling pid {bystander.pid}" in result.stderr
+        assert "not a pyresty master" in result.stderr
+        assert bystander.poll() is None
+    finally:
+        bystander.kill()
+        bystander.wait(5)
+    # ... or another prefix's master
+    other = make_server(CONFIG, {"app.py": APP}, ready=READY)
+    pid_file.write_text(f"{other.pid}\n")
+    for command in ("stop", "reload"):
+        result = server.cli("-s", command)
+        assert result.returncode == 1, result.stderr
+        assert f"not signalling pid {other.pid}" in result.stderr
+    assert other.proc.poll() is None and "reloading" not in other.log_text()
+    result = other.cli("-s", "quit")
+    assert result.returncode == 0, result.stderr
+    assert other.proc.wait(15) == 0
+
+
+def test_reload_refused_for_a_taken_address_exits_1_with_the_reason(make_server):
+    server = make_server(CONFIG, {"app.py": APP}, ready=READY)
+    with socket.socket() as squatter:
+        squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        squatter.bind(("127.0.0.1", server.ports[2]))
+        squatter.listen()
+        server.write_config(CONFIG.replace('listen = "127.0.0.1:{port}"',
+                                           'listen = ["127.0.0.1:{port}", "127.0.0.1:{port3}"]'))
+        result = server.cli("-s", "reload")
+    assert result.returncode == 1
+    assert (f"reload refused: cannot listen on 127.0.0.1:{server.ports[2]}: address already in use"
+            in result.stderr), result.stderr
+    assert http_get(server.port, "/hello")[2] == b"v1\n"
+    result = server.cli("-s", "reload")       # the address is free now
+    assert result.returncode == 0, result.stderr
+    assert "generation 2 is starting" in result.stdout
+    server.wait_log(r"generation 2 ready")
+    assert http_get(server.ports[2], "/hello")[2] == b"v1\n"
+
+
+def test_dev_mode_ignores_its_own_logs_and_reloads_once_per_save(make_server):
+    """With the default layout (code_path = "." holds logs/), each log line reloaded
+    the workers: 55 reloads in 6 idle seconds. Only sources and the config count."""
+    app = APP + '''
+import logging
+
+async def chatty(r):
+    logging.getLogger("pyresty.app").warning("a log line per request")
+    await r.say("ok")
+'''
+    config = CONFIG.replace('listen = "127.0.0.1:{port}"',
+                            'listen = "127.0.0.1:{port}"\naccess_log = "logs/access.log"')
+    config += '[[server.location]]\npath = "= /chatty"\ncontent = "app:chatty"\n'
+    server = make_server(config, {"app.py": app}, ready=READY, args=("--dev",))
+    for round_ in (2, 3):
+        for _ in range(20):        # error-log and access-log lines, and their pyc-free imports
+            assert http_get(server.port, "/chatty")[0] == 200
+        (server.prefix / "__pycache__").mkdir(exist_ok=True)
+        (server.prefix / "__pycache__" / "junk.py").write_text("x = 1\n")
+        (server.prefix / ".#app.py").write_text("editor lock\n")
+        (server.prefix / "app.py~").write_text("backup\n")
+        (server.prefix / "app.py").write_text(app.replace("v1", f"v{round_}"))
+        server.wait_log(rf"generation {round_} ready", timeout=20)
+        wait_for(lambda: http_get(server.port, "/hello")[2] == f"v{round_}\n".encode(), 5,
+                 "the new code")
+    reloads = [line for line in server.log_text().splitlines() if "--dev:" in line]
+    assert len(reloads) == 2, reloads
+    assert all("--dev: app.py changed" in line for line in reloads), reloads
+    assert "generation 4" not in server.log_text()

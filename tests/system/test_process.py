@@ -295,6 +295,83 @@ def test_drain_for_prestop(make_server):
     assert headers["connection"] == "close"
 
 
+def _status_answer(server) -> tuple[int, dict, dict]:
+    code, headers, body = http_get(server.ports[1], "/status")
+    return code, headers, json.loads(body)
+
+
+def test_drain_is_visible_and_undone_by_cancel_or_reload(make_server):
+    """A readiness probe on /status must fail while draining (README's Kubernetes
+    example); `status` says so; `drain --cancel` or a reload ends the drain."""
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    code, _, answer = _status_answer(server)
+    assert code == 200 and answer["state"] == "serving"
+    assert server.cli("drain", "--timeout", "10s").returncode == 0
+    code, _, answer = _status_answer(server)
+    assert code == 503 and answer["state"] == "draining"
+    assert {p["state"] for p in answer["processes"]} == {"draining"}
+    table = server.cli("status").stdout.splitlines()[1:]
+    assert len(table) == 3 and all(line.split()[4] == "draining" for line in table), table
+    assert b"pyresty_draining 1.0" in http_get(server.ports[1], "/metrics")[2]
+    # drain --cancel: keepalive back on in every worker, the probe passes again
+    result = server.cli("drain", "--cancel")
+    assert result.returncode == 0 and "drain cancelled" in result.stdout, result.stderr
+    assert _status_answer(server)[0] == 200
+    wait_for(lambda: {http_get(server.port, "/hello")[1]["connection"] for _ in range(10)}
+             == {"keep-alive"}, 5, "keepalive back in every worker")
+    # a reload ends a drain too
+    assert server.cli("drain", "--timeout", "10s").returncode == 0
+    assert _status_answer(server)[0] == 503
+    reload_and_wait(server, 2)
+    code, _, answer = _status_answer(server)
+    assert code == 200 and answer["state"] == "serving"
+    # (the old generation answers "close" until its listeners are closed)
+    wait_for(lambda: {http_get(server.port, "/hello")[1]["connection"] for _ in range(10)}
+             == {"keep-alive"}, 5, "keepalive in the new generation")
+
+
+def test_status_and_metrics_answers_carry_a_date(make_server):
+    """RFC 9110 §6.6.1: an origin server with a clock sends Date (REDbot flagged it)."""
+    from email.utils import parsedate_to_datetime
+    server = make_server(config(), {"app.py": APP}, ready=READY)
+    for path in ("/status", "/metrics", "/nothing"):
+        _, headers, _ = http_get(server.ports[1], path)
+        sent = parsedate_to_datetime(headers["date"])
+        assert headers["date"].endswith(" GMT") and abs(sent.timestamp() - time.time()) < 5
+
+
+SINGLE = config().replace("workers = 2", "workers = 0")
+
+
+def test_single_process_serves_status_and_drain(make_server):
+    server = make_server(SINGLE, {"app.py": APP}, ready=r"\[notice\] .*ready")
+    code, headers, answer = _status_answer(server)
+    assert code == 200 and "date" in headers
+    [me] = answer["processes"]
+    assert (me["role"], me["pid"], me["state"]) == ("single", server.pid, "serving")
+    assert b'pyresty_workers{generation="0",state="serving"} 1.0' in \
+        http_get(server.ports[1], "/metrics")[2]
+    result = server.cli("status")
+    assert result.returncode == 0 and result.stdout.splitlines()[1].split()[:5] == \
+        ["single", "0", str(server.pid), "0", "serving"]
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    conn.request("GET", "/hello")
+    assert conn.getresponse().getheader("connection") == "keep-alive"
+    result = server.cli("drain", "--timeout", "10s")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "active connections: 0"
+    assert _status_answer(server)[0] == 503
+    assert http_get(server.port, "/hello")[1]["connection"] == "close"
+    assert server.cli("drain", "--cancel").returncode == 0
+    assert _status_answer(server)[0] == 200
+    assert http_get(server.port, "/hello")[1]["connection"] == "keep-alive"
+    result = server.cli("-s", "reload")
+    assert result.returncode == 1 and "needs a master process" in result.stderr
+    conn.close()
+    assert server.stop(signal.SIGQUIT) == 0
+    assert not (server.prefix / "logs" / "pyresty.sock").exists()
+
+
 def _load_clients(port: int, stop: threading.Event, counts: dict, lock: threading.Lock) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     while not stop.is_set():

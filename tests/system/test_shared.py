@@ -1,6 +1,7 @@
 """Shared dicts in real pyresty servers: exact counts, reloads, metrics, run-once leases."""
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -82,6 +83,20 @@ def test_a_restart_begins_empty(make_server):
     server.stop(signal.SIGQUIT)
     server.start(ready=READY)
     assert http_get(server.port, "/get?k=a")[2] == b"None\n"
+
+
+
+@pytest.mark.parametrize("workers", [2, 0])
+def test_a_stopped_server_leaves_nothing_in_dev_shm(make_server, workers):
+    from pyresty.runtime.shared import base_dir_for
+    config = CONFIG.replace("{size}", "1m").replace("workers = 2", f"workers = {workers}")
+    ready = READY if workers else r"\[notice\] .*ready"
+    server = make_server(config, {"app.py": APP}, ready=ready)
+    assert http_get(server.port, "/put?k=a&v=1")[2] == b"ok\n"
+    store = base_dir_for(str(server.prefix))
+    assert os.path.isdir(store) and os.listdir(store)
+    assert server.stop(signal.SIGQUIT) == 0
+    assert not os.path.exists(store)
 
 
 ONCE = '''

@@ -66,3 +66,16 @@ def test_pure_python_switch_loads_the_source(value: str) -> None:
 def test_pure_python_switch_off_values_keep_the_build(value: str) -> None:
     """Off values import what the install built (compiled, where it compiled)."""
     assert modules(PYRESTY_PURE_PYTHON=value) == modules()
+
+
+def test_package_metadata_is_current_and_versioned_once() -> None:
+    """setuptools >= 77 warns at every install about a ``license`` table (PEP 639):
+    the license is an SPDX string, and the version lives in pyresty/_version.py."""
+    import tomllib
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT"
+    assert not any(c.startswith("License ::") for c in project["project"].get("classifiers", []))
+    assert "setuptools>=77" in project["build-system"]["requires"]
+    assert "version" not in project["project"] and "version" in project["project"]["dynamic"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {
+        "attr": "pyresty._version.__version__"}

@@ -114,6 +114,12 @@ def _embedded_specs(specs: Iterable[SharedDictSpec]) -> list[SharedDictSpec]:
     return [spec for spec in specs if spec.backend == "embedded"]
 
 
+def remove(base_dir: str) -> None:
+    """Delete the embedded stores of a server that stopped (its master, at exit):
+    a stopped server leaves nothing in /dev/shm. A restart begins empty anyway."""
+    shutil.rmtree(base_dir, ignore_errors=True)
+
+
 def wipe(specs: Iterable[SharedDictSpec], base_dir: str,
          owner: tuple[int, int] | None = None) -> None:
     """Empty ``base_dir`` so a fresh start begins with empty stores (master, at start).

@@ -15,10 +15,28 @@ from pyresty.config.model import Listen
 BACKLOG = 511
 
 
-def bind(listen: Listen) -> socket.socket:
-    """A non-blocking listening TCP socket for ``listen`` (raises OSError)."""
+class ListenError(OSError):
+    """An address that cannot be bound: ``cannot listen on 127.0.0.1:8080: address
+    already in use`` (what the operator needs to read on the terminal)."""
+
+    def __init__(self, listen: Listen, exc: OSError, role: str = "") -> None:
+        reason = exc.strerror or str(exc)
+        reason = reason[:1].lower() + reason[1:]
+        super().__init__(exc.errno, f"cannot listen on {listen}{role}: {reason}")
+        self.listen = listen
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def bind(listen: Listen, role: str = "") -> socket.socket:
+    """A non-blocking listening TCP socket for ``listen``; raises ListenError naming
+    the address (and ``role``, e.g. " (the status listener)")."""
     family = socket.AF_INET6 if ":" in listen.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ListenError(listen, exc, role) from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if family == socket.AF_INET6:
@@ -27,9 +45,9 @@ def bind(listen: Listen) -> socket.socket:
         sock.listen(BACKLOG)
         sock.setblocking(False)
         sock.set_inheritable(True)
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise ListenError(listen, exc, role) from exc
     return sock
 
 

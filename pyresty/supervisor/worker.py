@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import json
 import logging
 import os
 import pwd
@@ -29,7 +28,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import setproctitle
 import uvloop
@@ -39,10 +38,12 @@ from pyresty.config.model import Config, Listen
 from pyresty.runtime import context, identity, loader
 from pyresty.runtime import timer as timers
 from pyresty.runtime.identity import Role
+from pyresty.supervisor.channel import (BootFailed, Drain, LineReader, Message, Ready, Resume,
+                                       Stats, encode)
+from pyresty.supervisor.exitcodes import WORKER_BOOT_ERROR
 
 log = logging.getLogger("pyresty.process")
 
-WORKER_BOOT_ERROR = 3      # exit code: do not respawn, the config or code is broken
 EXIT_HOOK_LIMIT = 5.0      # SPEC §4 step 6
 STATS_INTERVAL = 0.5       # how often a worker reports its figures to the master
 
@@ -54,6 +55,18 @@ class Stop(enum.Enum):
 
 class BootError(Exception):
     """The process cannot start serving (reported, then WORKER_BOOT_ERROR)."""
+
+
+class HttpLayer(Protocol):
+    """The HTTP server a worker hosts (the module ``pyresty.server.server``).
+
+    The command line passes it in: the supervisor starts and supervises
+    processes and never imports ``http/`` or ``server/`` itself.
+    """
+
+    def open_access_logs(self, config: Config) -> dict[str, Any]: ...
+
+    HttpServer: Callable[..., Any]
 
 
 def title_for(role: Role, worker_id: int | None, shutting_down: bool = False) -> str:
@@ -71,8 +84,10 @@ class WorkerProcess:
 
     def __init__(self, config: Config, role: Role, worker_id: int | None, generation: int,
                  sockets: Sequence[tuple[Listen, socket.socket]], channel: socket.socket | None,
-                 master_pid: int) -> None:
+                 master_pid: int, http: HttpLayer) -> None:
         self.config = config
+        self.http = http
+        self.reader = LineReader()
         self.role = role
         self.worker_id = worker_id
         self.generation = generation
@@ -97,9 +112,8 @@ class WorkerProcess:
                         self.master_pid, self.config.prefix)
         setproctitle.setproctitle(title_for(self.role, self.worker_id))
         if self.role is not Role.AGENT:
-            from pyresty.server.server import open_access_logs
             try:
-                self.access_logs = open_access_logs(self.config)
+                self.access_logs = self.http.open_access_logs(self.config)
             except OSError as exc:
                 log.critical("cannot open the access log: %s", exc)
                 return WORKER_BOOT_ERROR
@@ -121,14 +135,14 @@ class WorkerProcess:
             await self._boot()
         except BootError as exc:
             log.critical("%s", exc)
-            self._send({"event": "boot_error", "reason": str(exc)})
+            self._send(BootFailed(str(exc)))
             return WORKER_BOOT_ERROR
         self.state = "serving"
         if self.role is Role.SINGLE:
             log.log(errorlog.NOTICE, "ready: single process serving")
         else:
             log.info("serving (generation %d)", self.generation)
-        self._send({"event": "ready"})
+        self._send(Ready())
         self._report()
         await self._stop_event.wait()
         if self.stop_kind is Stop.FAST:
@@ -165,9 +179,9 @@ class WorkerProcess:
             max_running=config.max_running_timers, has_agent=config.privileged_agent)
         timers.install(self.scheduler)
         if self.role is not Role.AGENT:
-            from pyresty.server.server import HttpServer
             try:
-                self.server = HttpServer(config, self.loop, loader.resolve, self.access_logs)
+                self.server = self.http.HttpServer(config, self.loop, loader.resolve,
+                                                   self.access_logs)
             except Exception as exc:
                 raise BootError(f"cannot load handlers: {exc}") from exc
         init = self._hook("init_worker")
@@ -236,32 +250,39 @@ class WorkerProcess:
                 log.warning("the master is gone; shutting down")
                 self.request_stop(Stop.GRACEFUL)
             return
-        for line in data.decode("utf-8", "replace").splitlines():
-            if line.strip() == "drain" and self.server is not None:
+        for message in self.reader.feed(data):
+            if self.server is None:
+                continue
+            if isinstance(message, Drain):
                 self.server.stop_keepalive()
+            elif isinstance(message, Resume) and self.stop_kind is None:
+                self.server.resume_keepalive()
 
-    def _send(self, message: dict[str, Any]) -> None:
+    def _send(self, message: Message) -> None:
         if self.channel is None:
             return
         try:
-            self.channel.send(json.dumps(message).encode() + b"\n")
+            self.channel.send(encode(message))
         except (BlockingIOError, InterruptedError):
             pass  # the master is slow: it gets the next report
         except OSError:
             pass
 
+    def stats(self) -> Stats:
+        """This process's figures (for the master, or for the single process's own status)."""
+        scheduler = self.scheduler
+        shared = sys.modules.get("pyresty.runtime.shared") if self.config.shared else None
+        return Stats(
+            state=self.state,
+            timers_pending=scheduler.pending_count() if scheduler is not None else 0,
+            timers_running=scheduler.running_count() if scheduler is not None else 0,
+            server=self.server.stats() if self.server is not None else {},
+            shared=shared.stats() if shared is not None else {},
+            shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
+            if self.state == "shutting down" else None)
+
     def _report(self) -> None:
-        figures: dict[str, Any] = {"event": "stats", "state": self.state}
-        if self.server is not None:
-            figures.update(self.server.stats())
-        if self.scheduler is not None:
-            figures["timers_pending"] = self.scheduler.pending_count()
-            figures["timers_running"] = self.scheduler.running_count()
-        if self.config.shared and "pyresty.runtime.shared" in sys.modules:
-            figures["shared"] = sys.modules["pyresty.runtime.shared"].stats()
-        if self.state == "shutting down":
-            figures["shutdown_for"] = round(self.loop.time() - self.shutdown_started, 3)
-        self._send(figures)
+        self._send(self.stats())
 
     def _report_tick(self) -> None:
         self._report()

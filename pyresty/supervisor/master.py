@@ -16,15 +16,17 @@ Rules (SPEC §4):
   at once; one that fails at boot (``WORKER_BOOT_ERROR``) stops the master,
   since respawning would fail the same way forever.
 
+- ``pyresty drain`` turns keepalive off in every worker (and in every worker
+  spawned later) until ``drain --cancel`` or a reload ends it.
+
 Theory of operation: one thread, one ``selectors`` loop over the signal
-wake-up pipe, the workers' channels (JSON lines: ready, stats, boot_error),
-the control socket (``pyresty status``/``drain``) and the status listener
-(``/status``, ``/metrics``). ``waitpid(WNOHANG)`` runs after every wake-up.
+wake-up pipe, the children's channels (``channel``'s messages), the control
+socket (``pyresty status``/``drain``) and the status listener (``/status``,
+``/metrics``). ``waitpid(WNOHANG)`` runs after every wake-up. What the master
+knows of each child is a ``table.Child``; ``rows()`` is the process table.
 """
 from __future__ import annotations
 
-import enum
-import json
 import logging
 import os
 import selectors
@@ -32,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import setproctitle
@@ -41,11 +43,16 @@ from pyresty import config as configuration
 from pyresty import errorlog, purepython
 from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
-from pyresty.process import listeners
-from pyresty.process.pidfile import remove_pid, running_master, write_pid
-from pyresty.process.worker import WORKER_BOOT_ERROR, WorkerProcess
 from pyresty.runtime import identity
 from pyresty.runtime.identity import Role
+from pyresty.supervisor import listeners, terminal
+from pyresty.supervisor.channel import BootFailed, Drain, Message, Ready, Resume, Stats, encode
+from pyresty.supervisor.control import ControlServer, StatusServer
+from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
+from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
+from pyresty.supervisor.signals import CAUGHT, handler_name
+from pyresty.supervisor.table import Child, Row, State, child_rows, rss_of
+from pyresty.supervisor.worker import HttpLayer, WorkerProcess
 
 log = logging.getLogger("pyresty.master")
 
@@ -54,37 +61,6 @@ READY_TIMEOUT = 60.0       # s a new generation may take to boot before the relo
 RESPAWN_BACKOFF = 5.0      # s between attempts to respawn a worker that fails at boot
 FAST_STOP_GRACE = 3.0      # s after TERM before the master SIGKILLs what is left
 TICK = 0.1                 # s, the longest the loop sleeps when deadlines are pending
-EXIT_FAILURE = 1
-SIGNALS = (signal.SIGHUP, signal.SIGQUIT, signal.SIGTERM, signal.SIGINT, signal.SIGUSR1,
-           signal.SIGCHLD)
-
-
-class State(enum.Enum):
-    STARTING = "starting"
-    SERVING = "serving"
-    SHUTTING_DOWN = "shutting down"
-
-
-@dataclass(eq=False)
-class Child:
-    pid: int
-    role: Role
-    worker_id: int | None
-    generation: int
-    channel: socket.socket
-    started: float
-    shutdown_timeout: float      # its own generation's worker_shutdown_timeout
-    state: State = State.STARTING
-    stop_deadline: float | None = None
-    stop_started: float | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-    buffer: bytes = b""
-
-    @property
-    def label(self) -> str:
-        if self.role is Role.AGENT:
-            return f"privileged agent (pid {self.pid})"
-        return f"worker #{self.worker_id} (pid {self.pid}, generation {self.generation})"
 
 
 @dataclass
@@ -96,8 +72,9 @@ class Generation:
 
 class Master:
     def __init__(self, config: Config, config_arg: str | None, prefix_arg: str | None,
-                 dev: bool = False) -> None:
+                 http: HttpLayer, dev: bool = False) -> None:
         self.config = config
+        self.http = http
         self.config_arg = config_arg
         self.prefix_arg = prefix_arg
         self.dev = dev
@@ -115,9 +92,9 @@ class Master:
         self.reload_queued = False
         self.respawns: dict[tuple[int, Role, int | None], float] = {}   # (generation, role, id)
         self.draining = False
-        self.exit_code = 0
-        self.control: Any = None
-        self.status_server: Any = None
+        self.exit_code = EXIT_OK
+        self.control: ControlServer | None = None
+        self.status_server: StatusServer | None = None
         self._wake_r, self._wake_w = os.pipe()
 
     # main loop
@@ -128,34 +105,38 @@ class Master:
         other = running_master(config.pid)
         if other is not None:
             # never take over another server's pid file and control socket
-            log.log(errorlog.EMERG, "pyresty is already running (pid %d, %s); not starting",
-                    other, config.pid)
+            terminal.fatal(config, f"already running (pid {other}, {config.pid}); not starting")
             return EXIT_FAILURE
         try:
             self.sockets = listeners.bind_all(listeners.listens_of(config))
         except OSError as exc:
-            log.log(errorlog.EMERG, "cannot listen: %s", exc)
+            terminal.fatal(config, str(exc))
             return EXIT_FAILURE
         if config.shared:
             from pyresty.runtime import shared
             shared.wipe(config.shared, shared.base_dir_for(config.prefix), owner=_owner(config))
         write_pid(config.pid)
         self._install_signals()
-        from pyresty.process.control import ControlServer, StatusServer
         try:
-            self.control = ControlServer(self, config.control_socket)
-            if config.status.listen is not None:
-                self.status_server = StatusServer(self, config.status.listen)
+            self.control = ControlServer(self, self.selector, config.control_socket)
         except OSError as exc:
-            log.log(errorlog.EMERG, "cannot open the control socket: %s", exc)
+            terminal.fatal(config, f"cannot open the control socket {config.control_socket}: "
+                                   f"{exc.strerror or exc}")
             remove_pid(config.pid)
             return EXIT_FAILURE
+        if config.status.listen is not None:
+            try:
+                self.status_server = StatusServer(self, self.selector, config.status.listen)
+            except OSError as exc:
+                terminal.fatal(config, str(exc))
+                self.control.close()
+                remove_pid(config.pid)
+                return EXIT_FAILURE
         for listen in self.sockets:
             log.info("listening on %s", listen)
         if self.dev:
-            from pyresty.process.devwatch import start_watcher
+            from pyresty.supervisor.devwatch import start_watcher
             start_watcher(config, self.pid)
-        _preload_server_modules()
         log.log(errorlog.NOTICE, "%s", purepython.describe())
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
@@ -186,7 +167,7 @@ class Master:
         os.set_blocking(self._wake_w, False)
         os.set_blocking(self._wake_r, False)
         signal.set_wakeup_fd(self._wake_w)
-        for sig in SIGNALS:
+        for sig in CAUGHT:
             signal.signal(sig, self._record_signal)
         self.selector.register(self._wake_r, selectors.EVENT_READ, self._drain_wakeups)
 
@@ -203,11 +184,7 @@ class Master:
     def _dispatch_signals(self) -> None:
         while self.signals:
             signum = self.signals.pop(0)
-            handler = {
-                signal.SIGHUP: self.handle_hup, signal.SIGQUIT: self.handle_quit,
-                signal.SIGTERM: self.handle_term, signal.SIGINT: self.handle_term,
-                signal.SIGUSR1: self.handle_usr1,
-            }.get(signal.Signals(signum))
+            handler = getattr(self, handler_name(signum), None)   # CHLD has none: it only wakes us
             if handler is not None:
                 handler()
 
@@ -237,6 +214,8 @@ class Master:
         for child in list(self.children.values()):
             self._kill(child, signal.SIGTERM)
 
+    handle_int = handle_term      # Ctrl-C in the foreground
+
     def handle_usr1(self) -> None:
         errorlog.reopen()
         log.log(errorlog.NOTICE, "reopening logs")
@@ -254,8 +233,11 @@ class Master:
             self.spawn_worker(gen, Role.AGENT, None)
         return gen
 
-    def reload(self) -> None:
-        """HUP: validate the new config, then start a new generation beside the old."""
+    def reload(self) -> str | None:
+        """HUP: validate the new config, then start a new generation beside the old.
+
+        Returns why the reload was refused (logged too), or None once the new
+        generation is starting."""
         log.log(errorlog.NOTICE, "reloading configuration")
         try:
             config = configuration.load(self.config_arg, self.prefix_arg) if self.config_arg \
@@ -263,20 +245,35 @@ class Master:
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem)
-            log.error("reload refused: the configuration is invalid; still serving the old one")
-            return
+            return self._refuse("the configuration is invalid; still serving the old one")
         if config.workers == 0:
-            log.error("reload refused: workers = 0 (single process) needs a restart")
-            return
+            return self._refuse("workers = 0 (single process) needs a restart")
         try:
             # keep the sockets only the current generation uses: _promote closes
             # them once it stops, _abandon_pending keeps them (they still serve)
             self.sockets.update(listeners.bind_all(listeners.listens_of(config), keep=self.sockets))
         except OSError as exc:
-            log.error("reload refused: cannot listen: %s", exc)
-            return
+            return self._refuse(f"{exc}; still serving the old configuration")
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
+        return None
+
+    def _refuse(self, reason: str) -> str:
+        log.error("reload refused: %s", reason)
+        return reason
+
+    def request_reload(self) -> tuple[str, str]:
+        """``pyresty -s reload``: what HUP does, with the outcome for the caller:
+        ("started" | "queued" | "refused", why)."""
+        if self.stopping is not None:
+            return "refused", "the server is shutting down"
+        if self.pending is not None:
+            self.reload_queued = True
+            return "queued", "a reload is in progress; this one follows it"
+        reason = self.reload()
+        if reason is not None:
+            return "refused", reason
+        return "started", f"generation {self.generations} is starting"
 
     def _generation_ready(self, gen: Generation) -> bool:
         members = [c for c in self.children.values() if c.generation == gen.number]
@@ -292,6 +289,8 @@ class Master:
             errorlog.configure(gen.config.error_log, gen.config.error_log_level)
         log.log(errorlog.NOTICE, "generation %d ready: %d workers%s", gen.number,
                 gen.config.workers, " and the privileged agent" if gen.config.privileged_agent else "")
+        if old is None:
+            terminal.announce(gen.config, [str(listen) for listen in self.sockets])
         for child in list(self.children.values()):
             if old is not None and child.generation == old.number:
                 self.stop_child(child)
@@ -300,7 +299,10 @@ class Master:
             self.sockets.pop(listen).close()   # old workers still hold their own copy
             log.info("stopped listening on %s", listen)
         if self.draining:
-            self.broadcast("drain")
+            # a reload ends a drain: the new generation serves with keepalive
+            self.draining = False
+            self.broadcast(Resume())   # its workers were told to drain when they were spawned
+            log.log(errorlog.NOTICE, "drain ended by the reload")
         if self.reload_queued:
             self.reload_queued = False
             self.reload()
@@ -330,22 +332,22 @@ class Master:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # Block our signals across fork: until the child has reset them, a
         # signal would run the master's handler in the child (and be lost).
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)
         pid = os.fork()
         if pid == 0:  # the child: never returns into master code
             code = 1
             try:
                 parent_end.close()
                 self._forget_in_child(gen)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
                 code = WorkerProcess(gen.config, role, worker_id, gen.number, gen.sockets,
-                                     child_end, self.pid).run()
+                                     child_end, self.pid, self.http).run()
             except BaseException:
                 logging.getLogger("pyresty.process").critical("worker crashed", exc_info=True)
             finally:
                 logging.shutdown()
                 os._exit(code)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
         child_end.close()
         parent_end.setblocking(False)
         child = Child(pid, role, worker_id, gen.number, parent_end, time.monotonic(),
@@ -353,7 +355,7 @@ class Master:
         self.children[pid] = child
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(child))
         if self.draining:
-            parent_end.send(b"drain\n")   # read once it has booted: a respawn drains too
+            self._tell(child, Drain())   # read once it has booted: a respawn drains too
         log.info("started %s", child.label)
         return child
 
@@ -367,7 +369,7 @@ class Master:
             if id(sock) not in mine:
                 sock.close()
         signal.set_wakeup_fd(-1)
-        for sig in SIGNALS:
+        for sig in CAUGHT:
             signal.signal(sig, signal.SIG_DFL)
         # USR1's default action kills: a reopen reaching a worker that is still
         # booting must not (the worker installs its own handler in _boot)
@@ -438,7 +440,8 @@ class Master:
             self._abandon_pending(f"{child.label} failed to start ({how})")
             return
         if starting:
-            log.log(errorlog.EMERG, "%s failed to start; stopping (see the errors above)", child.label)
+            terminal.fatal(self.config, f"{child.label} failed to start; stopping: "
+                                        f"{child.boot_error or how}")
             self.exit_code = EXIT_FAILURE
             self.handle_term()
             return
@@ -461,35 +464,31 @@ class Master:
                 log.warning("shared dict reader check failed", exc_info=True)
 
     def _on_channel(self, child: Child) -> None:
+        messages: list[Message] = []
         try:
             while True:
                 data = child.channel.recv(65536)
                 if not data:
                     break
-                child.buffer += data
+                messages += child.reader.feed(data)
         except (BlockingIOError, InterruptedError):
             pass
         except OSError:
             pass
-        *lines, child.buffer = child.buffer.split(b"\n")
-        for line in lines:
-            try:
-                message = json.loads(line)
-            except ValueError:
-                continue
+        for message in messages:
             self._on_message(child, message)
 
-    def _on_message(self, child: Child, message: dict[str, Any]) -> None:
-        event = message.get("event")
-        if event == "ready":
+    def _on_message(self, child: Child, message: Message) -> None:
+        if isinstance(message, Ready):
             if child.state is State.STARTING:
                 child.state = State.SERVING
             if self.pending is not None and self._generation_ready(self.pending):
                 self._promote(self.pending)
-        elif event == "stats":
+        elif isinstance(message, Stats):
             child.stats = message
-        elif event == "boot_error":
-            log.error("%s failed to start: %s", child.label, message.get("reason"))
+        elif isinstance(message, BootFailed):
+            child.boot_error = message.reason
+            log.error("%s failed to start: %s", child.label, message.reason)
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
@@ -513,44 +512,39 @@ class Master:
                 now - self.pending_since > READY_TIMEOUT:
             self._abandon_pending(f"the new workers were not ready within {READY_TIMEOUT:.0f} s")
 
-    # control
-    def broadcast(self, command: str) -> None:
-        for child in self.children.values():
+    # control (control.Supervised)
+    def _tell(self, child: Child, message: Message) -> None:
+        try:
+            child.channel.send(encode(message))
+        except OSError:
+            pass    # it is exiting; the master hears of it from waitpid
+
+    def broadcast(self, message: Message) -> None:
+        """Send ``message`` to every process of the current generation."""
+        for child in list(self.children.values()):
             if self.current is not None and child.generation == self.current.number:
-                try:
-                    child.channel.send(command.encode() + b"\n")
-                except OSError:
-                    pass
+                self._tell(child, message)
 
     def drain(self) -> None:
+        if not self.draining:
+            log.log(errorlog.NOTICE, "draining: keepalive off, /status answers 503")
         self.draining = True
-        self.broadcast("drain")
+        self.broadcast(Drain())
 
-    def children_stats(self, pid: int) -> dict[str, Any]:
-        child = self.children.get(pid)
-        return child.stats if child is not None else {}
+    def resume(self) -> None:
+        if self.draining:
+            log.log(errorlog.NOTICE, "drain cancelled: keepalive back on")
+        self.draining = False
+        self.broadcast(Resume())
 
-    def snapshot(self) -> list[dict[str, Any]]:
-        """Every process, for ``pyresty status`` and ``/status``."""
-        rows = [{"role": "master", "id": None, "pid": self.pid,
-                 "generation": self.current.number if self.current else 0,
-                 "state": "shutting down" if self.stopping else "serving",
-                 "rss": _rss(self.pid)}]
-        now = time.monotonic()
-        for child in sorted(self.children.values(), key=lambda c: (c.generation, c.worker_id or 0)):
-            stats = child.stats
-            state = child.state.value
-            if child.state is State.SHUTTING_DOWN and child.stop_started is not None:
-                state = f"shutting down for {now - child.stop_started:.1f} s"
-            rows.append({
-                "role": "agent" if child.role is Role.AGENT else "worker", "id": child.worker_id,
-                "pid": child.pid, "generation": child.generation, "state": state,
-                "connections": stats.get("connections", 0), "requests": stats.get("requests", 0),
-                "active_requests": stats.get("active_requests", 0),
-                "timers_pending": stats.get("timers_pending", 0),
-                "timers_running": stats.get("timers_running", 0), "rss": _rss(child.pid),
-            })
-        return rows
+    def rows(self) -> list[Row]:
+        """The process table, for ``pyresty status``, ``/status`` and ``/metrics``."""
+        generation = self.current.number if self.current else 0
+        state = "shutting down" if self.stopping else "draining" if self.draining else "serving"
+        master = Row(role="master", id=None, pid=self.pid, generation=generation, state=state,
+                     rss=rss_of(self.pid))
+        draining = generation if self.draining else None
+        return [master, *child_rows(self.children.values(), time.monotonic(), draining)]
 
     def _cleanup(self) -> None:
         if self.control is not None:
@@ -560,6 +554,10 @@ class Master:
         for sock in self.sockets.values():
             sock.close()
         remove_pid(self.config.pid)
+        if self.config.shared and not self.children:
+            # every child is gone (the loop ends when none is left): no store is open
+            from pyresty.runtime import shared
+            shared.remove(shared.base_dir_for(self.config.prefix))
         log.log(errorlog.NOTICE, "exit")
 
 
@@ -573,22 +571,3 @@ def _owner(config: Config) -> tuple[int, int] | None:
     except KeyError:
         return None
     return entry.pw_uid, entry.pw_gid
-
-
-def _preload_server_modules() -> None:
-    """Import pyresty's own serving modules once, in the master, so every forked
-    worker starts with them loaded (a reload then costs a fork, not an import).
-    User code is never imported here."""
-    import pyresty  # noqa: F401  (the public API handlers import)
-    import pyresty.server.server  # noqa: F401
-    import pyresty.server.static  # noqa: F401
-
-
-def _rss(pid: int) -> int:
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError, IndexError):
-        return 0
-
-

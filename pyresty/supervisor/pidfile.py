@@ -28,6 +28,20 @@ def read_pid(path: str) -> int | None:
     return pid
 
 
+MASTER_TITLES = ("pyresty: master process", "pyresty: single process")
+
+
+def process_title(pid: int) -> str | None:
+    """``pid``'s title (its command line, NULs included), "" if unreadable, None if gone."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().decode("utf-8", "replace")
+    except FileNotFoundError:
+        return None
+    except OSError:
+        return ""
+
+
 def running_master(path: str) -> int | None:
     """The pid of another live pyresty master (or single process) that owns
     ``path``, else None. A pid file left by a killed server whose pid was
@@ -35,14 +49,10 @@ def running_master(path: str) -> int | None:
     pid = read_pid(path)
     if pid is None or pid == os.getpid():
         return None
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            title = f.read()
-    except FileNotFoundError:
+    title = process_title(pid)
+    if title is None:
         return None
-    except OSError:
-        return pid
-    return pid if title.startswith(b"pyresty: ") else None
+    return pid if title == "" or title.startswith("pyresty: ") else None
 
 
 def remove_pid(path: str) -> None:

@@ -1,0 +1,78 @@
+"""``/metrics``: the process table's rows as Prometheus text.
+
+Pure: rows in, bytes out. Whoever serves ``/metrics`` (the master, or the
+single process) builds the rows; nothing here knows where they came from.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from pyresty.supervisor.table import Row
+
+
+class _RowsCollector:
+    def __init__(self, rows: Sequence[Row], draining: bool) -> None:
+        self.rows = rows
+        self.draining = draining
+
+    def collect(self) -> Iterator[Metric]:
+        rows = self.rows
+        workers = [r for r in rows if r.role != "master"]
+        requests = CounterMetricFamily("pyresty_requests", "Requests handled", labels=["worker", "generation"])
+        conns = GaugeMetricFamily("pyresty_connections", "Open client connections",
+                                  labels=["worker", "generation"])
+        pending = GaugeMetricFamily("pyresty_timers_pending", "Pending timers", labels=["worker", "generation"])
+        running = GaugeMetricFamily("pyresty_timers_running", "Running timer callbacks",
+                                    labels=["worker", "generation"])
+        rss = GaugeMetricFamily("pyresty_process_resident_bytes", "Resident memory",
+                                labels=["role", "worker", "generation"])
+        for row in workers:
+            labels = [str(row.id) if row.id is not None else "agent", str(row.generation)]
+            requests.add_metric(labels, row.requests or 0)
+            conns.add_metric(labels, row.connections or 0)
+            pending.add_metric(labels, row.timers_pending or 0)
+            running.add_metric(labels, row.timers_running or 0)
+        for row in rows:
+            rss.add_metric([row.role, "-" if row.id is None else str(row.id), str(row.generation)],
+                           row.rss)
+        per_gen = GaugeMetricFamily("pyresty_workers", "Worker processes per generation and state",
+                                    labels=["generation", "state"])
+        counts = Counter((str(r.generation), r.state.split(" for ")[0]) for r in workers)
+        for (gen, state), n in sorted(counts.items()):
+            per_gen.add_metric([gen, state], n)
+        draining = GaugeMetricFamily("pyresty_draining", "1 while the server drains (pyresty drain)")
+        draining.add_metric([], 1 if self.draining else 0)
+        yield from (requests, conns, pending, running, rss, per_gen, draining)
+        yield from _shared(workers)
+
+
+def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
+    dicts: dict[str, dict[str, int]] = {}
+    for row in workers:
+        dicts.update({name: dict(figures) for name, figures in row.shared.items()})
+    if not dicts:
+        return
+    families = {
+        "capacity": GaugeMetricFamily("pyresty_shared_dict_capacity_bytes", "Configured capacity",
+                                      labels=["dict"]),
+        "used": GaugeMetricFamily("pyresty_shared_dict_used_bytes", "Bytes in use", labels=["dict"]),
+        "keys": GaugeMetricFamily("pyresty_shared_dict_keys", "Keys stored", labels=["dict"]),
+        "evictions": CounterMetricFamily("pyresty_shared_dict_evictions", "LRU evictions",
+                                         labels=["dict"]),
+    }
+    for name, figures in sorted(dicts.items()):
+        for key, family in families.items():
+            if key in figures:
+                family.add_metric([name], figures[key])
+    yield from families.values()
+
+
+def render(rows: Sequence[Row], draining: bool = False) -> bytes:
+    """Prometheus text exposition of ``rows``."""
+    registry = CollectorRegistry()
+    registry.register(_RowsCollector(rows, draining))  # type: ignore[arg-type]
+    return generate_latest(registry)

@@ -1,0 +1,130 @@
+"""The process table: what the master knows of every process, and the rows it shows.
+
+A ``Child`` is the master's live record of one process it forked (its
+channel, its state, its stop deadline, the last ``Stats`` it reported). A
+``Row`` is a frozen snapshot of one process for ``pyresty status``,
+``/status`` and ``/metrics``: role, id, pid, generation, state and figures.
+
+Rules:
+- Only the master writes a ``Child``; everything else reads ``Row``s.
+- A row's state is one of ``State``'s values, except a process asked to stop,
+  which shows ``shutting down for N s`` (SPEC §2), and a serving process while
+  the server drains, which shows ``draining``.
+- Figures a process has not reported yet are 0; the master's own row has none.
+"""
+from __future__ import annotations
+
+import enum
+import os
+import socket
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyresty.runtime.identity import Role
+from pyresty.supervisor.channel import LineReader, Stats
+
+
+class State(enum.Enum):
+    STARTING = "starting"
+    SERVING = "serving"
+    DRAINING = "draining"
+    SHUTTING_DOWN = "shutting down"
+
+
+@dataclass(eq=False)
+class Child:
+    """The master's record of one worker or agent."""
+
+    pid: int
+    role: Role
+    worker_id: int | None
+    generation: int
+    channel: socket.socket
+    started: float
+    shutdown_timeout: float      # its own generation's worker_shutdown_timeout
+    state: State = State.STARTING
+    stop_deadline: float | None = None
+    stop_started: float | None = None
+    stats: Stats = field(default_factory=Stats)
+    boot_error: str | None = None   # why it could not boot, as it said (BootFailed)
+    reader: LineReader = field(default_factory=LineReader)
+
+    @property
+    def label(self) -> str:
+        if self.role is Role.AGENT:
+            return f"privileged agent (pid {self.pid})"
+        return f"worker #{self.worker_id} (pid {self.pid}, generation {self.generation})"
+
+
+FIGURES = ("connections", "requests", "active_requests", "timers_pending", "timers_running")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One process as ``status`` shows it."""
+
+    role: str                    # master | worker | agent | single
+    id: int | None
+    pid: int
+    generation: int
+    state: str
+    rss: int = 0
+    connections: int | None = None       # None: not a process that serves (the master)
+    requests: int | None = None
+    active_requests: int | None = None
+    timers_pending: int | None = None
+    timers_running: int | None = None
+    shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
+        obj: dict[str, Any] = {"role": self.role, "id": self.id, "pid": self.pid,
+                               "generation": self.generation, "state": self.state,
+                               "rss": self.rss}
+        for name in FIGURES:
+            value = getattr(self, name)
+            if value is not None:
+                obj[name] = value
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Row:
+        return cls(role=obj["role"], id=obj["id"], pid=obj["pid"], generation=obj["generation"],
+                   state=obj["state"], rss=obj.get("rss", 0),
+                   **{name: obj[name] for name in FIGURES if name in obj})
+
+
+def serving_row(role: str, worker_id: int | None, pid: int, generation: int, state: str,
+                stats: Stats) -> Row:
+    """The row of a process that serves, from the figures it reported."""
+    server = stats.server
+    return Row(role=role, id=worker_id, pid=pid, generation=generation, state=state,
+               rss=rss_of(pid), connections=server.get("connections", 0),
+               requests=server.get("requests", 0),
+               active_requests=server.get("active_requests", 0),
+               timers_pending=stats.timers_pending, timers_running=stats.timers_running,
+               shared=stats.shared)
+
+
+def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:
+    """The rows of ``children``, oldest generation first, by worker id."""
+    rows = []
+    for child in sorted(children, key=lambda c: (c.generation, c.worker_id or 0)):
+        state = child.state.value
+        if child.state is State.SHUTTING_DOWN and child.stop_started is not None:
+            state = f"shutting down for {now - child.stop_started:.1f} s"
+        elif child.state is State.SERVING and child.generation == draining_generation:
+            state = State.DRAINING.value
+        rows.append(serving_row("agent" if child.role is Role.AGENT else "worker",
+                                child.worker_id, child.pid, child.generation, state, child.stats))
+    return rows
+
+
+def rss_of(pid: int) -> int:
+    """Resident memory of ``pid`` in bytes (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

@@ -1,0 +1,91 @@
+"""The process table's rows, and /metrics rendered from rows alone (no master)."""
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+
+from pyresty.runtime.identity import Role
+from pyresty.supervisor.channel import Stats
+from pyresty.supervisor.control import format_table
+from pyresty.supervisor.metrics import render
+from pyresty.supervisor.table import Child, Row, State, child_rows
+
+pytestmark = pytest.mark.timeout(10)
+
+
+@pytest.fixture
+def channel():
+    a, b = socket.socketpair()
+    yield a
+    a.close()
+    b.close()
+
+
+def _child(channel, worker_id, generation, state, **kw) -> Child:
+    child = Child(os.getpid(), Role.AGENT if worker_id is None else Role.WORKER, worker_id,
+                  generation, channel, 0.0, 10.0, state=state, **kw)
+    return child
+
+
+def test_rows_show_states_figures_and_shutdown_age(channel) -> None:
+    stats = Stats(state="serving", timers_pending=2, timers_running=1,
+                  server={"connections": 3, "requests": 40, "active_requests": 1},
+                  shared={"cache": {"keys": 5}})
+    children = [
+        _child(channel, 1, 2, State.SERVING, stats=stats),
+        _child(channel, 0, 2, State.STARTING),
+        _child(channel, 0, 1, State.SHUTTING_DOWN, stop_started=10.0),
+        _child(channel, None, 2, State.SERVING),
+    ]
+    rows = child_rows(children, now=12.5, draining_generation=None)
+    assert [(r.role, r.id, r.generation, r.state) for r in rows] == [
+        ("worker", 0, 1, "shutting down for 2.5 s"),
+        ("worker", 0, 2, "starting"),
+        ("agent", None, 2, "serving"),
+        ("worker", 1, 2, "serving"),
+    ]
+    busy = rows[3]
+    assert (busy.connections, busy.requests, busy.active_requests) == (3, 40, 1)
+    assert (busy.timers_pending, busy.timers_running, busy.shared) == (2, 1, {"cache": {"keys": 5}})
+    assert rows[1].connections == 0 and rows[1].rss > 0
+
+
+def test_serving_rows_of_the_draining_generation_say_draining(channel) -> None:
+    children = [_child(channel, 0, 2, State.SERVING), _child(channel, 0, 1, State.SERVING),
+                _child(channel, 1, 2, State.STARTING)]
+    states = [r.state for r in child_rows(children, now=0.0, draining_generation=2)]
+    assert states == ["serving", "draining", "starting"]
+
+
+def test_rows_survive_json_and_the_status_table() -> None:
+    master = Row("master", None, 100, 1, "serving", rss=1 << 20)
+    worker = Row("worker", 0, 101, 1, "serving", rss=2 << 20, connections=1, requests=2,
+                 active_requests=0, timers_pending=3, timers_running=0)
+    assert "connections" not in master.to_json()
+    assert [Row.from_json(r.to_json()) for r in (master, worker)] == [master, worker]
+    lines = format_table([master, worker]).splitlines()
+    assert lines[0].split()[:5] == ["ROLE", "ID", "PID", "GEN", "STATE"]
+    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "1.0M"]
+    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "1", "2", "3/0", "2.0M"]
+
+
+def test_metrics_render_the_rows_they_are_given() -> None:
+    rows = [
+        Row("master", None, 100, 2, "draining", rss=1000),
+        Row("worker", 0, 101, 2, "draining", rss=2000, connections=4, requests=9,
+            active_requests=1, timers_pending=2, timers_running=1,
+            shared={"cache": {"capacity": 4096, "used": 100, "keys": 3, "evictions": 1}}),
+        Row("worker", 0, 99, 1, "shutting down for 1.0 s", rss=3000, connections=1, requests=5,
+            active_requests=1, timers_pending=0, timers_running=0),
+    ]
+    text = render(rows, draining=True).decode()
+    assert 'pyresty_requests_total{generation="2",worker="0"} 9.0' in text
+    assert 'pyresty_connections{generation="1",worker="0"} 1.0' in text
+    assert 'pyresty_workers{generation="1",state="shutting down"} 1.0' in text
+    assert 'pyresty_workers{generation="2",state="draining"} 1.0' in text
+    assert 'pyresty_process_resident_bytes{generation="2",role="master",worker="-"} 1000.0' in text
+    assert 'pyresty_shared_dict_keys{dict="cache"} 3.0' in text
+    assert "pyresty_draining 1.0" in text
+    assert "pyresty_draining 0.0" in render(rows[:1]).decode()
