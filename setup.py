@@ -27,7 +27,9 @@ HOT_PATH = [
     "pyresty/server/connection.py",
     "pyresty/server/phases.py",
     "pyresty/server/request.py",
+    "pyresty/server/routes.py",
     "pyresty/server/server.py",
+    "pyresty/server/stream.py",
 ]
 
 

@@ -61,10 +61,11 @@ class Headers(MutableMapping[str, str]):
         else:
             field.append(str(value))
 
-    def encode(self) -> bytes:
-        """Every field as ``Name: value\r\n`` lines (latin-1, as HTTP/1.1 allows)."""
-        lines = [f"{field[0]}: {value}\r\n" for field in self._fields.values()
-                 for value in field[1:]]
+    def encode(self, without: tuple[str, ...] = ()) -> bytes:
+        """Every field as ``Name: value\r\n`` lines (latin-1, as HTTP/1.1 allows),
+        except those named in ``without`` (lowercase names)."""
+        lines = [f"{field[0]}: {value}\r\n" for lowered, field in self._fields.items()
+                 if lowered not in without for value in field[1:]]
         text = "".join(lines)
         if text.count("\n") != len(lines) or text.count("\r") != len(lines):
             # a CR or LF of a handler's would start a new header line (response splitting)

@@ -1,4 +1,4 @@
-"""Response framing: status lines, header blocks, chunked encoding, error pages.
+"""HTTP/1.1 response framing: status lines, heads, chunked encoding, error pages.
 
 Everything here returns bytes ready for the transport. Status lines and error
 pages are built once at import; the ``Date`` value is rebuilt at most once a
@@ -12,6 +12,7 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from pyresty._version import __version__
+from pyresty.http.headers import Headers
 
 SERVER: Final = f"pyresty/{__version__}"
 
@@ -86,6 +87,50 @@ def plain_200_head(length: int) -> bytes:
             heads.clear()
         head = heads[length] = _PLAIN_200 % (_dates.lines, length)
     return head
+
+
+# RFC 9110 §15.2.1: the interim answer to ``Expect: 100-continue``.
+CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+# RFC 9110 §7.6.1: fields that describe the connection, not the message. This
+# layer owns them: what a handler sets under these names is not sent as is
+# (a handler's ``Connection: close`` closes the connection after the response).
+HOP_BY_HOP: Final = ("connection", "keep-alive", "proxy-connection", "transfer-encoding")
+
+
+def response_head(status: int, fields: Headers | None, length: int | None, http11: bool,
+                  keep_alive: bool) -> tuple[bytes, bool, bool]:
+    """The head of a response: ``(bytes, chunked, keep_alive)``.
+
+    ``length`` None means the body streams: chunked for HTTP/1.1, delimited by
+    the end of the connection for HTTP/1.0 (RFC 9112 §6.3). A ``Content-Length``
+    among ``fields`` frames the body as given. Bodiless statuses (1xx, 204,
+    304) get no framing fields. Raises ValueError for a field with CR or LF.
+    """
+    parts = [STATUS_LINES.get(status) or status_line(status), _dates.lines]
+    has_type = has_length = False
+    chunked = False
+    if fields:
+        if fields.has("connection") and any("close" in value.lower()
+                                             for value in fields.get_all("connection")):
+            keep_alive = False
+        parts.append(fields.encode(HOP_BY_HOP))
+        has_type = fields.has("content-type")
+        has_length = fields.has("content-length")
+    if not bodiless(status):
+        if not has_type:
+            parts.append(b"Content-Type: text/plain\r\n")
+        if has_length:
+            pass
+        elif length is not None:
+            parts.append(b"Content-Length: %d\r\n" % length)
+        elif http11:
+            chunked = True
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            keep_alive = False
+    parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
+    return b"".join(parts), chunked, keep_alive
 
 
 # RFC 9112 §7.1: a chunk is its size in hex, CRLF, the data, CRLF; size 0 ends the body.

@@ -1,5 +1,9 @@
 """One client connection: HTTP/1.1 keepalive, pipelining, flow control, timeouts.
 
+The connection is the ``Stream`` (stream.py) of the requests it carries: it
+writes their heads and bodies in HTTP/1.1 framing (built by http/response.py)
+and decides keep-alive.
+
 Rules:
 - Requests on a connection are answered in order. The parser keeps reading
   while a request is handled, so pipelined requests queue (``pending``) with
@@ -33,6 +37,7 @@ from pyresty.http import response as wire
 from pyresty.http.parser import HttpError, RequestParser
 from pyresty.server.phases import start
 from pyresty.server.request import Request
+from pyresty.server.stream import Exchange, Stream
 
 if TYPE_CHECKING:
     from pyresty.config.model import Listen
@@ -54,12 +59,12 @@ class Deadline(enum.Enum):
     LINGER = 5        # shutdown: close if still idle
 
 
-class HttpConnection:
+class HttpConnection(Stream):
     """The protocol object of one connection (asyncio's Protocol interface,
     without the base class so that mypyc can compile it as a native class)."""
 
-    __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_host", "peer_port",
-                 "current", "parsing", "pending", "requests", "closed", "closing",
+    __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_port",
+                 "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
                  "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
                  "send", "settings", "keepalive_timeout", "max_requests")
@@ -87,6 +92,8 @@ class HttpConnection:
         self.closing = False
         self.half_closed = False
         self.refusal = 0
+        self.chunked = False          # the current response's body is chunked
+        self.continue_sent = False    # 100 Continue went out for the current request
         self._write_paused = False
         self._reading_paused = False
         self._drain_waiter: asyncio.Future[None] | None = None
@@ -217,7 +224,7 @@ class HttpConnection:
             # A 413 now would be a second response to one request (RFC 9112 §9.3).
             return
         limit = req.route.client_max_body_size
-        if req._body_size + len(data) > limit > 0:
+        if req.body_size + len(data) > limit > 0:
             raise HttpError(413, "request body too large")
         req.feed_body(data)
         if req is self.current and self.deadline_kind is Deadline.BODY:
@@ -229,7 +236,7 @@ class HttpConnection:
         self.parsing = None
         if req is None:
             return
-        req._body_done = True
+        req.end_body()
         if self.parser.chunked and req.keep_alive and not self.parser.keeps_alive():
             # A trailer field said Connection: close. llhttp refuses any byte
             # after such a message, so close after the answer rather than
@@ -250,7 +257,60 @@ class HttpConnection:
         else:
             self._start_or_queue(req)
 
-    # used by Request
+    # Stream
+    def send_head(self, x: Exchange, length: int | None, body: bytes) -> None:
+        status = x.status
+        fields = x.fields_out
+        if x.keep_alive and x.body_complete and not (self.closing or self.half_closed):
+            keep_alive = not self.app.draining   # the common case, without a call
+        else:
+            keep_alive = x.keep_alive and self.keepalive_allowed(x)
+        if status == 200 and keep_alive and length is not None and fields is None:
+            # the common case: a 200 with a known length, kept alive
+            head = wire.plain_200_head(length)
+            if body and x.method != "HEAD":
+                x.body_bytes_sent = len(body)
+                head += body
+            x.bytes_sent = len(head)
+            self.chunked = False
+            if not self.closed:
+                self.send(head)
+            return
+        head, chunked, keep_alive = wire.response_head(status, fields, length,
+                                                       x.http_version == "1.1", keep_alive)
+        if not keep_alive:
+            x.keep_alive = False
+        self.chunked = chunked
+        if body and not (wire.bodiless(status) or x.method == "HEAD"):
+            x.body_bytes_sent += len(body)
+            head += wire.chunk(body) if chunked else body
+        x.bytes_sent += len(head)
+        if not self.closed:
+            self.send(head)
+
+    def send_data(self, x: Exchange, data: bytes) -> None:
+        if x.method == "HEAD" or wire.bodiless(x.status):
+            return
+        x.body_bytes_sent += len(data)
+        if self.chunked:
+            data = wire.chunk(data)
+        x.bytes_sent += len(data)
+        if not self.closed:
+            self.send(data)
+
+    def end(self, x: Exchange) -> None:
+        if self.chunked:
+            self.chunked = False
+            if x.method != "HEAD":
+                x.bytes_sent += len(wire.LAST_CHUNK)
+                self.write(wire.LAST_CHUNK)
+
+    def reset(self) -> None:
+        self.abort()
+
+    def done(self, x: Exchange) -> None:
+        self.request_done(x)
+
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.send(data)
@@ -264,7 +324,12 @@ class HttpConnection:
         if self.closed:
             raise ConnectionResetError("client closed the connection")
 
-    async def wait_body(self, req: Request) -> None:
+    async def wait_body(self, req: Exchange) -> None:
+        if not self.continue_sent and not req.started:
+            expect = req.header(b"expect")
+            if expect is not None and expect.lower() == b"100-continue":
+                self.continue_sent = True
+                self.write(wire.CONTINUE)
         while not req.body_complete:
             if self.closed:
                 raise ConnectionResetError("client closed the connection")
@@ -280,17 +345,17 @@ class HttpConnection:
             if not waiter.done():
                 waiter.set_result(None)
 
-    def keepalive_allowed(self, req: Request) -> bool:
+    def keepalive_allowed(self, req: Exchange) -> bool:
         if self.closing or (self.half_closed and not self.pending) or self.app.draining:
             return False
         if not req.body_complete:
             # The client may be holding the body back for a 100 Continue we never sent.
             expect = req.header(b"expect")
-            if expect is not None and not req._continue_sent:
+            if expect is not None and not self.continue_sent:
                 return False
         return True
 
-    async def send_file(self, file: BinaryIO, offset: int, count: int) -> None:
+    async def send_file(self, x: Exchange, file: BinaryIO, offset: int, count: int) -> None:
         """Send a file region: zero-copy ``os.sendfile`` while the kernel takes it
         and nothing is queued in the transport; once the socket is full, the rest
         goes through the transport's own buffered write path with ``drain``."""
@@ -317,10 +382,13 @@ class HttpConnection:
             await self.drain()
         if self.closed:
             raise ConnectionResetError("client closed the connection")
+        x.body_bytes_sent += count
+        x.bytes_sent += count
 
     # called by the server when a request's response is complete
-    def request_done(self, req: Request) -> None:
+    def request_done(self, req: Exchange) -> None:
         self.current = None
+        self.continue_sent = False
         if self.closed:
             return
         if self.pending and (req.keep_alive or self.half_closed) and not self.closing:

@@ -40,55 +40,19 @@ import inspect
 import logging
 import os
 import traceback
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 from pyresty.errors import ClientBodyTimeout, Exit
-from pyresty.http import response as wire
 from pyresty.runtime import context
 from pyresty.server.request import Request
 
 if TYPE_CHECKING:
-    from pyresty.config.model import Config, Location
+    from pyresty.server.routes import Route
     from pyresty.server.server import HttpServer
 
 log = logging.getLogger("pyresty.http")
 
 MAX_REMATCH: Final = 10
-PHASES: Final = ("rewrite", "access", "content", "header_filter", "body_filter", "log")
-
-
-class Route:
-    """A location with its handlers resolved to callables."""
-
-    __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
-                 "log", "client_max_body_size", "static_root", "warned")
-
-    def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
-                 client_max_body_size: int) -> None:
-        self.location = location
-        self.rewrite = handlers.get("rewrite")
-        self.access = handlers.get("access")
-        self.content = handlers.get("content")
-        self.header_filter = handlers.get("header_filter")
-        self.body_filter = handlers.get("body_filter")
-        self.log = handlers.get("log")
-        self.client_max_body_size = client_max_body_size
-        self.static_root = location.root if location is not None else None
-        self.warned: set[str] = set()   # phases whose returned value was logged (rule 5)
-
-
-def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
-    """Compile every location of ``config``; keys are ``id(location)``."""
-    routes: dict[int, Route] = {}
-    for server in config.servers:
-        for loc in server.locations:
-            handlers = {phase: resolve(getattr(loc, phase), phase=phase)
-                        for phase in PHASES if getattr(loc, phase)}
-            limit = loc.client_max_body_size
-            routes[id(loc)] = Route(loc, handlers,
-                                    server.client_max_body_size if limit is None else limit)
-    return routes
 
 
 _EAGER: Final = context.EAGER
@@ -140,18 +104,18 @@ async def run(server: HttpServer, r: Request) -> None:
 
 def _failed(server: HttpServer, r: Request, exc: BaseException) -> bool:
     """Turn what a phase raised into the response; False when it must propagate
-    (cancellation: the request is over and the connection aborted)."""
-    conn = r.conn
+    (cancellation: the request is over and its stream reset)."""
+    stream = r.stream
     if isinstance(exc, BaseExceptionGroup):
         exc = _exit_in(exc) or exc   # an Exit raised inside a TaskGroup (rule 3)
     if isinstance(exc, Exit):
         _exit_response(r, exc.status, exc)
     elif isinstance(exc, asyncio.CancelledError):
-        conn.abort()
+        stream.reset()
         _log_request(server, r, 499)
-        conn.request_done(r)
+        stream.done(r)
         return False
-    elif isinstance(exc, (ConnectionError, TimeoutError)) and conn.closed:
+    elif isinstance(exc, (ConnectionError, TimeoutError)) and stream.closed:
         r.finished = True   # the client left: nothing to send; logged as 499
         r.status = 499
     elif isinstance(exc, ClientBodyTimeout) and not r.started:
@@ -179,8 +143,8 @@ def _exit_in(group: BaseExceptionGroup[Any]) -> Exit | None:
 
 def _complete(server: HttpServer, r: Request) -> None:
     """End the response, count and log the request, and move the connection on."""
-    conn = r.conn
-    if not conn.closed and not r.finished:
+    stream = r.stream
+    if not stream.closed and not r.finished:
         try:
             r.finish()
         except Exception:
@@ -188,12 +152,11 @@ def _complete(server: HttpServer, r: Request) -> None:
             log.error("response failed on %s %s", r.method, r.uri, exc_info=True)
             if r.started:
                 r.finished = True
-                conn.abort()
+                stream.reset()
             else:
                 r.finished = False
-                r._headers_out = None
                 r.route = server.fallback   # no filters this time
-                _exit_response(r, 500, None)
+                r.answer_status(500, drop_fields=True)
                 r.finish()
     elif not r.finished:
         # The client left before the response was complete. Nothing was sent
@@ -204,7 +167,7 @@ def _complete(server: HttpServer, r: Request) -> None:
     server.requests_total += 1
     if server.timing:
         _access_log(server, r, r.status)
-    conn.request_done(r)
+    stream.done(r)
 
 
 async def _rewrite(server: HttpServer, r: Request, route: Any) -> Any:
@@ -230,15 +193,7 @@ def _exit_response(r: Request, status: int, exc: Exit | None) -> None:
             log.error("attempt to set status %d via r.exit() after sending out the response "
                       "status %d%s, on %s %s", status, r.status, _where(exc), r.method, r.uri)
         return
-    r.status = status
-    if status >= 300:
-        r.discard_output()
-        headers = r._headers_out
-        if headers is not None and "content-length" in headers:
-            del headers["content-length"]   # it framed the discarded body (RFC 9112 §6.3)
-        if not wire.bodiless(status):
-            r.headers_out["Content-Type"] = "text/html"
-            r._out.append(wire.error_body(status))
+    r.answer_status(status)
 
 
 _PACKAGE_DIR: Final = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -276,10 +231,9 @@ def _fail(r: Request) -> None:
     if r.started:
         r.finished = True
         r.keep_alive = False
-        r.conn.abort()
+        r.stream.reset()
         return
-    r._headers_out = None
-    _exit_response(r, 500, None)
+    r.answer_status(500, drop_fields=True)
 
 
 def _log_request(server: HttpServer, r: Request, status: int) -> None:

@@ -1,12 +1,13 @@
-"""The ``Request`` object handlers receive (SPEC §5).
+"""The ``Request`` object handlers receive (SPEC §5): the handler API and nothing else.
 
-Theory of operation: output is buffered. ``say``/``print`` append to a buffer;
-when the content phase ends with the response not yet started, the whole body
-goes out in one write with a ``Content-Length``. ``flush()`` (or a buffer past
-``STREAM_AFTER`` bytes) starts the response instead: headers go out and the
-body continues chunked (HTTP/1.1) or close-delimited (HTTP/1.0). Writes wait
-while the transport is above its high-water mark, so a slow client cannot make
-the worker buffer without bound.
+A ``Request`` is an ``Exchange`` (stream.py) talking to its ``Stream``; it never
+writes protocol bytes. Output is buffered: ``say``/``print`` append to a
+buffer; when the content phase ends with the response not yet started, the
+whole body goes to the stream in one call with its length. ``flush()`` (or a
+buffer past ``STREAM_AFTER`` bytes) starts the response instead: the head goes
+out and the body streams (the stream chooses the framing). Writes wait while
+the stream is above its high-water mark, so a slow client cannot make the
+worker buffer without bound.
 
 ``exit(status)`` and ``redirect`` raise ``Exit`` (a BaseException), which the
 phase runner catches: they end the request from any phase. A plain ``return``
@@ -25,13 +26,10 @@ from urllib.parse import parse_qs, unquote
 from pyresty.errors import Exit, ResponseStarted
 from pyresty.http import response as wire
 from pyresty.http.headers import Headers
-from pyresty.http.response import STATUS_LINES, date_lines, plain_200_head
+from pyresty.server.stream import Exchange, Stream
 
 if TYPE_CHECKING:
     import asyncio
-
-    from pyresty.server.connection import HttpConnection
-    from pyresty.server.phases import Route
 
 STREAM_AFTER: Final = 64 * 1024  # buffered body bytes before the response starts streaming
 
@@ -44,7 +42,7 @@ def _as_bytes(part: Any) -> bytes:
     return str(part).encode("utf-8")
 
 
-class Request:
+class Request(Exchange):
     """One HTTP request and its response, shared by every phase that handles it.
 
     Most per-request state starts as a class attribute and becomes an instance
@@ -52,35 +50,21 @@ class Request:
     path and sets just what every request has.
     """
 
-    status = 200
-    queued = False          # handed to the connection's dispatch queue
-    route: Route            # set by the connection as soon as the path is known
     server: Any = None
-    started = False
-    finished = False
     eof = False
-    start_time = 0.0
-    bytes_sent = 0
-    body_bytes_sent = 0
     _headers: Headers | None = None
-    _headers_out: Headers | None = None
     _args: dict[str, list[str]] | None = None
     _ctx: dict[str, Any] | None = None
     _out_size = 0
-    _chunked = False
-    _body: list[bytes] | None = None
-    _body_size = 0
-    _body_done = False
-    _continue_sent = False
     _discarding = False     # exit() in a filter: later output is dropped
     task: asyncio.Task[None] | None = None   # the Task running this request's phases
     upstream_addr: str | None = None
     upstream_status: int | None = None
     upstream_response_time: float | None = None
 
-    def __init__(self, conn: HttpConnection, method: str, target: bytes, version: str,
+    def __init__(self, stream: Stream, method: str, target: bytes, version: str,
                  fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
-        self.conn = conn
+        self.stream = stream
         self.method = method
         self.uri = uri = target.decode("latin-1")
         mark = uri.find("?")
@@ -94,7 +78,7 @@ class Request:
             raw_path = _origin_path(raw_path)
         self.path: str = unquote(raw_path) if "%" in raw_path else raw_path
         self.http_version = version
-        self._fields = fields
+        self.fields = fields
         self.keep_alive = keep_alive
         self.upgrade = upgrade
         self._out: list[bytes] = []
@@ -110,9 +94,9 @@ class Request:
     @property
     def headers_out(self) -> Headers:
         """Response header fields; set before the response starts."""
-        headers = self._headers_out
+        headers = self.fields_out
         if headers is None:
-            headers = self._headers_out = Headers()
+            headers = self.fields_out = Headers()
         return headers
 
     @headers_out.setter
@@ -120,12 +104,12 @@ class Request:
         # The explicit check matters compiled: mypyc does not type-check what a
         # property setter receives, and a dict stored as Headers crashed the process.
         if isinstance(value, Headers):
-            self._headers_out = value
+            self.fields_out = value
         elif isinstance(value, Mapping):
             headers = Headers()
             for name, field in value.items():
                 headers[name] = field   # a list value sets several fields, as with Headers
-            self._headers_out = headers
+            self.fields_out = headers
         else:
             raise TypeError(f"headers_out takes a Headers or a mapping, not {type(value).__name__}")
 
@@ -135,7 +119,7 @@ class Request:
         """Request header fields (case-insensitive, multi-valued)."""
         if self._headers is None:
             self._headers = Headers(
-                (name.decode("latin-1"), value.decode("latin-1")) for name, value in self._fields)
+                (name.decode("latin-1"), value.decode("latin-1")) for name, value in self.fields)
         return self._headers
 
     @property
@@ -148,14 +132,7 @@ class Request:
     @property
     def client_addr(self) -> str:
         """The client's IP address."""
-        return self.conn.peer_host
-
-    def header(self, name: bytes) -> bytes | None:
-        """Fast access to one raw request field (lowercase ``name``), without building Headers."""
-        for field, value in self._fields:
-            if len(field) == len(name) and field.lower() == name:
-                return value
-        return None
+        return self.stream.peer_host
 
     async def read_body(self) -> bytes:
         """The whole request body (b"" when there is none).
@@ -166,27 +143,8 @@ class Request:
         is slower than that, ``ConnectionResetError`` when it went away.
         """
         if not self._body_done:
-            if not self._continue_sent and not self.started:
-                expect = self.header(b"expect")
-                if expect is not None and expect.lower() == b"100-continue":
-                    self._continue_sent = True
-                    self.conn.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-            await self.conn.wait_body(self)
+            await self.stream.wait_body(self)
         return b"".join(self._body) if self._body else b""
-
-    # called by the connection as body bytes arrive
-    def feed_body(self, data: bytes) -> None:
-        if self._body is None:
-            self._body = []
-        self._body.append(data)
-        self._body_size += len(data)
-
-    def end_body(self) -> None:
-        self._body_done = True
-
-    @property
-    def body_complete(self) -> bool:
-        return self._body_done
 
     # response side
     async def say(self, *parts: Any) -> None:
@@ -227,7 +185,7 @@ class Request:
             self._start(None, data)
         elif data:
             self._write_body(data)
-        await self.conn.drain()
+        await self.stream.drain()
 
     def exit(self, status: int) -> NoReturn:
         """End the request with ``status`` from any phase.
@@ -255,9 +213,7 @@ class Request:
             self._start(count)
         if self.method == "HEAD" or count == 0 or self._discarding:
             return
-        await self.conn.send_file(file, offset, count)
-        self.body_bytes_sent += count
-        self.bytes_sent += count
+        await self.stream.send_file(self, file, offset, count)
 
     # internals used by the phase runner
     def _take_output(self, eof: bool) -> bytes:
@@ -276,7 +232,8 @@ class Request:
             except Exit:
                 # exit() in body_filter ends the body here (module docstring)
                 self._discarding = True
-                if self.started and not self._chunked:
+                if self.started and self.fields_out is not None \
+                        and "content-length" in self.fields_out:
                     self.keep_alive = False   # the declared length will not be met
                 return b""
         return data
@@ -293,56 +250,10 @@ class Request:
                 if page is not None:
                     length = len(page)
                     body = page
-        # ``started`` only once the head is built: a header that cannot be sent
-        # (CR/LF) raises first, and the request still gets its 500
-        status = self.status
-        headers_out = self._headers_out
-        conn = self.conn
-        if self.keep_alive and self._body_done and not (conn.closing or conn.half_closed):
-            keep_alive = not conn.app.draining   # the common case, without a call
-        else:
-            keep_alive = self.keep_alive and conn.keepalive_allowed(self)
-        if status == 200 and keep_alive and length is not None and headers_out is None:
-            # the common case: a 200 with a known length, kept alive
-            head = plain_200_head(length)
-            if body and self.method != "HEAD":
-                self.body_bytes_sent = len(body)
-                head += body
-            self.bytes_sent = len(head)
-            self.started = True
-            if not conn.closed:
-                conn.send(head)
-            return
-        parts = [STATUS_LINES.get(status) or wire.status_line(status), date_lines()]
-        has_type = has_length = False
-        if headers_out:
-            parts.append(headers_out.encode())
-            has_type = headers_out.has("content-type")
-            has_length = headers_out.has("content-length")
-        bodiless = status < 200 or status == 204 or status == 304
-        if not bodiless:
-            if not has_type:
-                parts.append(b"Content-Type: text/plain\r\n")
-            if has_length:
-                pass
-            elif length is not None:
-                parts.append(b"Content-Length: %d\r\n" % length)
-            elif self.http_version == "1.1":
-                self._chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
-            else:
-                keep_alive = False   # HTTP/1.0: the end of the body is the end of the connection
-        if not keep_alive:
-            self.keep_alive = False
-        parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
-        if body and not (bodiless or self.method == "HEAD"):
-            self.body_bytes_sent += len(body)
-            parts.append(wire.chunk(body) if self._chunked else body)
-        head = b"".join(parts)
-        self.bytes_sent += len(head)
+        # ``started`` only once the stream took the head: a field that cannot
+        # be sent (CR/LF) raises first, and the request still gets its 500
+        self.stream.send_head(self, length, body)
         self.started = True
-        if not conn.closed:
-            conn.send(head)
 
     def _replace_response(self, status: int) -> bytes | None:
         """``exit(status)`` in header_filter: the page that replaces the body
@@ -355,23 +266,17 @@ class Request:
         self._discarding = True    # what the handler writes from now on is dropped
         self._out = []
         self._out_size = 0
-        headers = self._headers_out = Headers()
+        headers = self.fields_out = Headers()
         if wire.bodiless(status):
             return b""
         headers["Content-Type"] = "text/html"
         return wire.error_body(status)
 
     def _write_body(self, data: bytes) -> None:
-        if self.method == "HEAD" or wire.bodiless(self.status):
-            return
-        self.body_bytes_sent += len(data)
-        if self._chunked:
-            data = wire.chunk(data)
-        self.bytes_sent += len(data)
-        self.conn.write(data)
+        self.stream.send_data(self, data)
 
     def finish(self) -> None:
-        """End the response: one write with Content-Length, or the last chunk."""
+        """End the response: the whole body with its length, or the end of a streamed one."""
         if self.finished:
             return
         self.finished = True
@@ -386,13 +291,27 @@ class Request:
         data = self._take_output(eof=True)
         if data:
             self._write_body(data)
-        if self._chunked and self.method != "HEAD":
-            self.bytes_sent += 5
-            self.conn.write(wire.LAST_CHUNK)
+        self.stream.end(self)
 
     def discard_output(self) -> None:
         self._out = []
         self._out_size = 0
+
+    # used by the phase runner (phases.py), not by handlers
+    def answer_status(self, status: int, *, drop_fields: bool = False) -> None:
+        """Make ``status`` the answer of a response that has not started: for
+        300 and above, the output so far is replaced by that status's page."""
+        if drop_fields:
+            self.fields_out = None
+        self.status = status
+        if status >= 300:
+            self.discard_output()
+            fields = self.fields_out
+            if fields is not None and "content-length" in fields:
+                del fields["content-length"]   # it framed the discarded body (RFC 9112 §6.3)
+            if not wire.bodiless(status):
+                self.headers_out["Content-Type"] = "text/html"
+                self._out.append(wire.error_body(status))
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pyresty.http.response import refresh_date
 from pyresty.runtime import context
-from pyresty.server import phases
+from pyresty.server.routes import Route, build_routes
 from pyresty.server.access_log import AccessLog
 from pyresty.server.connection import HttpConnection
 from pyresty.server.router import Router
@@ -48,8 +48,8 @@ class HttpServer:
         self.config = config
         self.loop = loop
         self.router = Router(config.servers)
-        self.routes = phases.build_routes(config, resolve)
-        self.fallback = phases.Route(None, {}, 1024 * 1024)
+        self.routes = build_routes(config, resolve)
+        self.fallback = Route(None, {}, 1024 * 1024)
         self.connections: set[HttpConnection] = set()
         self.tasks: set[asyncio.Task[None]] = set()
         # what each request's Context is copied from (runtime/context.py, rule 2)
@@ -75,7 +75,7 @@ class HttpServer:
             id(server): opened.get(server.access_log) if server.access_log else None
             for server in config.servers}
         self._static: Callable[..., Any] | None = None
-        self._route_caches: dict[int, dict[str, phases.Route]] = {id(s): {} for s in config.servers}
+        self._route_caches: dict[int, dict[str, Route]] = {id(s): {} for s in config.servers}
         self.now = loop.time()      # coarse clock for connection deadlines, set every sweep
         self.timing = any(self._access_logs.values())   # stamp requests only when logged
 
@@ -192,7 +192,7 @@ class HttpServer:
     def rematch(self, req: Request) -> None:
         req.route = self.route_for(req.server, req.path)
 
-    def route_for(self, server: Server, path: str) -> phases.Route:
+    def route_for(self, server: Server, path: str) -> Route:
         """The route of ``path`` in ``server``; remembered, since paths repeat."""
         cache = self._route_caches[id(server)]
         route = cache.get(path)
@@ -204,7 +204,7 @@ class HttpServer:
             cache[path] = route
         return route
 
-    def route_cache(self, server: Server) -> dict[str, phases.Route]:
+    def route_cache(self, server: Server) -> dict[str, Route]:
         return self._route_caches[id(server)]
 
     def shares_listen(self, listen: Listen) -> bool:
