@@ -62,10 +62,10 @@ class Route:
     """A location with its handlers resolved to callables."""
 
     __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
-                 "log", "client_max_body_size", "static_root", "warned")
+                 "log", "client_max_body_size", "static_root", "warned", "limits")
 
     def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
-                 client_max_body_size: int) -> None:
+                 client_max_body_size: int, limits: Any = None) -> None:
         self.location = location
         self.rewrite = handlers.get("rewrite")
         self.access = handlers.get("access")
@@ -76,6 +76,8 @@ class Route:
         self.client_max_body_size = client_max_body_size
         self.static_root = location.root if location is not None else None
         self.warned: set[str] = set()   # phases whose returned value was logged (rule 5)
+        # limit_req/limit_conn/limit_count (pyresty.server.limits.LocationLimits)
+        self.limits: Any = limits
 
 
 def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
@@ -86,8 +88,12 @@ def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> 
             handlers = {phase: resolve(getattr(loc, phase), phase=phase)
                         for phase in PHASES if getattr(loc, phase)}
             limit = loc.client_max_body_size
+            limits = None
+            if loc.limited:
+                from pyresty.server.limits import location_limits
+                limits = location_limits(config, loc, resolve)
             routes[id(loc)] = Route(loc, handlers,
-                                    server.client_max_body_size if limit is None else limit)
+                                    server.client_max_body_size if limit is None else limit, limits)
     return routes
 
 
@@ -109,11 +115,14 @@ def start(server: HttpServer, r: Request) -> None:
 
 async def run(server: HttpServer, r: Request) -> None:
     """The body of a request's Task: every phase, the response end, the logs (rule 2)."""
+    held: Any = None    # limit_conn slots this request holds
     try:
         try:
             route = r.route
             if route.rewrite is not None:
                 route = await _rewrite(server, r, route)
+            if route.limits is not None:
+                held = await route.limits.enter(r)
             if route.access is not None:
                 result = await route.access(r)
                 if result is not None:
@@ -133,6 +142,8 @@ async def run(server: HttpServer, r: Request) -> None:
         if r.route.log is not None:
             await _log_phase(r)
     finally:
+        if held is not None:
+            held.release()          # limit_conn slots, at request cleanup as in nginx
         task = r.task
         if task is not None:
             server.tasks.discard(task)

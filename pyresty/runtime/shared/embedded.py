@@ -84,6 +84,8 @@ MAX_READERS = 1024         # reader slots: one per process in practice; dead one
                            # until reader_check(), so keep plenty
 SHORT_KEY_MAX = 480        # LMDB's key limit is 511; longer keys are hashed
 LONG_PREFIX = 467          # 467 + 32 (digest) + 1 (marker) = 500 > SHORT_KEY_MAX
+UPDATE_EXPIRY_SLACK = 1_000_000_000   # ns an update() sets beyond the TTL it needs, so a
+                           # steady limiter moves its expiry about once a second, not per write
 
 HDR = struct.Struct("<BBQQ")            # type, flags, expires_ns, seq_ns
 HDR_SIZE = HDR.size
@@ -754,6 +756,70 @@ class EmbeddedDict:
         n = decode(t, v, off) + delta  # type: ignore[operator]
         self._put(txn, sk, full, *encode(n), exp, v, True, now)
         return n
+
+    # -- read-decide-write in one transaction (pyresty.limit) -----------------
+
+    def update(self, keys: list[bytes],
+               decide: Callable[[list[Value | None], float, float],
+                                tuple[list[Any], list[float | None], R]]) -> R:
+        """Read ``keys``, let ``decide`` choose their new values, write them: one
+        write transaction, so atomic across processes (the limiters' primitive).
+
+        ``keys`` are validated keys as bytes. ``decide(values, now, wall)`` gets
+        the live values (None for absent or expired), ``time.monotonic()`` and
+        ``time.time()`` taken inside the transaction (so writers see the clock in
+        the order they commit), and returns ``(new values, ttls, result)``:
+        a new value is a value, ``contract.UNCHANGED`` or ``contract.DELETE``; a ttl is how long the entry must live
+        at least, None for ever. An expiry already far enough is kept, so a
+        steady limiter rewrites its value in place without touching the expiry
+        index. Runs synchronously (never suspends); it may run ``decide`` twice
+        (a retry after another process grew the map), so ``decide`` must be pure.
+        Raises SharedDictError / SharedDictFull as the other writes do.
+        """
+        return self._write(self._update, keys, decide)
+
+    def _update(self, txn: Txn, keys: list[bytes], decide: Callable[..., Any]) -> Any:
+        mono = monotonic_ns()
+        wall = time.time()
+        olds: list[bytes | None] = []
+        values: list[Value | None] = []
+        for full in keys:
+            sk = full if len(full) <= SHORT_KEY_MAX else stored_key(full)
+            v, off = self._lookup(txn, sk, full)
+            olds.append(v)
+            if v is None or v[0] == T_LIST or expired(v, mono):
+                values.append(None)
+            else:
+                values.append(decode(v[0], v, off))
+        news, ttls, result = decide(values, mono / 1e9, wall)
+        for full, old, new, ttl in zip(keys, olds, news, ttls):
+            if new is contract.UNCHANGED:
+                continue
+            sk = full if len(full) <= SHORT_KEY_MAX else stored_key(full)
+            if new is contract.DELETE:
+                if old is not None:
+                    self._add_used(txn, -self._remove(txn, sk, old))
+                continue
+            self._update_one(txn, sk, full, old, new, ttl, mono)
+        return result
+
+    def _update_one(self, txn: Txn, sk: bytes, full: bytes, old: bytes | None,
+                    new: Value, ttl: float | None, now: int) -> None:
+        t, payload = encode(new)
+        if ttl is None:
+            exp = 0
+        else:
+            need = now + max(1, int(ttl * 1e9))
+            old_exp = HDR.unpack_from(old)[2] if old is not None else 0
+            exp = old_exp if old_exp >= need else need + UPDATE_EXPIRY_SLACK
+        if old is not None and not old[1] and old[0] != T_LIST:
+            _, _, old_exp, seq = HDR.unpack_from(old)
+            if old_exp == exp and now - seq <= self._touch_ns \
+                    and len(old) == HDR_SIZE + len(payload):
+                txn.put(sk, HDR.pack(t, 0, exp, seq) + payload)   # in place
+                return
+        self._put(txn, sk, full, t, payload, exp, old if old is not None else txn.get(sk),
+                  True, now)
 
     async def expire(self, key: Key, ttl: float | None) -> bool:
         """Give a live entry a new TTL (None or 0: never expires); False if absent."""
