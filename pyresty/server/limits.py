@@ -25,7 +25,7 @@ Rules
   response of the location, refusals included.
 - A ``redis://`` dict that fails (unreachable, or slower than 1 s):
   ``limit_fail = "open"`` admits, ``"closed"`` refuses with ``limit_status``;
-  one warning per ``FAIL_WARN_EVERY`` seconds per dict per process, and every
+  one warning per ``FAIL_WARN_EVERY`` seconds per dict and mode per process, and every
   such decision is counted for ``/metrics``.
 - Counters per zone (passed, delayed, rejected, failed_open, failed_closed)
   live in this process and go to the master with the worker's figures (``stats``).
@@ -120,7 +120,11 @@ class _FailWarning:
         self.since = 0
 
 
-_fail_warnings: dict[str, _FailWarning] = {}
+_fail_warnings: dict[tuple[str, str], _FailWarning] = {}
+
+
+def _note_failure(dict_name: str, mode: str, exc: BaseException) -> None:
+    _fail_warnings.setdefault((dict_name, mode), _FailWarning()).note(dict_name, mode, exc)
 
 
 class _Applied:
@@ -223,7 +227,7 @@ async def _release_remote(d: Any, rules: list[Rule], keys: list[bytes]) -> None:
     try:
         await stores.undo(d, rules, keys)
     except SharedDictError as exc:
-        _fail_warnings.setdefault(d.name, _FailWarning()).note(d.name, "open", exc)
+        _note_failure(d.name, "open", exc)
 
 
 class LocationLimits:
@@ -325,7 +329,7 @@ class LocationLimits:
                 decisions = await stores.decide(d, rules, keys, True)
         except SharedDictError as exc:
             mode = "closed" if self.fail_closed else "open"
-            _fail_warnings.setdefault(dict_name, _FailWarning()).note(dict_name, mode, exc)
+            _note_failure(dict_name, mode, exc)
             for applied, _ in entries:
                 applied.counts["failed_" + mode] += 1
             if self.fail_closed:
@@ -341,7 +345,7 @@ class LocationLimits:
             await stores.undo(shared[dict_name], [a.rule for a, _ in group], [k for _, k in group])
         except SharedDictError as exc:
             mode = "closed" if self.fail_closed else "open"
-            _fail_warnings.setdefault(dict_name, _FailWarning()).note(dict_name, mode, exc)
+            _note_failure(dict_name, mode, exc)
 
     def _refuse(self, r: Request, decided: list[tuple[_Applied, Decision]]) -> None:
         retry = 1.0

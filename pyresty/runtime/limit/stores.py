@@ -218,8 +218,9 @@ async def _run_script(d: SharedDict, mode: str, rules: Sequence[Rule], keys: lis
         args += [rule.kind, *params, *("0",) * (3 - len(params))]
     names = [d.value_key(key) for key in keys]
     try:
-        async with asyncio.timeout(REDIS_TIMEOUT):
-            return await _script(d)(keys=names, args=args)
+        # wait_for, not asyncio.timeout: the phase runner starts a request's
+        # coroutine outside any Task and makes one only when it suspends
+        return await asyncio.wait_for(_script(d)(keys=names, args=args), REDIS_TIMEOUT)
     except TimeoutError as exc:
         raise SharedDictError(f"shared dict {d.name!r}: no answer from Redis "
                               f"within {REDIS_TIMEOUT:g} s") from exc
