@@ -320,3 +320,22 @@ def test_an_unreachable_redis_raises_shared_dict_error(own_redis) -> None:
         shared._dicts = {}
         await d.aclose()
     asyncio.run(main())
+
+
+def test_update_one_rewrites_in_place_and_keeps_the_accounting(tmp_path: os.PathLike[str]) -> None:
+    d = EmbeddedDict("acct", os.path.join(str(tmp_path), "acct"), 1 << 20)
+    try:
+        rule = limit.req("acct", rate=1e6, burst=10).rule
+        key = b"limit_req:k"
+        d.update_one(key, rule.decide)
+        used = d.stats_now()["used"]
+        for _ in range(2000):                   # a steady limiter: value rewritten in place
+            assert d.update_one(key, rule.decide).allowed
+        assert d.stats_now()["used"] == used
+        long_key = b"limit_req:" + b"x" * 600   # a long key takes the general way
+        assert d.update_one(long_key, rule.decide).allowed
+        assert d.stats_now()["keys"] == 2
+        conn = limit.conn("acct", max=2).rule
+        assert [d.update_one(b"c", conn.decide).allowed for _ in range(3)] == [True, True, False]
+    finally:
+        d.close()

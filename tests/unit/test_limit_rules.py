@@ -102,15 +102,15 @@ def test_gcra_decides_as_the_leaky_bucket(rate_num: int, rate_den: int, burst: i
             bucket.uncommit()
             entry.write(rule.undo(state, now, now), _ttl(rule.undo(state, now, now), now), now)
             continue
-        verdict = rule.decide(state, now, now)
+        decision, new, ttl = rule.decide(state, now, now)
         allowed, delay = bucket.incoming(now, op == "commit")
-        assert verdict.decision.allowed == allowed
+        assert decision.allowed == allowed
         if allowed:
-            assert verdict.decision.delay == delay
+            assert decision.delay == delay
             if op == "commit":
-                entry.write(verdict.state, verdict.ttl, now)
+                entry.write(new, ttl, now)
         else:
-            assert verdict.state is UNCHANGED
+            assert new is UNCHANGED
 
 
 def _ttl(new, now):
@@ -124,25 +124,24 @@ def test_remaining_is_what_would_pass_now(rate: int, burst: int, gaps: list[int]
     state, now = None, Fraction(0)
     for gap in gaps:
         now += Fraction(gap, 1000)
-        verdict = rule.decide(state, now, now)
-        if not verdict.decision.allowed:
-            assert verdict.decision.remaining == 0
+        decision, new, _ = rule.decide(state, now, now)
+        if not decision.allowed:
+            assert decision.remaining == 0
             continue
-        state = verdict.state
+        state = new
         # exactly `remaining` more requests pass at this same instant
-        probe, passed = state, 0
-        while True:
-            v = rule.decide(probe, now, now)
-            if not v.decision.allowed:
-                break
-            probe, passed = v.state, passed + 1
-        assert passed == verdict.decision.remaining
+        assert passed_at(rule, state, now) == decision.remaining
         # reset is when the bucket is empty again: then burst + 1 pass at once, no more
-        later = now + verdict.decision.reset
-        probe, passed = state, 0
-        while rule.decide(probe, later, later).decision.allowed:
-            probe, passed = rule.decide(probe, later, later).state, passed + 1
-        assert passed == burst + 1
+        assert passed_at(rule, state, now + decision.reset) == burst + 1
+
+
+def passed_at(rule: RequestRate, state, now) -> int:
+    passed = 0
+    while True:
+        decision, state, _ = rule.decide(state, now, now)
+        if not decision.allowed:
+            return passed
+        passed += 1
 
 
 def test_request_rate_with_floats_admits_exactly_rate_times_time_plus_burst() -> None:
@@ -150,10 +149,10 @@ def test_request_rate_with_floats_admits_exactly_rate_times_time_plus_burst() ->
     state, admitted = None, 0
     for i in range(50_000):                 # 5 s of arrivals every 0.1 ms
         now = 1000.0 + i * 1e-4
-        verdict = rule.decide(state, now, now)
-        if verdict.decision.allowed:
+        decision, new, _ = rule.decide(state, now, now)
+        if decision.allowed:
             admitted += 1
-            state = verdict.state
+            state = new
     assert 500 <= admitted <= 506
 
 
@@ -161,21 +160,21 @@ def test_request_rate_rejection_says_when_to_retry() -> None:
     rule = RequestRate(10.0, 2)
     state = None
     for _ in range(3):
-        state = rule.decide(state, 0.0, 0.0).state
-    refused = rule.decide(state, 0.0, 0.0).decision
+        state = rule.decide(state, 0.0, 0.0)[1]
+    refused = rule.decide(state, 0.0, 0.0)[0]
     assert not refused.allowed and refused.remaining == 0
     assert refused.retry_after == pytest.approx(0.1)
     assert refused.reset == pytest.approx(0.3)
     assert rule.excess(refused) == pytest.approx(3.0)      # nginx's "excess: 3.000"
-    assert rule.decide(state, 0.1, 0.1).decision.allowed
+    assert rule.decide(state, 0.1, 0.1)[0].allowed
 
 
 def test_request_rate_undo_and_expiry() -> None:
     rule = RequestRate(10.0, 0)
-    v = rule.decide(None, 5.0, 5.0)
-    assert v.state == pytest.approx(5.1) and v.ttl == pytest.approx(0.1)
-    assert rule.undo(v.state, 5.0, 5.0) is DELETE
-    assert rule.undo(v.state, 6.0, 6.0) is UNCHANGED
+    _, state, ttl = rule.decide(None, 5.0, 5.0)
+    assert state == pytest.approx(5.1) and ttl == pytest.approx(0.1)
+    assert rule.undo(state, 5.0, 5.0) is DELETE
+    assert rule.undo(state, 6.0, 6.0) is UNCHANGED
     assert rule.undo(None, 5.0, 5.0) is UNCHANGED
     assert rule.limit == 1
 
@@ -187,18 +186,17 @@ def test_count_windows_are_aligned_to_the_clock() -> None:
     wall = 7200.0 + 3000.0                   # 50 minutes into the hour
     state = None
     for left in (2, 1, 0):
-        v = rule.decide(state, 0.0, wall)
-        assert v.decision.allowed and v.decision.remaining == left
-        assert v.decision.reset == pytest.approx(600.0)
-        assert v.ttl == pytest.approx(600.0)
-        state = v.state
-    refused = rule.decide(state, 0.0, wall + 10).decision
+        decision, state, ttl = rule.decide(state, 0.0, wall)
+        assert decision.allowed and decision.remaining == left
+        assert decision.reset == pytest.approx(600.0)
+        assert ttl == pytest.approx(600.0)
+    refused = rule.decide(state, 0.0, wall + 10)[0]
     assert not refused.allowed and refused.retry_after == pytest.approx(590.0)
     # on the hour, a new window: the old state counts for nothing
-    fresh = rule.decide(state, 0.0, 10800.0)
-    assert fresh.decision.allowed and fresh.decision.remaining == 2
-    assert fresh.decision.reset == pytest.approx(3600.0)
-    assert fresh.state == "3:1"
+    fresh, new, _ = rule.decide(state, 0.0, 10800.0)
+    assert fresh.allowed and fresh.remaining == 2
+    assert fresh.reset == pytest.approx(3600.0)
+    assert new == "3:1"
 
 
 def test_count_undo_stays_in_its_window() -> None:
@@ -207,7 +205,7 @@ def test_count_undo_stays_in_its_window() -> None:
     assert rule.undo("1:1", 0.0, 61.0) is DELETE
     assert rule.undo("0:4", 0.0, 61.0) is UNCHANGED     # an old window
     assert rule.undo(None, 0.0, 61.0) is UNCHANGED
-    assert rule.decide("garbage", 0.0, 61.0).decision.remaining == 4
+    assert rule.decide("garbage", 0.0, 61.0)[0].remaining == 4
 
 
 # -- concurrency --------------------------------------------------------------------
@@ -216,10 +214,10 @@ def test_concurrency_admits_max_then_burst_with_delay() -> None:
     rule = Concurrency(2, burst=2, delay=0.5)
     decisions, state = [], None
     for _ in range(5):
-        v = rule.decide(state, 0.0, 0.0)
-        decisions.append(v.decision)
-        if v.decision.allowed:
-            state = v.state
+        decision, new, _ = rule.decide(state, 0.0, 0.0)
+        decisions.append(decision)
+        if decision.allowed:
+            state = new
     assert [d.allowed for d in decisions] == [True, True, True, True, False]
     assert [d.delay for d in decisions[:4]] == [0.0, 0.0, 0.5, 0.5]    # resty: floor((n-1)/max)
     assert [d.remaining for d in decisions[:4]] == [3, 2, 1, 0]

@@ -9,12 +9,12 @@ with ``get`` and writes with ``set``; its source marks that race "FIXME").
 
 Rules
 -----
-- ``decide(state, now, wall) -> Verdict``: ``now`` is seconds on a clock every
-  sharer of the dict agrees on and that never steps (CLOCK_MONOTONIC for the
-  embedded store, Redis's ``TIME`` for ``redis://``); ``wall`` is Unix time,
-  used only to align count windows with the clock. ``Verdict.state`` is what
-  to store (``UNCHANGED`` or ``DELETE``), ``Verdict.ttl`` how long the entry
-  must live at least (``None``: no expiry).
+- ``decide(state, now, wall) -> (decision, new state, ttl)``: ``now`` is
+  seconds on a clock every sharer of the dict agrees on and that never steps
+  (CLOCK_MONOTONIC for the embedded store, Redis's ``TIME`` for ``redis://``);
+  ``wall`` is Unix time, used only to align count windows with the clock. The
+  new state is what to store (or ``UNCHANGED`` / ``DELETE``), ttl how long the
+  entry must live at least (``None``: no expiry).
 - ``undo(state, now, wall)`` returns the state with one admission taken back
   (``uncommit``), ``UNCHANGED`` when there is nothing to take back.
 - Rejections never change the state (nginx: a rejected request does not fill
@@ -57,8 +57,7 @@ the embedded store outlives workers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from pyresty.runtime.shared import contract
 
@@ -74,8 +73,7 @@ UNCHANGED: Final[Any] = contract.UNCHANGED    # "leave the entry as it is"
 DELETE: Final[Any] = contract.DELETE
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     """What a limiter decided for one request.
 
     ``allowed``: admit it. ``delay``: seconds to wait before serving it (0 when
@@ -92,11 +90,10 @@ class Decision:
     retry_after: float = 0.0
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    decision: Decision
-    state: Any = UNCHANGED          # the value to store, UNCHANGED or DELETE
-    ttl: Any = None                 # seconds the entry must live at least; None: forever
+# What ``decide`` returns: the decision, the value to store (or UNCHANGED /
+# DELETE) and how long that entry must live at least (None: for ever).
+# A plain tuple: this runs for every limited request.
+Verdict = tuple[Decision, Any, Any]
 
 
 class Rule:
@@ -145,11 +142,11 @@ class RequestRate(Rule):
         ahead = tat - now                     # nginx's excess / rate, before this request
         if ahead > self.tolerance + self.epsilon:
             retry = ahead - self.tolerance
-            return Verdict(Decision(False, 0.0, 0, ahead, retry))
+            return Decision(False, 0.0, 0, ahead, retry), UNCHANGED, None
         new = tat + self.interval
         left = (self.tolerance - ahead) / self.interval
-        remaining = int(math.floor(left + self.epsilon)) if left > 0 else 0
-        return Verdict(Decision(True, ahead, remaining, new - now), new, new - now)
+        remaining = int(left + self.epsilon) if left > 0 else 0   # floor: left > 0
+        return Decision(True, ahead, remaining, new - now), new, new - now
 
     def undo(self, state: Any, now: Any, wall: Any) -> Any:
         if state is None or state <= now:
@@ -194,10 +191,9 @@ class CountWindow(Rule):
         index, used = self._current(state, wall)
         reset = (index + 1) * self.window - wall
         if used + 1 > self.count:
-            return Verdict(Decision(False, 0.0, 0, float(reset), float(reset)))
+            return Decision(False, 0.0, 0, float(reset), float(reset)), UNCHANGED, None
         used += 1
-        return Verdict(Decision(True, 0.0, self.count - used, float(reset)),
-                       f"{index}:{used}", reset)
+        return Decision(True, 0.0, self.count - used, float(reset)), f"{index}:{used}", reset
 
     def undo(self, state: Any, now: Any, wall: Any) -> Any:
         index, used = self._current(state, wall)
@@ -231,9 +227,9 @@ class Concurrency(Rule):
         n = held + 1
         if n > self.max + self.burst:
             # no clock says when a slot frees up; one second is the usual advice
-            return Verdict(Decision(False, 0.0, 0, 0.0, 1.0))
+            return Decision(False, 0.0, 0, 0.0, 1.0), UNCHANGED, None
         wait = self.delay * ((n - 1) // self.max) if n > self.max else 0.0
-        return Verdict(Decision(True, float(wait), self.max + self.burst - n, 0.0), n, None)
+        return Decision(True, float(wait), self.max + self.burst - n, 0.0), n, None
 
     def undo(self, state: Any, now: Any, wall: Any) -> Any:
         held = state if isinstance(state, int) else 0
@@ -253,9 +249,9 @@ def decide_all(rules: list[Rule], states: list[Any], now: Any, wall: Any,
     everywhere when something was rejected or ``commit`` is false).
     """
     verdicts = [rule.decide(state, now, wall) for rule, state in zip(rules, states)]
-    decisions = [v.decision for v in verdicts]
+    decisions = [v[0] for v in verdicts]
     if commit and all(d.allowed for d in decisions):
-        return decisions, [v.state for v in verdicts], [v.ttl for v in verdicts]
+        return decisions, [v[1] for v in verdicts], [v[2] for v in verdicts]
     return decisions, [UNCHANGED] * len(rules), [None] * len(rules)
 
 

@@ -30,7 +30,7 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from pyresty.errors import SharedDictError
-from pyresty.runtime.limit.rules import Decision, Rule, decide_all
+from pyresty.runtime.limit.rules import UNCHANGED, Decision, Rule, decide_all
 from pyresty.runtime.shared.contract import SharedDict
 from pyresty.runtime.shared.embedded import EmbeddedDict
 from pyresty.runtime.shared.redis_backend import RedisDict
@@ -160,6 +160,10 @@ def _script(d: RedisDict) -> Any:
 def decide_now(d: EmbeddedDict, rules: Sequence[Rule], keys: list[bytes],
                commit: bool) -> list[Decision]:
     """One decision on an embedded dict, synchronously (it never waits on I/O)."""
+    if len(rules) == 1 and len(keys) == 1:
+        if commit:
+            return [d.update_one(keys[0], rules[0].decide)]
+        return [d.update_one(keys[0], _peek(rules[0]))]
     rule_list = list(rules)
 
     def step(values: list[Any], now: float, wall: float) -> tuple[list[Any], list[Any], list[Decision]]:
@@ -167,6 +171,12 @@ def decide_now(d: EmbeddedDict, rules: Sequence[Rule], keys: list[bytes],
         return news, ttls, decisions
 
     return d.update(keys, step)
+
+
+def _peek(rule: Rule) -> Any:
+    def step(value: Any, now: float, wall: float) -> tuple[Decision, Any, None]:
+        return rule.decide(value, now, wall)[0], UNCHANGED, None
+    return step
 
 
 def undo_now(d: EmbeddedDict, rules: Sequence[Rule], keys: list[bytes]) -> None:

@@ -90,6 +90,7 @@ UPDATE_EXPIRY_SLACK = 1_000_000_000   # ns an update() sets beyond the TTL it ne
 HDR = struct.Struct("<BBQQ")            # type, flags, expires_ns, seq_ns
 HDR_SIZE = HDR.size
 INT_ENTRY = struct.Struct("<BBQQq")     # header + int64, the incr fast path
+FLOAT_ENTRY = struct.Struct("<BBQQd")   # header + double, the update_one fast path
 KEY_LEN = struct.Struct("<H")
 U64 = struct.Struct("<Q")
 I64 = struct.Struct("<q")
@@ -803,6 +804,40 @@ class EmbeddedDict:
             self._update_one(txn, sk, full, old, new, ttl, mono)
         return result
 
+    def update_one(self, key: bytes, decide: Callable[[Value | None, float, float],
+                                                      tuple[R, Any, float | None]]) -> R:
+        """``update`` of one key, for the per-request limiters: ``decide(value, now,
+        wall)`` returns ``(result, new value, ttl)``. An int or float entry whose
+        expiry and recency need no change is rewritten in place (one get, one put).
+        """
+        return self._write(self._update1, key, decide)
+
+    def _update1(self, txn: Txn, full: bytes, decide: Callable[..., Any]) -> Any:
+        v = txn.get(full) if len(full) <= SHORT_KEY_MAX else None
+        size = len(v) if v is not None else 0
+        if size != FLOAT_ENTRY.size or v is None or v[1] or (v[0] != T_FLOAT and v[0] != T_INT):
+            return self._update(txn, [full], lambda values, now, wall: _single(decide, values, now, wall))
+        now = monotonic_ns()
+        t, _, exp, seq, value = (FLOAT_ENTRY if v[0] == T_FLOAT else INT_ENTRY).unpack(v)
+        live = not exp or exp > now
+        result, new, ttl = decide(value if live else None, now / 1e9, time.time())
+        if new is contract.UNCHANGED:
+            return result
+        kind = type(new)
+        if live and kind is type(value) and now - seq <= self._touch_ns:
+            if ttl is None:
+                same = not exp
+            else:
+                same = exp >= now + int(ttl * 1e9) + 1
+            if same and (kind is float or INT64_MIN <= new <= INT64_MAX):
+                txn.put(full, (FLOAT_ENTRY if kind is float else INT_ENTRY).pack(t, 0, exp, seq, new))
+                return result
+        if new is contract.DELETE:
+            self._add_used(txn, -self._remove(txn, full, v))
+        else:
+            self._update_one(txn, full, full, v, new, ttl, now)
+        return result
+
     def _update_one(self, txn: Txn, sk: bytes, full: bytes, old: bytes | None,
                     new: Value, ttl: float | None, now: int) -> None:
         t, payload = encode(new)
@@ -969,6 +1004,12 @@ class EmbeddedDict:
             raise contract.not_a_list(full)
         head, tail, _ = LIST_META.unpack_from(v, len(v) - LIST_META.size)
         return tail - head  # type: ignore[no-any-return]
+
+
+def _single(decide: Callable[..., Any], values: list[Value | None], now: float,
+            wall: float) -> tuple[list[Any], list[float | None], Any]:
+    result, new, ttl = decide(values[0], now, wall)
+    return [new], [ttl], result
 
 
 def reader_check(path: str, capacity: int) -> int:
