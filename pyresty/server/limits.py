@@ -36,17 +36,16 @@ import asyncio
 import logging
 import math
 import time
-from math import ceil
 from collections.abc import Callable
+from math import ceil
 from typing import TYPE_CHECKING, Any, Final
 
 from pyresty import errorlog
-from pyresty.errors import SharedDictError
+from pyresty.errors import Exit, SharedDictError
 from pyresty.runtime.limit import stores
 from pyresty.runtime.limit.rules import Concurrency, CountWindow, Decision, RequestRate, Rule
 from pyresty.runtime.shared import shared
 from pyresty.runtime.shared.embedded import EmbeddedDict
-from pyresty.server.request import Exit
 
 if TYPE_CHECKING:
     from pyresty.config.model import Config, LimitUse, LimitZone, Location

@@ -228,8 +228,8 @@ async def _run_script(d: SharedDict, mode: str, rules: Sequence[Rule], keys: lis
         args += [rule.kind, *params, *("0",) * (3 - len(params))]
     names = [d.value_key(key) for key in keys]
     try:
-        # wait_for, not asyncio.timeout: the phase runner starts a request's
-        # coroutine outside any Task and makes one only when it suspends
+        # wait_for, not asyncio.timeout: a limiter may be called from code that
+        # runs outside a Task (a plain coroutine stepped by hand)
         return await asyncio.wait_for(_script(d)(keys=names, args=args), REDIS_TIMEOUT)
     except TimeoutError as exc:
         raise SharedDictError(f"shared dict {d.name!r}: no answer from Redis "
