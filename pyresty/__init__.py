@@ -4,6 +4,7 @@
     pyresty.worker / pyresty.process      who this process is; signal the master
     pyresty.timer                         at / every / cancel, premature on exit
     pyresty.shared                        dictionaries shared by every process
+    pyresty.limit                         request rate, quota and concurrency limits
     pyresty.pipe / pyresty.shell          non-blocking child processes
     pyresty.<Name>Error                   what the API raises (see pyresty.errors)
 
@@ -36,6 +37,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "SocketTimeout": ("pyresty.errors", "SocketTimeout"),
     "TimerError": ("pyresty.errors", "TimerError"),
     "Request": ("pyresty.server.request", "Request"),
+    "limit": ("pyresty.runtime.limit", None),          # stands on the shared dicts: lazy too
     "pipe": ("pyresty.runtime.pipe", None),
     "process": ("pyresty.runtime.process", None),
     "shared": ("pyresty.runtime.shared", "shared"),   # lmdb and redis: only when used
@@ -61,7 +63,7 @@ if TYPE_CHECKING:
         SocketTimeout,
         TimerError,
     )
-    from pyresty.runtime import pipe, process, shell, timer, worker
+    from pyresty.runtime import limit, pipe, process, shell, timer, worker
     from pyresty.runtime.shared import shared
     from pyresty.server.request import Request
 

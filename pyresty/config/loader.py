@@ -28,6 +28,8 @@ from pyresty.config.model import (
     Config,
     HealthCheck,
     Hooks,
+    LimitUse,
+    LimitZone,
     Listen,
     Location,
     Peer,
@@ -43,7 +45,9 @@ __all__ = ["WELCOME_HANDLER", "builtin", "load"]
 
 WELCOME_HANDLER = "pyresty.server.welcome:page"
 
-_SECTIONS = ("hooks", "shared", "upstream", "status", "server")
+_SECTIONS = ("hooks", "shared", "upstream", "status", "limit_req", "limit_conn", "limit_count",
+             "server")
+_LIMIT_KINDS = ("req", "conn", "count")
 _PEERS_EXPECTED = 'an array of "host:port" or { addr = "host:port", ... }'
 _TOML_POSITION = re.compile(r"(.*) \(at (?:line (\d+), column (\d+)|end of document)\)", re.DOTALL)
 
@@ -187,6 +191,7 @@ class _Loader:
         upstreams = self.upstreams(sections.get("upstream", {}))
         status = self.status(sections.get("status", {}))
         known = sorted(sections["upstream"]) if isinstance(sections.get("upstream"), dict) else []
+        self.zones = self.limit_zones(sections, shared)
         servers = self.servers(sections.get("server"), known)
         self.check_status_listen(status, servers)
         paths = self.paths(values)
@@ -197,6 +202,7 @@ class _Loader:
             shared=shared,
             upstreams=upstreams,
             status=status,
+            limit_zones=tuple(zone for zone in self.zones.values() if zone is not None),
             servers=servers,
             **paths,
             **{name: value for name, value in values.items() if value is not None},
@@ -250,6 +256,86 @@ class _Loader:
         if not self.clean_since(mark):
             return None
         return SharedDictSpec(name, capacity=values.get("size", 0), backend=values.get("backend", "embedded"))
+
+    # --- traffic control ---------------------------------------------------------
+
+    def limit_zones(self, sections: dict[str, Any],
+                    shared: tuple[SharedDictSpec, ...]) -> dict[tuple[str, str], LimitZone | None]:
+        """Every ``[limit_<kind>.NAME]``, by (kind, name); None for a zone that was refused
+        (its uses are then not reported again as unknown)."""
+        zones: dict[tuple[str, str], LimitZone | None] = {}
+        owners: dict[str, str] = {}
+        dicts = [spec.name for spec in shared]
+        for kind in _LIMIT_KINDS:
+            section = f"limit_{kind}"
+            raw = sections.get(section, {})
+            if not isinstance(raw, dict):
+                self.problems.add(section, str(invalid(raw, f"[{section}.NAME] tables")))
+                continue
+            for name, table in raw.items():
+                key = join_key(section, name)
+                zones[(kind, name)] = self.limit_zone(kind, name, table, key, dicts)
+                first = owners.setdefault(name, section)
+                if first != section:
+                    # nginx names every shared memory zone in one namespace; so do
+                    # metrics and log lines here
+                    self.problems.add(key, f"zone name {show(name)} is also used by [{first}.{name}]")
+        return zones
+
+    def limit_zone(self, kind: str, name: str, raw: Any, key: str,
+                   dicts: list[str]) -> LimitZone | None:
+        mark = self.mark()
+        self.value(key, schema.dict_name, name)
+        values = self.table(raw, key, schema.LIMIT_ZONES[kind])
+        for required in schema.LIMIT_ZONE_REQUIRED[kind]:
+            self.require(raw, key, required)
+        dict_name = values.get("dict")
+        if dict_name is not None and dict_name not in dicts:
+            known = ", ".join(dicts) if dicts else "none; add one under [shared]"
+            self.problems.add(join_key(key, "dict"), f"unknown shared dict {show(dict_name)} (known: {known})")
+        if not self.clean_since(mark):
+            return None
+        return LimitZone(kind=kind, name=name, **values)
+
+    def location_limits(self, raw: dict[str, Any], values: dict[str, Any], key: str) -> None:
+        """Turn the location's limit_req/limit_conn/limit_count into LimitUse tuples, in place."""
+        zones = getattr(self, "zones", {})
+        for kind in _LIMIT_KINDS:
+            field = f"limit_{kind}"
+            if field not in raw:
+                continue
+            where = join_key(key, field)
+            items = raw[field]
+            tables = items if isinstance(items, list) else [items]
+            if not tables or not all(isinstance(t, dict) for t in tables):
+                expected = "{ zone = \"NAME\", ... } or an array of them"
+                self.problems.add(where, str(invalid(items, expected)))
+                values.pop(field, None)
+                continue
+            uses = []
+            for i, table in enumerate(tables):
+                at = f"{where}[{i}]" if isinstance(items, list) else where
+                use = self.limit_use(kind, table, at, zones)
+                if use is not None:
+                    uses.append(use)
+            values[field] = tuple(uses)
+
+    def limit_use(self, kind: str, raw: dict[str, Any], key: str,
+                  zones: dict[tuple[str, str], LimitZone | None]) -> LimitUse | None:
+        mark = self.mark()
+        values = self.table(raw, key, schema.LIMIT_USES[kind])
+        for required in schema.LIMIT_USE_REQUIRED[kind]:
+            self.require(raw, key, required)
+        zone = values.get("zone")
+        if zone is not None and (kind, zone) not in zones:
+            names = sorted(name for k, name in zones if k == kind)
+            known = ", ".join(names) if names else f"none; define one as [limit_{kind}.NAME]"
+            self.problems.add(join_key(key, "zone"), f"unknown limit_{kind} zone {show(zone)} (known: {known})")
+        if values.get("nodelay") and values.get("delay"):
+            self.problems.add(join_key(key, "delay"), "delay and nodelay exclude each other")
+        if not self.clean_since(mark):
+            return None
+        return LimitUse(**values)
 
     # --- upstreams -------------------------------------------------------------
 
@@ -359,6 +445,7 @@ class _Loader:
             self.problems.add(key, f"content, proxy_pass and root exclude each other (found {found})")
         if values.get("proxy_pass"):
             self.check_proxy_pass(values["proxy_pass"], join_key(key, "proxy_pass"), upstreams)
+        self.location_limits(raw, values, key)
         if not self.clean_since(mark):
             return None
         kind, pattern = values.pop("path")

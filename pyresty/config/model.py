@@ -18,6 +18,30 @@ class Listen:
 
 
 @dataclass(frozen=True, slots=True)
+class LimitZone:
+    """One ``[limit_req.NAME]``, ``[limit_conn.NAME]`` or ``[limit_count.NAME]`` (SPEC §8c)."""
+
+    kind: str                                # "req" | "conn" | "count"
+    name: str
+    dict: str                                # the shared dict holding its state
+    key: str                                 # "remote_addr" | "header:NAME" | "arg:NAME" | "module:function"
+    rate: float = 0.0                        # req: requests per second
+    limit: int = 0                           # count: requests per window
+    window: float = 0.0                      # count: seconds, aligned to the clock
+
+
+@dataclass(frozen=True, slots=True)
+class LimitUse:
+    """One zone applied to a location: ``limit_req = { zone = "api", burst = 20 }``."""
+
+    zone: str
+    burst: int = 0                           # req: excess requests queued (nginx's burst)
+    nodelay: bool = False                    # req: serve the burst at once
+    delay: int = 0                           # req: excess requests served without delay (nginx's delay=)
+    max: int = 0                             # conn: concurrent requests per key
+
+
+@dataclass(frozen=True, slots=True)
 class Location:
     """One ``[[server.location]]``; ``kind`` is "=", "^~", "~", "~*" or "" (plain prefix)."""
 
@@ -37,7 +61,18 @@ class Location:
     root: str | None = None
     index: tuple[str, ...] = ("index.html",)
     client_max_body_size: int | None = None  # None: inherit the server's
+    limit_req: tuple[LimitUse, ...] = ()
+    limit_conn: tuple[LimitUse, ...] = ()
+    limit_count: tuple[LimitUse, ...] = ()
+    limit_status: int = 429
+    limit_headers: bool = True               # RateLimit-Limit / -Remaining / -Reset
+    limit_log_level: str = "warn"
+    limit_fail: str = "open"                 # a redis:// dict that fails: "open" admits, "closed" rejects
     key: str = ""                            # "server[0].location[2]", for messages
+
+    @property
+    def limited(self) -> bool:
+        return bool(self.limit_req or self.limit_conn or self.limit_count)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +159,20 @@ class Config:
     shared: tuple[SharedDictSpec, ...] = ()
     upstreams: tuple[Upstream, ...] = ()
     status: Status = field(default_factory=Status)
+    limit_zones: tuple[LimitZone, ...] = ()
     servers: tuple[Server, ...] = ()
 
     @property
     def control_socket(self) -> str:
         """The master's control socket (``pyresty status``/``drain``), beside the pid file."""
         return self.pid.rsplit(".", 1)[0] + ".sock" if self.pid.endswith(".pid") else self.pid + ".sock"
+
+    def limit_zone(self, kind: str, name: str) -> LimitZone:
+        """The zone ``[limit_<kind>.<name>]``; KeyError if there is none."""
+        for zone in self.limit_zones:
+            if zone.kind == kind and zone.name == name:
+                return zone
+        raise KeyError(f"no limit_{kind} zone {name!r}")
 
     def handler_strings(self) -> list[tuple[str, str]]:
         """Every ``(key path, "module:function")`` the config names, for import checks."""
@@ -138,6 +181,9 @@ class Config:
             value = getattr(self.hooks, hook)
             if value:
                 found.append((f"hooks.{hook}", value))
+        for zone in self.limit_zones:
+            if ":" in zone.key and not zone.key.startswith(("header:", "arg:")):
+                found.append((f"limit_{zone.kind}.{zone.name}.key", zone.key))
         for up in self.upstreams:
             if ":" in up.balancer:
                 found.append((f"upstream.{up.name}.balancer", up.balancer))

@@ -290,6 +290,53 @@ def shared_backend(value: Any) -> str:
     raise invalid(value, _BACKEND_EXPECTED)
 
 
+# --- traffic control (SPEC §8c) --------------------------------------------
+
+LIMIT_LOG_LEVELS = ("info", "notice", "warn", "error")   # nginx's limit_req_log_level
+LIMIT_FAIL = ("open", "closed")
+_RATE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*r/(s|m)")
+_RATE_EXPECTED = 'a rate like "10r/s" or "600r/m"'
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")   # an RFC 9110 token
+_KEY_EXPECTED = 'remote_addr, "header:NAME", "arg:NAME" or "module:function"'
+
+
+def limit_rate(value: Any) -> float:
+    """nginx's ``rate=``: ``"10r/s"`` or ``"600r/m"``, as requests per second (> 0)."""
+    match = _RATE.fullmatch(value.strip()) if isinstance(value, str) else None
+    if match is None:
+        raise invalid(value, _RATE_EXPECTED)
+    per_second = float(match.group(1)) / (60.0 if match.group(2) == "m" else 1.0)
+    if per_second <= 0:
+        raise invalid(value, _RATE_EXPECTED + " above 0")
+    return per_second
+
+
+def limit_key(value: Any) -> str:
+    """What a zone counts by: the client address, a request header, a query
+    argument, or an ``async def key(r) -> str | None`` of the user's."""
+    if value == "remote_addr":
+        return "remote_addr"
+    if isinstance(value, str) and value.startswith(("header:", "arg:")):
+        name = value.partition(":")[2]
+        if value.startswith("header:") and not _HEADER_NAME.fullmatch(name):
+            raise invalid(value, _KEY_EXPECTED + " (NAME: a header field name)")
+        if value.startswith("arg:") and not name:
+            raise invalid(value, _KEY_EXPECTED)
+        return value
+    try:
+        return handler(value)
+    except ValueError:
+        raise invalid(value, _KEY_EXPECTED) from None
+
+
+def status_code(low: int, high: int) -> Validator:
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise invalid(value, f"a status code {low}..{high}")
+        return value
+    return check
+
+
 # --- locations and proxying --------------------------------------------------
 
 def location_path(value: Any) -> tuple[str, str]:
@@ -369,6 +416,9 @@ TOP: dict[str, Validator] = {
     "shared": NESTED,
     "upstream": NESTED,
     "status": NESTED,
+    "limit_req": NESTED,
+    "limit_conn": NESTED,
+    "limit_count": NESTED,
     "server": NESTED,
 }
 
@@ -433,4 +483,35 @@ LOCATION: dict[str, Validator] = {
     "root": text,
     "index": strings(min_items=1),
     "client_max_body_size": size(),
+    "limit_req": NESTED,
+    "limit_conn": NESTED,
+    "limit_count": NESTED,
+    "limit_status": status_code(400, 599),   # nginx's limit_req_status range
+    "limit_headers": boolean,
+    "limit_log_level": one_of(LIMIT_LOG_LEVELS),
+    "limit_fail": one_of(LIMIT_FAIL),
+}
+
+# [limit_req.NAME], [limit_conn.NAME], [limit_count.NAME]: where and by what
+LIMIT_ZONES: dict[str, dict[str, Validator]] = {
+    "req": {"dict": text, "key": limit_key, "rate": limit_rate},
+    "conn": {"dict": text, "key": limit_key},
+    "count": {"dict": text, "key": limit_key, "limit": integer(1), "window": _POSITIVE},
+}
+LIMIT_ZONE_REQUIRED: dict[str, tuple[str, ...]] = {
+    "req": ("dict", "key", "rate"),
+    "conn": ("dict", "key"),
+    "count": ("dict", "key", "limit", "window"),
+}
+
+# a location's limit_req / limit_conn / limit_count = { zone = "NAME", ... }
+LIMIT_USES: dict[str, dict[str, Validator]] = {
+    "req": {"zone": text, "burst": integer(0), "nodelay": boolean, "delay": integer(0)},
+    "conn": {"zone": text, "max": integer(1)},
+    "count": {"zone": text},
+}
+LIMIT_USE_REQUIRED: dict[str, tuple[str, ...]] = {
+    "req": ("zone",),
+    "conn": ("zone", "max"),
+    "count": ("zone",),
 }

@@ -93,8 +93,8 @@ from pyresty.errors import ConfigError, HandlerError
 
 log = logging.getLogger("pyresty.loader")
 
-#: Phases whose handler is awaited by the server (SPEC §5, §8).
-ASYNC_PHASES = frozenset({"rewrite", "access", "content", "balancer"})
+#: Phases whose handler is awaited by the server (SPEC §5, §8; "key": a limit zone's key, §8c).
+ASYNC_PHASES = frozenset({"rewrite", "access", "content", "balancer", "key"})
 #: Phases whose handler is called inline and must return at once (SPEC §5).
 PLAIN_PHASES = frozenset({"header_filter", "body_filter"})
 #: Phases that accept either; the caller awaits an awaitable result.

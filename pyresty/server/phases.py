@@ -73,11 +73,14 @@ def start(server: HttpServer, r: Request) -> None:
 
 async def run(server: HttpServer, r: Request) -> None:
     """The body of a request's Task: every phase, the response end, the logs (rule 2)."""
+    held: Any = None    # limit_conn slots this request holds
     try:
         try:
             route = r.route
             if route.rewrite is not None:
                 route = await _rewrite(server, r, route)
+            if route.limits is not None:
+                held = await route.limits.enter(r)
             if route.access is not None:
                 result = await route.access(r)
                 if result is not None:
@@ -97,6 +100,8 @@ async def run(server: HttpServer, r: Request) -> None:
         if r.route.log is not None:
             await _log_phase(r)
     finally:
+        if held is not None:
+            held.release()          # limit_conn slots, at request cleanup as in nginx
         task = r.task
         if task is not None:
             server.tasks.discard(task)

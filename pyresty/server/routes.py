@@ -20,10 +20,10 @@ class Route:
     """A location with its handlers resolved to callables."""
 
     __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
-                 "log", "client_max_body_size", "static_root", "warned")
+                 "log", "client_max_body_size", "static_root", "warned", "limits")
 
     def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
-                 client_max_body_size: int) -> None:
+                 client_max_body_size: int, limits: Any = None) -> None:
         self.location = location
         self.rewrite = handlers.get("rewrite")
         self.access = handlers.get("access")
@@ -33,7 +33,9 @@ class Route:
         self.log = handlers.get("log")
         self.client_max_body_size = client_max_body_size
         self.static_root = location.root if location is not None else None
-        self.warned: set[str] = set()   # phases whose returned value was logged (rule 5)
+        self.warned: set[str] = set()   # phases whose returned value was logged (phases.py rule 5)
+        # limit_req/limit_conn/limit_count (pyresty.server.limits.LocationLimits)
+        self.limits: Any = limits
 
 
 def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
@@ -44,6 +46,10 @@ def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> 
             handlers = {phase: resolve(getattr(loc, phase), phase=phase)
                         for phase in PHASES if getattr(loc, phase)}
             limit = loc.client_max_body_size
+            limits = None
+            if loc.limited:
+                from pyresty.server.limits import location_limits
+                limits = location_limits(config, loc, resolve)
             routes[id(loc)] = Route(loc, handlers,
-                                    server.client_max_body_size if limit is None else limit)
+                                    server.client_max_body_size if limit is None else limit, limits)
     return routes

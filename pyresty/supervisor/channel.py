@@ -50,6 +50,7 @@ class Stats:
     timers_running: int = 0
     server: Mapping[str, int] = field(default_factory=dict)     # the HTTP server's counters
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per shared dict
+    limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per limit zone: result -> n
     shutdown_for: float | None = None            # seconds since its shutdown began
 
 

@@ -48,6 +48,7 @@ class _RowsCollector:
         draining.add_metric([], 1 if self.draining else 0)
         yield from (requests, conns, pending, running, rss, per_gen, draining)
         yield from _shared(workers)
+        yield from _limits(workers)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -69,6 +70,22 @@ def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
             if key in figures:
                 family.add_metric([name], figures[key])
     yield from families.values()
+
+
+def _limits(workers: Sequence[Row]) -> Iterator[Metric]:
+    """limit_req/limit_conn/limit_count decisions per zone, summed over the workers."""
+    totals: Counter[tuple[str, str]] = Counter()
+    for row in workers:
+        for zone, counts in row.limits.items():
+            for result, n in counts.items():
+                totals[(zone, result)] += n
+    if not totals:
+        return
+    family = CounterMetricFamily("pyresty_limit_requests", "Requests decided by a limit zone",
+                                 labels=["zone", "result"])
+    for (zone, result), n in sorted(totals.items()):
+        family.add_metric([zone, result], n)
+    yield family
 
 
 def render(rows: Sequence[Row], draining: bool = False) -> bytes:

@@ -76,6 +76,7 @@ class Row:
     timers_pending: int | None = None
     timers_running: int | None = None
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # zone -> result -> n
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -104,7 +105,7 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                requests=server.get("requests", 0),
                active_requests=server.get("active_requests", 0),
                timers_pending=stats.timers_pending, timers_running=stats.timers_running,
-               shared=stats.shared)
+               shared=stats.shared, limits=stats.limits)
 
 
 def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:

@@ -278,6 +278,7 @@ class WorkerProcess:
             timers_running=scheduler.running_count() if scheduler is not None else 0,
             server=self.server.stats() if self.server is not None else {},
             shared=shared.stats() if shared is not None else {},
+            limits=limits.stats() if (limits := sys.modules.get("pyresty.server.limits")) else {},
             shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
             if self.state == "shutting down" else None)
 

@@ -305,7 +305,7 @@ BAD: list[tuple[str, str]] = [
     ("servers = 1\n" + SERVER, 'servers: unknown key (did you mean "server"?)'),
     ("worker = 1\n" + SERVER, 'worker: unknown key (did you mean "workers"?)'),
     ("colour = 1\n" + SERVER, "colour: unknown key (known: code_path, error_log, error_log_level, hooks, "
-     "max_pending_timers, max_running_timers, pid, privileged_agent, server, shared, status, upstream, user, "
+     "limit_conn, limit_count, limit_req, max_pending_timers, max_running_timers, pid, privileged_agent, server, shared, status, upstream, user, "
      "worker_shutdown_timeout, workers)"),
     ("workers = 1\n", "server: at least one [[server]] is required"),
     ("server = []\n", "server: at least one [[server]] is required"),

@@ -44,11 +44,26 @@ Return values (the choices OpenResty users expect, made Pythonic):
 """
 from __future__ import annotations
 
-from typing import Protocol, TypedDict
+from typing import Any, Protocol, TypedDict
 
 Key = str | bytes
 Value = str | bytes | int | float | bool
 Number = int | float
+
+class _Marker:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+# What a read-decide-write step (``EmbeddedDict.update``, pyresty.limit) may
+# return for an entry instead of a new value.
+UNCHANGED: Any = _Marker("UNCHANGED")
+DELETE: Any = _Marker("DELETE")
 
 MAX_KEY_BYTES = 65535          # ngx_http_lua_shdict_node_t.key_len is a u_short
 # The longest TTL, seconds (100 years): the embedded store keeps expiry as u64

@@ -84,10 +84,13 @@ MAX_READERS = 1024         # reader slots: one per process in practice; dead one
                            # until reader_check(), so keep plenty
 SHORT_KEY_MAX = 480        # LMDB's key limit is 511; longer keys are hashed
 LONG_PREFIX = 467          # 467 + 32 (digest) + 1 (marker) = 500 > SHORT_KEY_MAX
+UPDATE_EXPIRY_SLACK = 1_000_000_000   # ns an update() sets beyond the TTL it needs, so a
+                           # steady limiter moves its expiry about once a second, not per write
 
 HDR = struct.Struct("<BBQQ")            # type, flags, expires_ns, seq_ns
 HDR_SIZE = HDR.size
 INT_ENTRY = struct.Struct("<BBQQq")     # header + int64, the incr fast path
+FLOAT_ENTRY = struct.Struct("<BBQQd")   # header + double, the update_one fast path
 KEY_LEN = struct.Struct("<H")
 U64 = struct.Struct("<Q")
 I64 = struct.Struct("<q")
@@ -755,6 +758,104 @@ class EmbeddedDict:
         self._put(txn, sk, full, *encode(n), exp, v, True, now)
         return n
 
+    # -- read-decide-write in one transaction (pyresty.limit) -----------------
+
+    def update(self, keys: list[bytes],
+               decide: Callable[[list[Value | None], float, float],
+                                tuple[list[Any], list[float | None], R]]) -> R:
+        """Read ``keys``, let ``decide`` choose their new values, write them: one
+        write transaction, so atomic across processes (the limiters' primitive).
+
+        ``keys`` are validated keys as bytes. ``decide(values, now, wall)`` gets
+        the live values (None for absent or expired), ``time.monotonic()`` and
+        ``time.time()`` taken inside the transaction (so writers see the clock in
+        the order they commit), and returns ``(new values, ttls, result)``:
+        a new value is a value, ``contract.UNCHANGED`` or ``contract.DELETE``; a ttl is how long the entry must live
+        at least, None for ever. An expiry already far enough is kept, so a
+        steady limiter rewrites its value in place without touching the expiry
+        index. Runs synchronously (never suspends); it may run ``decide`` twice
+        (a retry after another process grew the map), so ``decide`` must be pure.
+        Raises SharedDictError / SharedDictFull as the other writes do.
+        """
+        return self._write(self._update, keys, decide)
+
+    def _update(self, txn: Txn, keys: list[bytes], decide: Callable[..., Any]) -> Any:
+        mono = monotonic_ns()
+        wall = time.time()
+        olds: list[bytes | None] = []
+        values: list[Value | None] = []
+        for full in keys:
+            sk = full if len(full) <= SHORT_KEY_MAX else stored_key(full)
+            v, off = self._lookup(txn, sk, full)
+            olds.append(v)
+            if v is None or v[0] == T_LIST or expired(v, mono):
+                values.append(None)
+            else:
+                values.append(decode(v[0], v, off))
+        news, ttls, result = decide(values, mono / 1e9, wall)
+        for full, old, new, ttl in zip(keys, olds, news, ttls):
+            if new is contract.UNCHANGED:
+                continue
+            sk = full if len(full) <= SHORT_KEY_MAX else stored_key(full)
+            if new is contract.DELETE:
+                if old is not None:
+                    self._add_used(txn, -self._remove(txn, sk, old))
+                continue
+            self._update_one(txn, sk, full, old, new, ttl, mono)
+        return result
+
+    def update_one(self, key: bytes, decide: Callable[[Value | None, float, float],
+                                                      tuple[R, Any, float | None]]) -> R:
+        """``update`` of one key, for the per-request limiters: ``decide(value, now,
+        wall)`` returns ``(result, new value, ttl)``. An int or float entry whose
+        expiry and recency need no change is rewritten in place (one get, one put).
+        """
+        return self._write(self._update1, key, decide)
+
+    def _update1(self, txn: Txn, full: bytes, decide: Callable[..., Any]) -> Any:
+        v = txn.get(full) if len(full) <= SHORT_KEY_MAX else None
+        size = len(v) if v is not None else 0
+        if size != FLOAT_ENTRY.size or v is None or v[1] or (v[0] != T_FLOAT and v[0] != T_INT):
+            return self._update(txn, [full], lambda values, now, wall: _single(decide, values, now, wall))
+        now = monotonic_ns()
+        t, _, exp, seq, value = (FLOAT_ENTRY if v[0] == T_FLOAT else INT_ENTRY).unpack(v)
+        live = not exp or exp > now
+        result, new, ttl = decide(value if live else None, now / 1e9, time.time())
+        if new is contract.UNCHANGED:
+            return result
+        kind = type(new)
+        if live and kind is type(value) and now - seq <= self._touch_ns:
+            if ttl is None:
+                same = not exp
+            else:
+                same = exp >= now + int(ttl * 1e9) + 1
+            if same and (kind is float or INT64_MIN <= new <= INT64_MAX):
+                txn.put(full, (FLOAT_ENTRY if kind is float else INT_ENTRY).pack(t, 0, exp, seq, new))
+                return result
+        if new is contract.DELETE:
+            self._add_used(txn, -self._remove(txn, full, v))
+        else:
+            self._update_one(txn, full, full, v, new, ttl, now)
+        return result
+
+    def _update_one(self, txn: Txn, sk: bytes, full: bytes, old: bytes | None,
+                    new: Value, ttl: float | None, now: int) -> None:
+        t, payload = encode(new)
+        if ttl is None:
+            exp = 0
+        else:
+            need = now + max(1, int(ttl * 1e9))
+            old_exp = HDR.unpack_from(old)[2] if old is not None else 0
+            exp = old_exp if old_exp >= need else need + UPDATE_EXPIRY_SLACK
+        if old is not None and not old[1] and old[0] != T_LIST:
+            _, _, old_exp, seq = HDR.unpack_from(old)
+            if old_exp == exp and now - seq <= self._touch_ns \
+                    and len(old) == HDR_SIZE + len(payload):
+                txn.put(sk, HDR.pack(t, 0, exp, seq) + payload)   # in place
+                return
+        self._put(txn, sk, full, t, payload, exp, old if old is not None else txn.get(sk),
+                  True, now)
+
     async def expire(self, key: Key, ttl: float | None) -> bool:
         """Give a live entry a new TTL (None or 0: never expires); False if absent."""
         exp = contract.ttl_ns(ttl)
@@ -903,6 +1004,12 @@ class EmbeddedDict:
             raise contract.not_a_list(full)
         head, tail, _ = LIST_META.unpack_from(v, len(v) - LIST_META.size)
         return tail - head  # type: ignore[no-any-return]
+
+
+def _single(decide: Callable[..., Any], values: list[Value | None], now: float,
+            wall: float) -> tuple[list[Any], list[float | None], Any]:
+    result, new, ttl = decide(values[0], now, wall)
+    return [new], [ttl], result
 
 
 def reader_check(path: str, capacity: int) -> int:

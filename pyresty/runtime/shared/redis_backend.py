@@ -216,6 +216,10 @@ class RedisDict:
         """The (possibly shared) client this dict talks through."""
         return self._r
 
+    def value_key(self, raw: bytes) -> bytes:
+        """The Redis key that holds entry ``raw`` (a validated key), for scripts."""
+        return self._value_prefix + raw
+
     async def aclose(self) -> None:
         """Close the connection pool if this dict made it."""
         if self._owns_client:
