@@ -29,6 +29,7 @@ HOT_PATH = [
     "pyresty/server/request.py",
     "pyresty/server/routes.py",
     "pyresty/server/server.py",
+    "pyresty/server/state.py",
     "pyresty/server/stream.py",
 ]
 

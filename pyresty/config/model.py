@@ -6,6 +6,12 @@ resolved against the prefix. Nothing here can be mutated after loading.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final
+
+
+# nginx's default listen backlog (``listen ... backlog=``): the master listens with
+# it and the workers' servers keep it
+BACKLOG: Final = 511
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,7 +42,7 @@ from pyresty.server.stream import Exchange, Stream
 if TYPE_CHECKING:
     from pyresty.config.model import Listen
     from pyresty.config.model import Server as ConfigServer
-    from pyresty.server.server import HttpServer
+    from pyresty.server.state import ServerState
 
 log = logging.getLogger("pyresty.http")
 
@@ -69,7 +69,7 @@ class HttpConnection(Stream):
                  "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
                  "send", "settings", "keepalive_timeout", "max_requests")
 
-    def __init__(self, app: HttpServer, listen: Listen) -> None:
+    def __init__(self, app: ServerState, listen: Listen) -> None:
         self.app = app
         self.listen = listen
         self.server_conf = app.default_server(listen)
@@ -174,7 +174,7 @@ class HttpConnection(Stream):
         if app.timing:
             req.start_time = self.loop.time()
         if self.shared_listen:
-            app.route(req, self)
+            app.route_by_host(req, self.listen)
             if req.server is not self.settings:
                 self.follow(req.server)
         else:
@@ -447,7 +447,7 @@ class HttpConnection(Stream):
     def _send_refusal(self, status: int) -> None:
         response = wire.error_response(status)
         self.write(response)
-        self.app.log_refused(self, status, len(wire.error_body(status)))
+        self.app.log_refused(self.server_conf, self.peer_host, status, len(wire.error_body(status)))
         self.close()
 
     def close(self) -> None:

@@ -48,7 +48,7 @@ from pyresty.server.request import Request
 
 if TYPE_CHECKING:
     from pyresty.server.routes import Route
-    from pyresty.server.server import HttpServer
+    from pyresty.server.state import ServerState
 
 log = logging.getLogger("pyresty.http")
 
@@ -58,7 +58,7 @@ MAX_REMATCH: Final = 10
 _EAGER: Final = context.EAGER
 
 
-def start(server: HttpServer, r: Request) -> None:
+def start(server: ServerState, r: Request) -> None:
     """Run ``r`` through its phases in a Task and Context of its own (rule 1)."""
     if _EAGER:
         task = context.spawn(server.loop, run(server, r))
@@ -71,7 +71,7 @@ def start(server: HttpServer, r: Request) -> None:
     server.tasks.add(task)
 
 
-async def run(server: HttpServer, r: Request) -> None:
+async def run(server: ServerState, r: Request) -> None:
     """The body of a request's Task: every phase, the response end, the logs (rule 2)."""
     held: Any = None    # limit_conn slots this request holds
     try:
@@ -107,7 +107,7 @@ async def run(server: HttpServer, r: Request) -> None:
             server.tasks.discard(task)
 
 
-def _failed(server: HttpServer, r: Request, exc: BaseException) -> bool:
+def _failed(server: ServerState, r: Request, exc: BaseException) -> bool:
     """Turn what a phase raised into the response; False when it must propagate
     (cancellation: the request is over and its stream reset)."""
     stream = r.stream
@@ -146,7 +146,7 @@ def _exit_in(group: BaseExceptionGroup[Any]) -> Exit | None:
     return None
 
 
-def _complete(server: HttpServer, r: Request) -> None:
+def _complete(server: ServerState, r: Request) -> None:
     """End the response, count and log the request, and move the connection on."""
     stream = r.stream
     if not stream.closed and not r.finished:
@@ -175,7 +175,7 @@ def _complete(server: HttpServer, r: Request) -> None:
     stream.done(r)
 
 
-async def _rewrite(server: HttpServer, r: Request, route: Any) -> Any:
+async def _rewrite(server: ServerState, r: Request, route: Any) -> Any:
     for _ in range(MAX_REMATCH):
         path = r.path
         result = await route.rewrite(r)
@@ -241,13 +241,13 @@ def _fail(r: Request) -> None:
     r.answer_status(500, drop_fields=True)
 
 
-def _log_request(server: HttpServer, r: Request, status: int) -> None:
+def _log_request(server: ServerState, r: Request, status: int) -> None:
     server.requests_total += 1
     if server.timing:
         _access_log(server, r, status)
 
 
-def _access_log(server: HttpServer, r: Request, status: int) -> None:
+def _access_log(server: ServerState, r: Request, status: int) -> None:
     access_log = server.access_log_for(r)
     if access_log is not None:
         access_log.write(r, status, server.loop.time())

@@ -38,8 +38,13 @@ class Route:
         self.limits: Any = limits
 
 
-def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> dict[int, Route]:
-    """Compile every location of ``config``; keys are ``id(location)``."""
+def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]],
+                 make_limits: Callable[..., Any] | None = None) -> dict[int, Route]:
+    """Compile every location of ``config``; keys are ``id(location)``.
+
+    ``make_limits(config, location, resolve)`` builds a limited location's
+    traffic-control step (server/limits.py).
+    """
     routes: dict[int, Route] = {}
     for server in config.servers:
         for loc in server.locations:
@@ -47,9 +52,8 @@ def build_routes(config: Config, resolve: Callable[..., Callable[..., Any]]) -> 
                         for phase in PHASES if getattr(loc, phase)}
             limit = loc.client_max_body_size
             limits = None
-            if loc.limited:
-                from pyresty.server.limits import location_limits
-                limits = location_limits(config, loc, resolve)
+            if loc.limited and make_limits is not None:
+                limits = make_limits(config, loc, resolve)
             routes[id(loc)] = Route(loc, handlers,
                                     server.client_max_body_size if limit is None else limit, limits)
     return routes

@@ -9,75 +9,37 @@ drives its shutdown through the methods named after SPEC §4's steps:
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import functools
 import logging
 import socket
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
+from pyresty.config.model import BACKLOG
 from pyresty.http.response import refresh_date
-from pyresty.runtime import context
-from pyresty.server.routes import Route, build_routes
 from pyresty.server.access_log import AccessLog
 from pyresty.server.connection import HttpConnection
-from pyresty.server.router import Router
+from pyresty.server.state import ServerState, open_access_logs
 
 if TYPE_CHECKING:
-    from pyresty.config.model import Config, Listen, Location, Server
-    from pyresty.server.request import Request
+    from pyresty.config.model import Config, Listen
 
 log = logging.getLogger("pyresty.http")
 
-SWEEP_INTERVAL = 0.25   # how often connection deadlines are checked (s)
-ROUTE_CACHE_SIZE = 4096  # paths remembered per server (random paths only restart it)
-LINGER = 0.1            # how long an idle connection may still bring a request at shutdown (s)
-BACKLOG = 511           # nginx's default listen backlog
+SWEEP_INTERVAL: Final = 0.25   # how often connection deadlines are checked (s)
+
+__all__ = ["HttpServer", "open_access_logs"]
 
 
-def open_access_logs(config: Config) -> dict[str, AccessLog]:
-    """Every access log of ``config``, by path (opened before privileges drop)."""
-    return {server.access_log: AccessLog(server.access_log)
-            for server in config.servers if server.access_log}
+class HttpServer(ServerState):
+    """The server: the shared state plus listeners, connections and their deadlines."""
 
-
-class HttpServer:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
                  resolve: Callable[..., Callable[..., Any]],
                  access_logs: dict[str, AccessLog] | None = None) -> None:
-        self.config = config
-        self.loop = loop
-        self.router = Router(config.servers)
-        self.routes = build_routes(config, resolve)
-        self.fallback = Route(None, {}, 1024 * 1024)
-        self.connections: set[HttpConnection] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-        # what each request's Context is copied from (runtime/context.py, rule 2)
-        self.base_context: contextvars.Context = context.fresh()
-        self.draining = False
-        self.linger = LINGER
-        self.requests_total = 0
-        self.connections_total = 0
-        self.refused_total = 0
+        super().__init__(config, loop, resolve, access_logs)
         self._listeners: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
-        self._idle_waiter: asyncio.Future[None] | None = None
-        self._defaults: dict[Listen, Server] = {}
-        self._shared_listen: set[Listen] = set()
-        for server in config.servers:
-            for listen in server.listen:
-                if listen in self._defaults:
-                    self._shared_listen.add(listen)
-                else:
-                    self._defaults[listen] = server
-        opened = access_logs if access_logs is not None else open_access_logs(config)
-        self._access_logs: dict[int, AccessLog | None] = {
-            id(server): opened.get(server.access_log) if server.access_log else None
-            for server in config.servers}
-        self._static: Callable[..., Any] | None = None
-        self._route_caches: dict[int, dict[str, Route]] = {id(s): {} for s in config.servers}
-        self.now = loop.time()      # coarse clock for connection deadlines, set every sweep
-        self.timing = any(self._access_logs.values())   # stamp requests only when logged
 
     # listening
     async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:
@@ -136,30 +98,6 @@ class HttpServer:
         for access_log in {id(a): a for a in self._access_logs.values() if a}.values():
             access_log.reopen()
 
-    # connections
-    def connection_opened(self, conn: HttpConnection) -> None:
-        self.connections.add(conn)
-        self.connections_total += 1
-        if self.draining:
-            conn.stop_keepalive()
-
-    def connection_closed(self, conn: HttpConnection) -> None:
-        self.connections.discard(conn)
-        if not self.connections and self._idle_waiter is not None and not self._idle_waiter.done():
-            self._idle_waiter.set_result(None)
-
-    def default_server(self, listen: Listen) -> Server:
-        return self._defaults[listen]
-
-    def count_refused(self, status: int) -> None:
-        self.refused_total += 1
-
-    def log_refused(self, conn: HttpConnection, status: int, body_size: int) -> None:
-        """nginx logs refused requests too: the default server's access log gets a line."""
-        access_log = self._access_logs.get(id(conn.server_conf))
-        if access_log is not None:
-            access_log.write_refused(conn.peer_host, status, body_size)
-
     def _sweep(self) -> None:
         self.now = now = self.loop.time()
         refresh_date()
@@ -173,52 +111,6 @@ class HttpServer:
             if access_log is not None:
                 access_log.flush()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
-
-    # requests
-    def route(self, req: Request, conn: HttpConnection) -> None:
-        """Choose the virtual server and location for a new request."""
-        if conn.shared_listen:
-            host = req.header(b"host")
-            server = self.router.server_for(conn.listen, host.decode("latin-1") if host else None)
-            req.server = server
-            req.route = self.route_for(server, req.path)
-            return
-        req.server = conn.server_conf
-        route = conn.route_cache.get(req.path)
-        if route is None:
-            route = self.route_for(conn.server_conf, req.path)
-        req.route = route
-
-    def rematch(self, req: Request) -> None:
-        req.route = self.route_for(req.server, req.path)
-
-    def route_for(self, server: Server, path: str) -> Route:
-        """The route of ``path`` in ``server``; remembered, since paths repeat."""
-        cache = self._route_caches[id(server)]
-        route = cache.get(path)
-        if route is None:
-            loc = self.router.match(server, path)
-            route = self.fallback if loc is None else self.routes[id(loc)]
-            if len(cache) >= ROUTE_CACHE_SIZE:
-                cache.clear()
-            cache[path] = route
-        return route
-
-    def route_cache(self, server: Server) -> dict[str, Route]:
-        return self._route_caches[id(server)]
-
-    def shares_listen(self, listen: Listen) -> bool:
-        """Whether several servers listen on ``listen`` (so Host chooses)."""
-        return listen in self._shared_listen
-
-    def access_log_for(self, req: Request) -> AccessLog | None:
-        return self._access_logs.get(id(req.server))
-
-    async def serve_static(self, r: Request, location: Location) -> None:
-        if self._static is None:
-            from pyresty.server.static import serve
-            self._static = serve
-        await self._static(r, location)
 
     # figures for status and metrics
     def stats(self) -> dict[str, int]:

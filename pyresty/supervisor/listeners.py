@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import socket
 
-from pyresty.config.model import Listen
-
-BACKLOG = 511
+from pyresty.config.model import BACKLOG, Listen
 
 
 class ListenError(OSError):

@@ -77,14 +77,24 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> N
 def test_req_admits_burst_then_rejects_and_recovers(backend: Backend) -> None:
     async def body(d: SharedDict) -> None:
         lim = limit.req("limits", rate=20, burst=3)
-        got = [await lim.incoming("1.2.3.4") for _ in range(5)]
+        began = time.monotonic()
+        got, elapsed = [], []
+        for _ in range(5):
+            got.append(await lim.incoming("1.2.3.4"))
+            elapsed.append(time.monotonic() - began)
         assert [g.allowed for g in got] == [True, True, True, True, False]
         assert [g.remaining for g in got] == [3, 2, 1, 0, 0]
+
+        def near(value: float, due: float, i: int) -> bool:
+            # the bucket drains while the calls run (a loaded machine takes ms
+            # per Redis round trip): the figure is ``due`` less the time since
+            # the first call, within 5 ms of clock granularity
+            return due - elapsed[i] - 0.005 <= value <= due + 0.005
         assert got[0].delay == 0
-        assert got[1].delay == pytest.approx(0.05, abs=0.01)    # nginx: excess / rate
-        assert got[3].delay == pytest.approx(0.15, abs=0.01)
-        assert got[4].retry_after == pytest.approx(0.05, abs=0.01)
-        assert got[4].reset == pytest.approx(0.2, abs=0.01)
+        assert near(got[1].delay, 0.05, 1)    # nginx: excess / rate
+        assert near(got[3].delay, 0.15, 3)
+        assert near(got[4].retry_after, 0.05, 4)
+        assert near(got[4].reset, 0.2, 4)
         assert (await lim.incoming("other")).allowed             # keys are separate
         peek = await lim.incoming("1.2.3.4", commit=False)
         assert not peek.allowed
