@@ -1,0 +1,272 @@
+"""HTTP/1.1, client role (RFC 9112): request heads out, responses in. Sans-IO.
+
+The upstream side of a gateway (proxying, cosockets speaking HTTP, health
+checks) writes requests with ``request_head`` and feeds what the peer sends
+to a ``ResponseParser``, which calls its sink back:
+``on_response(status, version, fields, keep_alive)`` once per final response
+(after any ``on_interim(status, fields)`` for 1xx), ``on_body(data)`` for each
+piece of the body, then ``on_end()``. ``feed`` returns nothing; anything
+malformed raises ``UpstreamError`` (the proxy answers 502 and does not reuse
+the connection).
+
+Rules: what is a response body (RFC 9112 §6.3), in the order they apply
+-------------------------------------------------------------------------
+0. One request is in flight at a time (``expect(method)`` before each; a
+   gateway does not pipeline to its upstreams, nor does nginx). Bytes after
+   the end of the response are a fault of the peer: they are dropped and the
+   connection is marked not ``reusable`` (nginx: "upstream sent more data
+   than specified").
+1. A response to HEAD, and any 1xx, 204 or 304 response, has no body, whatever
+   its Content-Length or Transfer-Encoding say. httptools (llhttp) cannot be
+   told the request was HEAD, so the parser cuts the byte stream itself at
+   the end of each head and never feeds llhttp the bytes of a body it must
+   not expect. 1xx heads (other than 101) are interim: the final head follows.
+2. 101 Switching Protocols ends HTTP on the connection: ``on_upgrade(rest)``
+   receives the bytes after the head (the start of the tunnel) and the parser
+   takes no more input.
+3. Otherwise ``Transfer-Encoding: chunked`` frames the body, else
+   ``Content-Length``, else the body runs to the end of the connection: the
+   owner calls ``eof()`` when the peer closes, which ends such a body (and is
+   an error for any other framing left incomplete: a truncated response).
+4. The response keeps the connection open only if HTTP/1.1 without
+   ``Connection: close`` (or HTTP/1.0 with ``keep-alive``) and framed by length
+   or chunks; a close-delimited body never leaves a reusable connection.
+5. Limits are the request parser's (parser.py): a head over ``MAX_HEAD`` or a
+   field line over ``MAX_FIELD_LINE`` is refused, as are more than
+   ``MAX_FIELDS`` fields.
+"""
+from __future__ import annotations
+
+from typing import Final, Protocol
+
+import httptools
+
+from pyresty.http.headers import Headers
+from pyresty.http.parser import MAX_FIELD_LINE, MAX_FIELDS, MAX_HEAD
+from pyresty.http.response import HOP_BY_HOP
+
+_HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
+
+
+class UpstreamError(Exception):
+    """A response that cannot be accepted (the reason says why)."""
+
+
+class ResponseSink(Protocol):
+    def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None: ...
+
+    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+                    keep_alive: bool) -> None: ...
+
+    def on_body(self, data: bytes) -> None: ...
+
+    def on_end(self) -> None: ...
+
+    def on_upgrade(self, rest: bytes) -> None: ...
+
+
+def request_head(method: str, target: str, host: str, fields: Headers | None,
+                 length: int | None) -> tuple[bytes, bool]:
+    """The head of a request: ``(bytes, chunked)``.
+
+    ``length`` None with a method that sends a body means chunked; the
+    caller's hop-by-hop fields (``Connection``, ``Transfer-Encoding``, ...) are
+    not sent: this layer frames the message and asks for keep-alive. Raises
+    ValueError for CR/LF in a field or a target with a space or control byte.
+    """
+    if any(c in target for c in " \r\n\t") or not target:
+        raise ValueError(f"invalid request target {target!r}")
+    parts = [f"{method} {target} HTTP/1.1\r\n".encode("latin-1")]
+    if fields is None or not fields.has("host"):
+        parts.append(f"Host: {host}\r\n".encode("latin-1"))
+    if fields:
+        parts.append(fields.encode(HOP_BY_HOP))
+    chunked = False
+    if length is not None:
+        if length or method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE"):
+            parts.append(b"Content-Length: %d\r\n" % length)
+    elif method not in ("GET", "HEAD", "DELETE", "OPTIONS", "TRACE"):
+        chunked = True
+        parts.append(b"Transfer-Encoding: chunked\r\n")
+    parts.append(b"Connection: keep-alive\r\n\r\n")
+    head = b"".join(parts)
+    if head.count(b"\n") != head.count(b"\r\n"):
+        raise ValueError("CR or LF in a request header field")
+    return head, chunked
+
+
+class ResponseParser:
+    """Responses to the requests written on one connection, in order (module rules)."""
+
+    def __init__(self, sink: ResponseSink) -> None:
+        self.sink = sink
+        self._method: str | None = None   # the request in flight (rule 0)
+        self._head = b""          # bytes of a head still arriving
+        self._parser: httptools.HttpResponseParser | None = None
+        self._fields: list[tuple[bytes, bytes]] = []
+        self._status = 0
+        self._in_body = False
+        self._until_close = False
+        self._message_done = False
+        self.done = False         # an upgrade ended HTTP on this connection
+        self.reusable = True      # False once the peer sent bytes past a response
+
+    def expect(self, method: str) -> None:
+        """A request with ``method`` was sent: its response comes next."""
+        if self._method is not None:
+            raise RuntimeError("a response is still expected on this connection")
+        self._method = method
+
+    @property
+    def idle(self) -> bool:
+        """No response is expected or arriving (a clean point to pool the connection)."""
+        return self._method is None and not self._head and not self._in_body
+
+    def feed(self, data: bytes) -> None:
+        if self.done:
+            raise UpstreamError("data after the end of HTTP on this connection")
+        while data and not self.done:
+            if self._in_body:
+                data = self._feed_body(data)
+            elif self._method is None:
+                self.reusable = False     # rule 0: nothing was asked for
+                return
+            else:
+                data = self._feed_head(data)
+
+    def eof(self) -> None:
+        """The peer closed its side."""
+        if self._in_body:
+            if not self._until_close:
+                raise UpstreamError("the upstream closed the connection mid-body")
+            self._in_body = False
+            self.sink.on_end()
+        elif self._head:
+            raise UpstreamError("the upstream closed the connection mid-head")
+
+    # heads
+    def _feed_head(self, data: bytes) -> bytes:
+        start = max(0, len(self._head) - 3)
+        self._head += data
+        end = -1
+        for mark in _HEAD_ENDS:
+            at = self._head.find(mark, start)
+            if at >= 0 and (end < 0 or at + len(mark) < end):
+                end = at + len(mark)
+        if end < 0:
+            if len(self._head) > MAX_HEAD:
+                raise UpstreamError("response head too large")
+            return b""
+        head, rest = self._head[:end], self._head[end:]
+        self._head = b""
+        if len(head) > MAX_HEAD:
+            raise UpstreamError("response head too large")
+        self._start_message(head)
+        status = self._status
+        if status == 101:
+            self.done = True
+            self._method = None
+            self.sink.on_upgrade(rest)
+            return b""
+        if 100 <= status < 200:
+            self.sink.on_interim(status, self._fields)
+            return rest
+        was_head = self._method == "HEAD"
+        self._method = None
+        parser = self._parser
+        assert parser is not None
+        version = parser.get_http_version()
+        keep_alive = self._keeps_alive(version)
+        framed = self._framing()
+        if was_head or status in (204, 304):
+            self.sink.on_response(status, version, self._fields, keep_alive and framed != "close")
+            self.sink.on_end()
+            return rest
+        self._until_close = framed == "close"
+        self.sink.on_response(status, version, self._fields, keep_alive and not self._until_close)
+        if self._message_done:            # Content-Length: 0: complete with its head
+            self.sink.on_end()
+            return rest
+        self._in_body = True
+        return rest
+
+    def _start_message(self, head: bytes) -> None:
+        self._fields = []
+        self._parser = httptools.HttpResponseParser(self)
+        self._message_done = False
+        try:
+            self._parser.feed_data(head)
+        except httptools.HttpParserUpgrade:
+            pass                          # 101 (or Upgrade): the whole head was read
+        except httptools.HttpParserError as exc:
+            raise UpstreamError(f"invalid response head: {exc}") from None
+        if len(self._fields) > MAX_FIELDS:
+            raise UpstreamError("too many response header fields")
+
+    def _keeps_alive(self, version: str) -> bool:
+        """Rule 4's first half: HTTP/1.1 unless ``close``, HTTP/1.0 only with ``keep-alive``."""
+        tokens: set[bytes] = set()
+        for name, value in self._fields:
+            if name.lower() == b"connection":
+                tokens.update(t.strip().lower() for t in value.split(b","))
+        if version == "1.1":
+            return b"close" not in tokens
+        return b"keep-alive" in tokens
+
+    def _framing(self) -> str:
+        chunked = length = False
+        for name, value in self._fields:
+            lowered = name.lower()
+            if lowered == b"transfer-encoding":
+                chunked = True
+            elif lowered == b"content-length":
+                length = True
+        return "chunked" if chunked else "length" if length else "close"
+
+    # bodies
+    def _feed_body(self, data: bytes) -> bytes:
+        if self._until_close:
+            self.sink.on_body(data)
+            return b""
+        parser = self._parser
+        assert parser is not None
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if self._message_done:
+                self.reusable = False     # rule 0: garbage after the response
+                return b""
+            raise UpstreamError(f"invalid response body: {exc}") from None
+        return b""
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        if self._message_done:
+            self.reusable = False         # rule 0: a second response nobody asked for
+
+    def on_status(self, status: bytes) -> None:
+        pass
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._message_done:
+            return
+        if len(name) + len(value) + 2 > MAX_FIELD_LINE:
+            raise UpstreamError("response header line too long")
+        self._fields.append((name, value.strip(b" \t")))
+
+    def on_headers_complete(self) -> None:
+        if self._message_done:
+            return
+        parser = self._parser
+        assert parser is not None
+        self._status = parser.get_status_code()
+
+    def on_body(self, body: bytes) -> None:
+        if self._in_body:
+            self.sink.on_body(body)
+
+    def on_message_complete(self) -> None:
+        self._message_done = True
+        if self._in_body:
+            self._in_body = False
+            self.sink.on_end()

@@ -1,0 +1,151 @@
+"""HTTP/1.1 client role (pyresty/http/client.py): request heads, response parsing rules."""
+from __future__ import annotations
+
+import pytest
+
+from pyresty.http.client import ResponseParser, UpstreamError, request_head
+from pyresty.http.headers import Headers
+
+pytestmark = pytest.mark.timeout(30)
+
+
+class Sink:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def on_interim(self, status, fields):
+        self.events.append(("interim", status))
+
+    def on_response(self, status, version, fields, keep_alive):
+        self.events.append(("response", status, version, dict(fields), keep_alive))
+
+    def on_body(self, data):
+        if self.events and self.events[-1][0] == "body":
+            self.events[-1] = ("body", self.events[-1][1] + data)
+        else:
+            self.events.append(("body", data))
+
+    def on_end(self):
+        self.events.append(("end",))
+
+    def on_upgrade(self, rest):
+        self.events.append(("upgrade", rest))
+
+
+def run(method: str, wire: bytes, step: int = 0, eof: bool = False) -> tuple[Sink, ResponseParser]:
+    sink = Sink()
+    parser = ResponseParser(sink)
+    parser.expect(method)
+    step = step or len(wire)
+    for i in range(0, len(wire), step):
+        parser.feed(wire[i:i + step])
+    if eof:
+        parser.eof()
+    return sink, parser
+
+
+STEPS = pytest.mark.parametrize("step", [0, 1, 10])
+
+
+@STEPS
+def test_a_length_framed_response(step: int) -> None:
+    sink, parser = run("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: y\r\n\r\nhello", step)
+    assert sink.events == [("response", 200, "1.1", {b"Content-Length": b"5", b"X": b"y"}, True),
+                           ("body", b"hello"), ("end",)]
+    assert parser.idle and parser.reusable
+
+
+@STEPS
+def test_a_chunked_response(step: int) -> None:
+    sink, parser = run("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                              b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n", step)
+    assert [e[0] for e in sink.events] == ["response", "body", "end"]
+    assert sink.events[1] == ("body", b"abcde") and parser.idle
+
+
+@STEPS
+@pytest.mark.parametrize("method, head", [
+    ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n"),
+    ("GET", b"HTTP/1.1 204 No Content\r\nContent-Length: 100\r\n\r\n"),
+    ("GET", b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n"),
+    ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"),
+])
+def test_bodiless_responses_end_at_their_head(step: int, method: str, head: bytes) -> None:
+    sink, parser = run(method, head, step)
+    assert [e[0] for e in sink.events] == ["response", "end"]
+    assert sink.events[0][4] is True and parser.idle and parser.reusable
+    parser.expect("GET")                            # the connection can carry the next one
+    parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert sink.events[-2:] == [("body", b"ok"), ("end",)]
+
+
+def test_interim_responses_come_before_the_final_one() -> None:
+    sink, _ = run("POST", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: x\r\n\r\n"
+                          b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok", 7)
+    assert [e[:2] for e in sink.events] == [("interim", 100), ("interim", 103),
+                                            ("response", 201), ("body", b"ok"), ("end",)]
+
+
+def test_101_hands_over_the_rest_as_a_tunnel() -> None:
+    sink, parser = run("GET", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                              b"Connection: Upgrade\r\n\r\n\x81\x02hi")
+    assert sink.events == [("upgrade", b"\x81\x02hi")] and parser.done
+    with pytest.raises(UpstreamError):
+        parser.feed(b"more")
+
+
+def test_a_close_delimited_body_ends_at_eof_and_is_not_reusable() -> None:
+    sink, _ = run("GET", b"HTTP/1.1 200 OK\r\n\r\nall of it", eof=True)
+    assert sink.events[0][4] is False
+    assert sink.events[1:] == [("body", b"all of it"), ("end",)]
+
+
+@pytest.mark.parametrize("wire, keep", [
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", False),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", True),
+])
+def test_keep_alive_follows_version_and_connection(wire: bytes, keep: bool) -> None:
+    assert run("GET", wire)[0].events[0][4] is keep
+
+
+def test_a_truncated_body_is_an_error_at_eof() -> None:
+    with pytest.raises(UpstreamError, match="mid-body"):
+        run("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", eof=True)
+
+
+def test_bytes_past_the_response_make_the_connection_not_reusable() -> None:
+    sink, parser = run("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA")
+    assert sink.events[-2:] == [("body", b"ok"), ("end",)]
+    assert not parser.reusable
+    sink, parser = run("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc")
+    assert not parser.reusable
+
+
+@pytest.mark.parametrize("wire", [
+    b"HTTP/1.1 abc OK\r\n\r\n",
+    b"NOT HTTP\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX: " + b"v" * 9000 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\n" + b"X: " + b"v" * 50000,
+])
+def test_malformed_responses_are_refused(wire: bytes) -> None:
+    with pytest.raises(UpstreamError):
+        run("GET", wire, eof=True)
+
+
+def test_request_heads() -> None:
+    fields = Headers([("X-Forwarded-For", "1.2.3.4"), ("Connection", "close"),
+                      ("Transfer-Encoding", "gzip")])
+    head, chunked = request_head("POST", "/api?x=1", "backend:9001", fields, None)
+    assert head == (b"POST /api?x=1 HTTP/1.1\r\nHost: backend:9001\r\n"
+                    b"X-Forwarded-For: 1.2.3.4\r\nTransfer-Encoding: chunked\r\n"
+                    b"Connection: keep-alive\r\n\r\n") and chunked
+    head, chunked = request_head("GET", "/", "h", Headers([("Host", "api.internal")]), 0)
+    assert head == b"GET / HTTP/1.1\r\nHost: api.internal\r\nConnection: keep-alive\r\n\r\n"
+    assert request_head("PUT", "/x", "h", None, 3)[0].count(b"Content-Length: 3") == 1
+    for target in ("/a b", "/a\r\nX: y", ""):
+        with pytest.raises(ValueError):
+            request_head("GET", target, "h", None, None)
+    with pytest.raises(ValueError):
+        request_head("GET", "/", "h", Headers([("X", "a\r\nY: b")]), None)
