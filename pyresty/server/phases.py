@@ -93,8 +93,8 @@ async def run(server: ServerState, r: Request) -> None:
                 await server.serve_static(r, route.location)
             else:
                 raise Exit(404)
-        except BaseException as exc:  # noqa: BLE001 - mapped to a response by _failed
-            if not _failed(server, r, exc):
+        except BaseException as exc:  # noqa: BLE001 - mapped to a response by _answer_exception
+            if not _answer_exception(server, r, exc):
                 raise
         _complete(server, r)
         if r.route.log is not None:
@@ -107,7 +107,7 @@ async def run(server: ServerState, r: Request) -> None:
             server.tasks.discard(task)
 
 
-def _failed(server: ServerState, r: Request, exc: BaseException) -> bool:
+def _answer_exception(server: ServerState, r: Request, exc: BaseException) -> bool:
     """Turn what a phase raised into the response; False when it must propagate
     (cancellation: the request is over and its stream reset)."""
     stream = r.stream
@@ -128,7 +128,7 @@ def _failed(server: ServerState, r: Request, exc: BaseException) -> bool:
         r.keep_alive = False
     elif isinstance(exc, Exception):
         log.error("handler failed on %s %s", r.method, r.uri, exc_info=exc)
-        _fail(r)
+        _answer_failure(r)
     else:
         return False   # KeyboardInterrupt, SystemExit: not ours to swallow
     return True
@@ -231,7 +231,7 @@ def _returned(r: Request, route: Route, phase: str, value: object) -> None:
                 r.method, r.uri)
 
 
-def _fail(r: Request) -> None:
+def _answer_failure(r: Request) -> None:
     """A handler raised: a 500 page if nothing was sent, else cut the connection."""
     if r.started:
         r.finished = True

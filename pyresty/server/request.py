@@ -182,7 +182,7 @@ class Request(Exchange):
             self.finish()     # exit() in a filter ended the body
             return
         if not self.started:
-            self._start(None, data)
+            self._send_head(None, data)
         elif data:
             self._write_body(data)
         await self.stream.drain()
@@ -210,7 +210,7 @@ class Request(Exchange):
         if not self.started:
             if "content-length" not in self.headers_out:
                 self.headers_out["Content-Length"] = str(count)
-            self._start(count)
+            self._send_head(count)
         if self.method == "HEAD" or count == 0 or self._discarding:
             return
         await self.stream.send_file(self, file, offset, count)
@@ -238,7 +238,7 @@ class Request(Exchange):
                 return b""
         return data
 
-    def _start(self, length: int | None, body: bytes = b"") -> None:
+    def _send_head(self, length: int | None, body: bytes = b"") -> None:
         """Send the response head (and ``body`` with it, in one write);
         ``length`` None means the body streams."""
         header_filter = self.route.header_filter
@@ -286,7 +286,7 @@ class Request(Exchange):
                 body = out[0] if len(out) == 1 else b"".join(out)
             else:
                 body = self._take_output(eof=True)
-            self._start(len(body), body)
+            self._send_head(len(body), body)
             return
         data = self._take_output(eof=True)
         if data:
