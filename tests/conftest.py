@@ -36,6 +36,20 @@ def make_server(tmp_path: Path):
         server.stop()
 
 
+@pytest.fixture(scope="module")
+def case_server(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+                ) -> Iterator[tuple[Pyresty, str]]:
+    """The one pyresty a group of data-driven cases shares (tests/cases.py), in
+    one mode: started before the group's first case, stopped and checked after
+    its last. ``request.param`` is (cases.Server, mode)."""
+    spec, mode = request.param
+    server = spec.start(tmp_path_factory.mktemp("cases"), mode)
+    try:
+        yield server, mode
+    finally:
+        server.stop()
+
+
 # -- redis-server -------------------------------------------------------------
 
 def _install_redis() -> str:

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import client
+
 PYRESTY = [sys.executable, "-m", "pyresty.cli"]
 
 
@@ -165,33 +167,14 @@ class Pyresty:
 
 def http_get(port: int, path: str = "/", headers: dict[str, str] | None = None,
              timeout: float = 10.0, method: str = "GET") -> tuple[int, dict[str, str], bytes]:
-    """One request on a new connection: (status, lowercased headers, body)."""
-    import http.client
-
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path, headers=headers or {})
-        resp = conn.getresponse()
-        body = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, body
-    finally:
-        conn.close()
+    """One request on a new connection: (status, lowercased headers, body).
+    ``client.request`` gives the whole ``Response`` (repeated fields, raw bytes)."""
+    # a POST without a body says Content-Length: 0, as http.client (used here before) did
+    body = b"" if method in ("POST", "PUT", "PATCH") else None
+    resp = client.request(port, method, path, headers=headers, body=body, timeout=timeout)
+    return resp.status, resp.headers.lowered(), resp.body
 
 
 def raw_exchange(port: int, data: bytes, timeout: float = 10.0, until_close: bool = True) -> bytes:
     """Send raw bytes and read until the server closes (or ``timeout``)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
-        s.sendall(data)
-        chunks = []
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = s.recv(65536)
-            except (ConnectionResetError, socket.timeout):
-                break
-            if not chunk:
-                break
-            chunks.append(chunk)
-            if not until_close:
-                break
-        return b"".join(chunks)
+    return client.exchange(port, data, timeout=timeout, until_close=until_close)

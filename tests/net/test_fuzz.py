@@ -17,12 +17,13 @@ from __future__ import annotations
 import re
 import socket
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from client import Connection, Idle, Response
 from harness import Pyresty, http_get
 
 APP = '''
@@ -108,154 +109,21 @@ def still_serving(server: Pyresty, watch: LogWatch) -> None:
 
 
 # --------------------------------------------------------------------------
-# reading responses strictly
+# reading responses strictly (tests/client.py), with this file's deadlines
 
-class Idle(Exception):
-    """The server sent nothing for IDLE seconds."""
-
-
-class Wire:
-    """The client side of one connection, with a byte buffer and the deadlines."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=DEADLINE)
-        self.sock.settimeout(IDLE)
-        self.buf = bytearray()
-        self.eof = False
-        self.reset = False
-        self.deadline = time.monotonic() + DEADLINE
-
-    def send(self, data: bytes) -> bool:
-        """Send ``data``; False when the server has already closed (that is allowed)."""
-        try:
-            self.sock.sendall(data)
-            return True
-        except (BrokenPipeError, ConnectionResetError):
-            return False
-
-    def more(self) -> bool:
-        """Receive more bytes into ``buf``; False at EOF. Raises Idle."""
-        if self.eof:
-            return False
-        assert time.monotonic() < self.deadline, f"no end within {DEADLINE}s: {bytes(self.buf)!r}"
-        try:
-            data = self.sock.recv(65536)
-        except socket.timeout:
-            raise Idle() from None
-        except ConnectionResetError:
-            self.reset = True
-            data = b""
-        if not data:
-            self.eof = True
-            return False
-        self.buf += data
-        return True
-
-    def line(self, what: str) -> bytes:
-        while (end := self.buf.find(b"\r\n")) < 0:
-            assert len(self.buf) < 65536, f"{what} line never ends"
-            assert self.more(), f"closed inside {what}: {bytes(self.buf)!r}"
-        text = bytes(self.buf[:end])
-        del self.buf[:end + 2]
-        return text
-
-    def take(self, n: int, what: str) -> bytes:
-        while len(self.buf) < n:
-            assert self.more(), f"closed inside {what}: {len(self.buf)} of {n} bytes"
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-    def at_boundary_closed(self) -> bool:
-        """True if the server closed here (nothing left); Idle if it is waiting."""
-        while not self.buf:
-            if not self.more():
-                return True
-        return False
-
-    def close(self) -> None:
-        self.sock.close()
+def Wire(port: int) -> Connection:
+    """One connection that waits at most IDLE s for a byte and DEADLINE s in all."""
+    return Connection(port, timeout=DEADLINE, idle=IDLE, deadline=DEADLINE)
 
 
-@dataclass
-class Response:
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    chunked: bool = False
-    trailers: list[bytes] = field(default_factory=list)
-
-    def get(self, name: str) -> str | None:
-        values = [v for n, v in self.headers if n.lower() == name]
-        return values[0] if values else None
-
-    @property
-    def closes(self) -> bool:
-        return (self.get("connection") or "").lower() == "close"
-
-
-STATUS_LINE = re.compile(rb"HTTP/1\.1 ([1-5][0-9][0-9]) [\x20-\x7e]*")
-FIELD_LINE = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+): ?([\t\x20-\x7e\x80-\xff]*)")
-CHUNK_SIZE = re.compile(rb"([0-9a-fA-F]{1,16})(;[^\r\n]*)?")
-
-
-def read_response(wire: Wire, method: str | None) -> Response:
-    """One complete response, checked for syntax and framing (RFC 9112 §4-7).
-    ``method`` is the request's method when known (HEAD responses have no body)."""
-    while True:
-        first = wire.line("status")
-        match = STATUS_LINE.fullmatch(first)
-        assert match, f"bad status line {first!r}"
-        status = int(match.group(1))
-        headers = []
-        while line := wire.line("header"):
-            fmatch = FIELD_LINE.fullmatch(line)
-            assert fmatch, f"bad header line {line!r}"
-            headers.append((fmatch.group(1).decode(), fmatch.group(2).decode("latin-1")))
-        if 100 <= status < 200:
-            continue           # an interim response: the final one follows
-        break
-    resp = Response(status, headers, b"")
-    lengths = [v for n, v in headers if n.lower() == "content-length"]
-    codings = [v for n, v in headers if n.lower() == "transfer-encoding"]
-    assert len(lengths) <= 1, f"several Content-Length: {headers}"
-    assert not (lengths and codings), f"Content-Length with Transfer-Encoding: {headers}"
-    if lengths:
-        assert re.fullmatch(r"[0-9]+", lengths[0]), f"bad Content-Length {lengths[0]!r}"
-    if codings:
-        assert codings == ["chunked"], f"unexpected Transfer-Encoding {codings}"
-        resp.chunked = True
-    if method == "HEAD" or status in (204, 304):
-        return resp
-    if resp.chunked:
-        body = bytearray()
-        while True:
-            size_line = wire.line("chunk size")
-            cmatch = CHUNK_SIZE.fullmatch(size_line)
-            assert cmatch, f"bad chunk size line {size_line!r}"
-            size = int(cmatch.group(1), 16)
-            if size == 0:
-                break
-            body += wire.take(size, "chunk")
-            assert wire.take(2, "chunk end") == b"\r\n", "chunk data not followed by CRLF"
-        while trailer := wire.line("trailer"):
-            resp.trailers.append(trailer)
-        resp.body = bytes(body)
-    elif lengths:
-        resp.body = wire.take(int(lengths[0]), "body")
-    else:
-        # close-delimited (RFC 9112 §6.3 rule 8): the body is whatever comes before EOF
-        try:
-            while wire.more():
-                pass
-        except Idle:
-            raise AssertionError("a close-delimited body that never ended") from None
-        assert resp.closes, "close-delimited body without Connection: close"
-        resp.body, wire.buf = bytes(wire.buf), bytearray()
+def read_response(wire: Connection, method: str | None) -> Response:
+    """One complete, well-framed response; a close-delimited body must be announced."""
+    resp = wire.read_response(method)
+    assert resp.framing != "close" or resp.closes, "close-delimited body without Connection: close"
     return resp
 
 
-def read_whatever_comes(wire: Wire) -> list[Response]:
+def read_whatever_comes(wire: Connection) -> list[Response]:
     """For input we cannot predict: read responses until a clean close or silence."""
     responses: list[Response] = []
     try:

@@ -21,6 +21,7 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
+from client import Connection
 from harness import Pyresty, http_get, raw_exchange, wait_for
 
 pytestmark = pytest.mark.timeout(60)
@@ -184,47 +185,14 @@ def server(request, tmp_path_factory):
     srv.stop()
 
 
-class Conn:
-    """One keep-alive client connection that reads framed responses."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-        self.buf = b""
-
-    def close(self) -> None:
-        self.sock.close()
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self) -> bool:
-        chunk = self.sock.recv(65536)
-        self.buf += chunk
-        return bool(chunk)
+class Conn(Connection):
+    """A kept-alive connection (tests/client.py) whose responses have no repeated field."""
 
     def response(self, head_only: bool = False) -> tuple[int, dict[str, str], bytes]:
-        while b"\r\n\r\n" not in self.buf:
-            assert self._fill(), f"closed before a response head: {self.buf!r}"
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        status = int(lines[0].split()[1])
-        headers = {}
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            assert name.lower() not in headers, f"duplicate {name} in {head!r}"
-            headers[name.lower()] = value.strip()
-        length = 0 if head_only or status in (204, 304) else int(headers.get("content-length", 0))
-        while len(self.buf) < length:
-            assert self._fill(), "closed inside a body"
-        body, self.buf = self.buf[:length], self.buf[length:]
-        return status, headers, body
-
-    def closed_by_server(self) -> bool:
-        self.sock.settimeout(5)
-        try:
-            return not self.buf and not self._fill()
-        except ConnectionResetError:
-            return True
+        resp = self.read_response("HEAD" if head_only else "GET")
+        names = [name.lower() for name, _ in resp.headers]
+        assert len(names) == len(set(names)), f"duplicate field in {resp.raw!r}"
+        return resp.status, resp.headers.lowered(), resp.body
 
 
 # -- 1. handler coroutines stepped with __await__ ----------------------------
