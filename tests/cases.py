@@ -171,8 +171,8 @@ class Case:
         default_factory=dict)
     body: Body | Sequence[Body] | None = None
     body_unlike: str | bytes | None = None
-    reply_like: str | bytes | None = None            # searched in every byte received
-    reply_unlike: str | bytes | None = None
+    reply_like: str | bytes | Sequence[str | bytes] = ()   # searched in every byte received
+    reply_unlike: str | bytes | Sequence[str | bytes] = ()
     error_log: Sequence[str] = ()
     no_error_log: Sequence[str] = ()
     shutdown_log: Sequence[str] = ()
@@ -181,7 +181,8 @@ class Case:
 
     @property
     def id(self) -> str:
-        return re.sub(r"[^A-Za-z0-9_.]+", "-", self.name).strip("-")
+        """The pytest id: the name with its spaces (and brackets) turned into dashes."""
+        return re.sub(r"[\s\[\]]+", "-", self.name).strip("-")
 
     def requests(self) -> list[Req] | bytes:
         if isinstance(self.request, bytes):
@@ -277,6 +278,10 @@ def _exchange(run: Run, port: int) -> None:
             run.reply = bytes(conn.log)
 
 
+def _patterns(value: str | bytes | Sequence[str | bytes]) -> list[str | bytes]:
+    return [value] if isinstance(value, (str, bytes)) else list(value)
+
+
 def _compare(run: Run, problems: list[str]) -> None:
     case, responses = run.case, run.responses
     n = len(responses)
@@ -297,10 +302,12 @@ def _compare(run: Run, problems: list[str]) -> None:
             if Like(case.body_unlike).matches(resp.body):
                 problems.append(f"response {i + 1} body: matches {case.body_unlike!r}, "
                                 f"which it must not")
-    if case.reply_like is not None and not Like(case.reply_like).matches(run.reply):
-        problems.append(f"reply: expected to match {case.reply_like!r}")
-    if case.reply_unlike is not None and Like(case.reply_unlike).matches(run.reply):
-        problems.append(f"reply: matches {case.reply_unlike!r}, which it must not")
+    for pattern in _patterns(case.reply_like):
+        if not Like(pattern).matches(run.reply):
+            problems.append(f"reply: expected to match {pattern!r}")
+    for pattern in _patterns(case.reply_unlike):
+        if Like(pattern).matches(run.reply):
+            problems.append(f"reply: matches {pattern!r}, which it must not")
     if (case.status is not None or case.headers or case.body is not None) and not responses:
         problems.append("no complete response came back")
 

@@ -197,38 +197,6 @@ class Conn(Connection):
 
 # -- 1. handler coroutines stepped with __await__ ----------------------------
 
-@pytest.mark.parametrize("path, status, body", [
-    ("/sleep0", 200, b"after sleep0\n"),
-    ("/sleep0_raise", 500, None),
-    ("/sleep_exit", 404, None),
-    ("/sleep0_exit204", 204, b""),
-    ("/future", 200, b"from future\n"),
-    ("/returns_value", 200, b"returned\n"),
-    ("/returns_value_late", 200, b"returned late\n"),
-    ("/swallow_then_say", 200, b"recovered\n"),
-    ("/callable_obj", 200, b"callable object\n"),
-    ("/phased", 200, b"phased\n"),
-])
-def test_handlers_that_suspend_or_return_values(server, path, status, body):
-    c = Conn(server.port)
-    try:
-        # twice on one connection: the first answer must leave the connection usable
-        for _ in range(2):
-            c.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            got_status, headers, got_body = c.response()
-            assert got_status == status, (path, got_status, got_body)
-            if body is not None:
-                assert got_body == body
-            assert headers.get("connection") == "keep-alive"
-        c.send(b"GET /hello HTTP/1.1\r\nHost: x\r\n\r\n")
-        assert c.response()[2] == b"hello\n"
-    finally:
-        c.close()
-    if path == "/sleep0_raise":
-        server.wait_log(r"\[error\] .*handler failed on GET /sleep0_raise")
-        assert "RuntimeError: late boom" in server.log_text()
-
-
 # -- 2. version inference and the Host rule --------------------------------
 
 def test_http10_keepalive_without_host_stays_http10(server):

@@ -8,6 +8,7 @@ poll with a deadline; nothing sleeps to synchronise.
 from __future__ import annotations
 
 import asyncio
+import math
 import multiprocessing
 import os
 import random
@@ -828,3 +829,52 @@ def test_two_opens_of_one_store_in_one_process_are_refused(lmdb_stores: Stores) 
     finally:
         assert isinstance(first, EmbeddedDict)
         first.close()
+
+
+# -- TTLs the stores cannot hold -----------------------------------------------
+
+def _open_store(backend: str, tmp_path: Any, request: pytest.FixtureRequest) -> SharedDict:
+    if backend == "embedded":
+        return EmbeddedDict("edges", os.path.join(str(tmp_path), "store"), 1 << 20)
+    url = request.getfixturevalue("redis_url")
+    return RedisDict("edges" + uuid.uuid4().hex[:8], url)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("ttl", [math.inf, 1e11, 10**30])
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+def test_a_ttl_too_long_for_the_store_is_a_value_error(
+        backend: str, ttl: float, tmp_path: Any, request: pytest.FixtureRequest) -> None:
+    """The contract: a bad TTL is a ValueError. ``ttl=math.inf`` (a natural
+    way to say "forever") and TTLs past ~584 years used to leak
+    ``OverflowError`` / ``struct.error`` from the embedded store's u64
+    nanosecond header, and Redis reported an int64 overflow "of incr" for a
+    plain ``set``. The entry must be left as it was."""
+    async def body() -> None:
+        d = _open_store(backend, tmp_path, request)
+        try:
+            await d.set("k", "before")
+            calls: list[Callable[[], Awaitable[Any]]] = [
+                lambda: d.set("k", "after", ttl),
+                lambda: d.safe_set("k", "after", ttl),
+                lambda: d.add("new", "after", ttl),
+                lambda: d.safe_add("new", "after", ttl),
+                lambda: d.replace("k", "after", ttl),
+                lambda: d.expire("k", ttl),
+                lambda: d.incr("n", 1, init=0, init_ttl=ttl),
+            ]
+            for call in calls:
+                with pytest.raises(ValueError, match="ttl"):
+                    await call()
+            assert await d.get("k") == "before"
+            assert await d.ttl("k") == 0.0
+            assert await d.get("new") is None and await d.get("n") is None
+            # The longest allowed TTL still works on both stores.
+            await d.set("k", "long", ttl=100 * 365 * 86400)
+            left = await d.ttl("k")
+            assert left is not None and left > 99 * 365 * 86400
+        finally:
+            if backend == "redis":
+                await d.flush_all()
+            await d.aclose()
+    asyncio.run(body())

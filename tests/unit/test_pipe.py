@@ -482,3 +482,27 @@ def test_a_forked_process_never_signals_its_parents_children(run: Runner) -> Non
         await proc.stdout_read_all()
         await proc.stderr_read_all()
     run(body)
+
+
+@pytest.mark.timeout(30)
+def test_spawn_with_a_bad_cwd_names_the_cwd_not_the_program(tmp_path) -> None:
+    """A missing (or non-directory) cwd fails with ENOENT/ENOTDIR, the same
+    errors as a missing program, and the message used to name only the
+    program: "cannot spawn 'true': No such file or directory" sends the
+    operator looking for /usr/bin/true."""
+    missing = os.path.join(str(tmp_path), "no-such-dir")
+    a_file = os.path.join(str(tmp_path), "file")
+    open(a_file, "w").close()
+
+    async def body() -> None:
+        for cwd in (missing, a_file):
+            with pytest.raises(PipeError, match="cannot spawn") as caught:
+                await pipe.spawn(["true"], cwd=cwd)
+            assert repr(cwd) in str(caught.value), str(caught.value)
+        # A missing program with a good cwd still names the program only.
+        with pytest.raises(PipeError) as caught:
+            await pipe.spawn(["/nonexistent/program"], cwd=str(tmp_path))
+        assert "/nonexistent/program" in str(caught.value)
+        assert "cwd" not in str(caught.value)
+        assert pipe.live_count() == 0
+    asyncio.run(body())

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from typing import Any, Awaitable, Callable, Iterator
 
@@ -691,3 +692,61 @@ def test_once_lease_names_an_unknown_dict_at_creation(run: Any) -> None:
             s.every(1, Counter(), once="")
         assert s.pending_count() == 0
     run(main)
+
+
+# -- the loop's thread only ------------------------------------------------------
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("loop_name", sorted(LOOPS))
+def test_timer_created_from_another_thread_raises_instead_of_never_firing(loop_name: str) -> None:
+    """The scheduler's heap and ``loop.call_at`` are loop-thread only. Called
+    from a thread, ``at()`` used to succeed; when the loop was asleep in
+    epoll at that moment the timer did not fire (nothing woke the loop for
+    the new deadline; measured: not within 2 s on uvloop and asyncio), so a
+    callback scheduled from an executor job could silently vanish."""
+    async def body() -> None:
+        s = TimerScheduler()
+        fired = asyncio.Event()
+        outcome: list[BaseException | None] = []
+        armed = threading.Event()
+
+        def from_thread() -> None:
+            try:
+                s.at(0.01, lambda premature: fired.set())
+                outcome.append(None)
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+                outcome.append(exc)
+            armed.set()
+
+        # Started from the loop, which then goes back to sleep in wait_for.
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.05, threading.Thread(target=from_thread, daemon=True).start)
+        try:
+            await asyncio.wait_for(fired.wait(), 1.0)
+        except TimeoutError:
+            pass
+        assert armed.wait(5)
+        assert outcome and isinstance(outcome[0], RuntimeError), (
+            f"at() from a thread returned {outcome!r}; fired={fired.is_set()}")
+        assert "event loop's thread" in str(outcome[0])
+        assert s.pending_count() == 0
+
+        # The module-level API with an installed scheduler (a worker's case).
+        timer.install(s)
+        try:
+            for call in (lambda: timer.at(0, print), lambda: timer.every(1, print)):
+                with pytest.raises(RuntimeError, match="event loop's thread"):
+                    await asyncio.to_thread(call)
+        finally:
+            timer.install(None)
+        assert s.pending_count() == 0
+
+        # On the loop's own thread nothing changes.
+        done = asyncio.Event()
+        s.at(0, lambda premature: done.set())
+        await asyncio.wait_for(done.wait(), 5)
+    loop = LOOPS[loop_name]()
+    try:
+        loop.run_until_complete(asyncio.wait_for(body(), 20))
+    finally:
+        loop.close()

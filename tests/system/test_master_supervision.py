@@ -1,5 +1,6 @@
-"""Process-model edge cases: listeners across reloads, shutdown timeouts of old
-generations, a second instance, slow status clients, signals while workers boot.
+"""How the master supervises: listeners across reloads, shutdown timeouts of old
+generations, a second instance, slow status clients, signals while workers boot,
+a drain that survives a respawn.
 
 Each test is a real ``pyresty`` with real signals; every wait is bounded.
 """

@@ -1,5 +1,8 @@
-"""HTTP edge cases over real sockets: send_timeout, 499 logging, keepalive off,
-Host rules (RFC 9112 §3.2), unread bodies, error pages after exit()."""
+"""How a connection ends, or carries on, over real sockets: a client that stops
+reading (send_timeout) or resets (both logged 499), keepalive off, a request
+without a valid Host (RFC 9112 §3.2: 400), a body nobody reads (discarded, the
+next request answered). (The error page after exit() is a case in
+tests/system/cases/test_phases.py.)"""
 from __future__ import annotations
 
 import re
@@ -32,11 +35,6 @@ async def parked(r):
     await asyncio.sleep(3)
     await r.say("too late")
 
-async def sized_exit(r):
-    r.headers_out["Content-Length"] = "2"
-    await r.print("ok")
-    r.exit(404)
-
 async def big(r):
     n = int(r.args["n"][0])
     chunk = b"x" * 65536
@@ -68,9 +66,6 @@ content = "app:ignore"
 path = "= /parked"
 content = "app:parked"
 [[server.location]]
-path = "= /sized_exit"
-content = "app:sized_exit"
-[[server.location]]
 path = "= /big"
 content = "app:big"
 
@@ -85,7 +80,7 @@ content = "app:hello"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    srv = Pyresty(tmp_path_factory.mktemp("review_http"), CONFIG, {"app.py": APP})
+    srv = Pyresty(tmp_path_factory.mktemp("connection_end"), CONFIG, {"app.py": APP})
     srv.start()
     yield srv
     srv.stop()
@@ -180,15 +175,3 @@ def test_unread_body_after_the_answer_gets_no_second_response(server):
     assert rest.startswith(b"HTTP/1.1 200") and rest.endswith(b"hello\n"), rest[:200]
 
 
-# 6. exit()/redirect() replace the body with an error page but kept a
-#    Content-Length the handler had already set: the head announced 2 bytes and
-#    ~150 followed, so a keepalive client read the rest as the next response
-#    (RFC 9112 §6.3: the framing must match the body sent).
-def test_exit_error_page_drops_the_handlers_content_length(server):
-    reply = raw_exchange(server.port, b"GET /sized_exit HTTP/1.1\r\nHost: x\r\n\r\n"
-                         b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-    head, _, rest = reply.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 404")
-    length = int(re.search(rb"Content-Length: (\d+)", head).group(1))
-    assert b"404 Not Found" in rest[:length]
-    assert rest[length:].startswith(b"HTTP/1.1 200"), rest[length:length + 60]
