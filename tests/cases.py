@@ -136,8 +136,8 @@ class Server:
 
 @dataclass(frozen=True)
 class Req:
-    """One request: sent as ``encode_request`` writes it (Host added, and
-    Content-Length for a body)."""
+    """One request: sent as ``encode_request`` writes it (``Host: 127.0.0.1:<port>``
+    added unless given, and Content-Length for a body)."""
     method: str = "GET"
     target: str = "/"
     headers: Mapping[str, str] | Sequence[tuple[str, str]] = ()
@@ -151,8 +151,9 @@ class Req:
         version = rest[0].removeprefix("HTTP/") if rest else "1.1"
         return cls(method, target, dict(headers), None, version)
 
-    def encode(self) -> bytes:
-        return encode_request(self.method, self.target, self.headers, self.body, self.version)
+    def encode(self, host: str) -> bytes:
+        return encode_request(self.method, self.target, self.headers, self.body, self.version,
+                              host)
 
 
 HeaderValue = Union[str, None, Like, Sequence[str]]
@@ -262,17 +263,19 @@ def _exchange(run: Run, port: int) -> None:
             run.reply = conn.read_until_close(case.timeout)
         run.responses = parse_responses(run.reply, ["HEAD"] if requests.startswith(b"HEAD ") else [])
         return
+    host = f"127.0.0.1:{port}"          # what http.client (and curl) would send
     with Connection(port, timeout=case.timeout) as conn:
         try:
             if case.pipelined:
-                run.sent = b"".join(r.encode() for r in requests)
+                run.sent = b"".join(r.encode(host) for r in requests)
                 conn.sock.sendall(run.sent)
                 for r in requests:
                     run.responses.append(conn.read_response(r.method))
             else:
                 for r in requests:
-                    run.sent += r.encode()
-                    conn.sock.sendall(r.encode())
+                    data = r.encode(host)
+                    run.sent += data
+                    conn.sock.sendall(data)
                     run.responses.append(conn.read_response(r.method))
         finally:
             run.reply = bytes(conn.log)

@@ -171,6 +171,8 @@ class Connection:
             return False
 
     def send_request(self, method: str = "GET", target: str = "/", **kwargs: object) -> None:
+        """Send one request; ``Host`` is ``127.0.0.1:<port>`` unless given (as http.client)."""
+        kwargs.setdefault("host", f"{HOST}:{self.port}")
         self.sock.sendall(encode_request(method, target, **kwargs))  # type: ignore[arg-type]
 
     def request(self, method: str = "GET", target: str = "/", **kwargs: object) -> Response:
@@ -328,8 +330,10 @@ class Connection:
 def request(port: int, method: str = "GET", target: str = "/",
             headers: Mapping[str, str] | Sequence[tuple[str, str]] | None = None,
             body: bytes | str | None = None, timeout: float = 10.0, version: str = "1.1",
-            host: str | None = HOST) -> Response:
-    """One request on a new connection, closed after the response."""
+            host: str | None = "") -> Response:
+    """One request on a new connection, closed after the response. ``Host`` is
+    ``127.0.0.1:<port>`` unless given in ``headers`` or as ``host`` (None: no Host)."""
+    host = f"{HOST}:{port}" if host == "" else host
     with Connection(port, timeout=timeout) as conn:
         conn.send_request(method, target, headers=headers, body=body, version=version, host=host)
         return conn.read_response(method)
