@@ -40,13 +40,14 @@ Rules
    (``None`` from ``*_read_line``, ``b""`` from the others).
 7. No zombies, ever. Every child stays in a process-wide registry until its
    leader has been reaped and its pipes are closed; ``live_count()`` counts
-   them and ``kill_all()`` signals them (the worker calls it at
-   ``worker_shutdown_timeout``, SPEC §4 step 5). The event loop reaps a child
+   them and ``kill_all()`` signals them. The event loop reaps a child
    as soon as it exits, whether or not anyone calls ``wait()``. A ``Proc``
    dropped while its child still runs kills the group with SIGKILL (nobody
    could read, wait for or kill it any more). ``close_all()`` kills and
-   reaps what is left; it runs at interpreter exit and the process model
-   calls it before ``os._exit``. A forked process starts with an empty
+   reaps what is left; it runs at interpreter exit. The first ``spawn()``
+   registers both with the process's lifecycle registry: ``kill_all()`` at
+   ``worker_shutdown_timeout`` (SPEC §4 step 5), ``close_all()`` (bounded by
+   ``reap_children``) before the process exits. A forked process starts with an empty
    registry and never signals its parent's children, even through a Proc
    it inherited.
 
@@ -74,6 +75,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pyresty.errors import PipeError
+from pyresty.runtime import lifecycle
 
 __all__ = ["PipeTimeout", "Proc", "close_all", "kill_all", "live_count", "spawn"]
 
@@ -585,6 +587,8 @@ async def spawn(args: Sequence[str] | str, *, env: Mapping[str, str] | None = No
     argv = _argv(args)
     _check_size("buffer_size", buffer_size, minimum=1)
     _prune_orphans()
+    lifecycle.register("pipes", lifecycle.Layer.CHILDREN, deadline=_kill_at_deadline,
+                       close=_close_at_exit)
     loop = asyncio.get_running_loop()
     child = _Child(loop, buffer_size, merge_stderr)
     try:
@@ -643,6 +647,14 @@ def close_all(timeout: float = 1.0) -> int:
     for child in reaped:
         child.close_ends()
     return len(reaped)
+
+
+def _kill_at_deadline(grace: float) -> None:
+    kill_all()
+
+
+def _close_at_exit() -> None:
+    close_all(lifecycle.SHUTDOWN.reap_children)
 
 
 def _reap_now(child: _Child, deadline: float) -> bool:

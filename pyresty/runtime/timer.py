@@ -26,6 +26,9 @@ Rules
 7. ``cancel_running(grace)`` (step 5) drops what is still queued, cancels
    every callback task (``CancelledError`` at its await point) and waits at
    most ``grace`` for them.
+   A scheduler registers these steps with the process's lifecycle registry
+   when it is created: ``begin_exit`` (rule 6), ``wait_idle`` (step 4) and
+   the cancel (rule 7, at the deadline).
 8. ``every(..., once=True)`` runs only in the privileged agent, else worker 0,
    else a single process; elsewhere it returns an inert timer (never pending,
    never fires).  ``every(..., once="<dict>")`` runs a tick only while this
@@ -87,7 +90,7 @@ import tempfile
 from typing import Any, Awaitable, Callable
 
 from pyresty.errors import TimerError
-from pyresty.runtime import context, identity
+from pyresty.runtime import context, identity, lifecycle
 from pyresty.runtime.identity import Role
 
 __all__ = ["Timer", "TimerError", "at", "every", "pending_count", "running_count"]
@@ -309,6 +312,8 @@ class TimerScheduler:
         self._closed = False
         self._burst_peak = 0
         self._burst_warned = False
+        lifecycle.register("timers", lifecycle.Layer.BACKGROUND, begin_exit=self.begin_exit,
+                           wait=self.wait_idle, deadline=self._at_deadline)
 
     # -- counts -----------------------------------------------------------
     def pending_count(self) -> int:
@@ -604,6 +609,10 @@ class TimerScheduler:
         by a dropped or cancelled run is not released here: it lapses within
         its TTL.
         """
+        return await self._at_deadline(grace)
+
+    def _at_deadline(self, grace: float) -> Awaitable[bool]:
+        """The lifecycle deadline step: cancel now, return the bounded wait for the end."""
         self.begin_exit()
         self._closed = True
         if self._queue:
@@ -616,6 +625,9 @@ class TimerScheduler:
         tasks = [task for task in self._tasks if task is not me]
         for task in tasks:
             task.cancel()
+        return self._cancelled_end(tasks, grace)
+
+    async def _cancelled_end(self, tasks: list[asyncio.Task[Any]], grace: float) -> bool:
         if tasks:
             _, alive = await asyncio.wait(tasks, timeout=grace)
             if alive:

@@ -90,10 +90,18 @@ class AccessLog:
                 pass  # a full disk must not take the worker down; the error log says more
 
     def reopen(self) -> None:
+        if self._fd < 0:
+            return
         self.flush()
         os.close(self._fd)
         self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 
     def close(self) -> None:
+        """Write what is buffered and close (idempotent: the server and the
+        lifecycle registry may both close a log; a second ``os.close`` could
+        close a descriptor reused since)."""
+        if self._fd < 0:
+            return
         self.flush()
         os.close(self._fd)
+        self._fd = -1

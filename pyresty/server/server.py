@@ -1,10 +1,11 @@
 """The HTTP server one process hosts: listeners, connections, routing, shutdown.
 
 A worker process (or the single process of ``workers = 0``) creates one
-``HttpServer`` from its config and the listening sockets it inherited, and
-drives its shutdown through the methods named after SPEC §4's steps:
-``stop_accepting`` (1), ``stop_keepalive`` (2), ``wait_idle`` (4) and
-``abort_all`` (5).
+``HttpServer`` from its config and the listening sockets it inherited. The
+server registers its shutdown with the process's lifecycle registry when it
+is created, with the methods named after SPEC §4's steps: begin exit runs
+``stop_accepting`` (1) and ``stop_keepalive`` (2), then come ``wait_idle``
+(4), ``abort_all`` (5) and ``close``.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pyresty.config.model import BACKLOG
 from pyresty.http.response import refresh_date
+from pyresty.runtime import lifecycle
 from pyresty.server.access_log import AccessLog
 from pyresty.server.connection import HttpConnection
 from pyresty.server.state import ServerState, open_access_logs
@@ -40,6 +42,8 @@ class HttpServer(ServerState):
         super().__init__(config, loop, resolve, access_logs)
         self._listeners: list[asyncio.AbstractServer] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        lifecycle.register("http server", lifecycle.Layer.SERVER, begin_exit=self._begin_exit,
+                           wait=self.wait_idle, deadline=self._at_deadline, close=self.close)
 
     # listening
     async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:
@@ -87,6 +91,15 @@ class HttpServer(ServerState):
             task.cancel()
         for conn in list(self.connections):
             conn.abort()
+
+    def _begin_exit(self) -> None:
+        self.stop_accepting()
+        self.stop_keepalive()
+
+    def _at_deadline(self, grace: float) -> None:
+        if self.connections:
+            log.info("worker_shutdown_timeout: closing %d connections", len(self.connections))
+        self.abort_all()
 
     def close(self) -> None:
         if self._sweeper is not None:

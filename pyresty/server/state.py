@@ -4,8 +4,9 @@
 loop and the coarse clock (``now``, advanced by the server's sweep), the
 draining flag, counters, the running request tasks and the Context each
 request copies, the compiled routes with their per-server caches, the access
-logs, and the choice of virtual server and location for a request. It knows
-nothing of listeners or of the connection class: ``server.py``'s
+logs (``open_access_logs`` registers their ``close`` with the process's
+lifecycle registry), and the choice of virtual server and location for a
+request. It knows nothing of listeners or of the connection class: ``server.py``'s
 ``HttpServer`` extends it with those, so that ``connection.py`` and
 ``phases.py`` depend on this module and not the other way round.
 """
@@ -16,7 +17,7 @@ import contextvars
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
-from pyresty.runtime import context
+from pyresty.runtime import context, lifecycle
 from pyresty.server.access_log import AccessLog
 from pyresty.server.limits import location_limits
 from pyresty.server.router import Router
@@ -27,14 +28,19 @@ if TYPE_CHECKING:
     from pyresty.server.request import Request
 
 ROUTE_CACHE_SIZE: Final = 4096  # paths remembered per server (random paths only restart it)
-LINGER: Final = 0.1             # how long an idle connection may still bring a request at shutdown (s)
 FALLBACK_BODY_LIMIT: Final = 1024 * 1024   # client_max_body_size where no location matched
 
 
 def open_access_logs(config: Config) -> dict[str, AccessLog]:
     """Every access log of ``config``, by path (opened before privileges drop)."""
-    return {server.access_log: AccessLog(server.access_log)
-            for server in config.servers if server.access_log}
+    opened = {server.access_log: AccessLog(server.access_log)
+              for server in config.servers if server.access_log}
+    if opened:
+        def close() -> None:
+            for access_log in opened.values():
+                access_log.close()
+        lifecycle.register("access logs", lifecycle.Layer.STORES, close=close)
+    return opened
 
 
 class ServerState:
@@ -53,7 +59,7 @@ class ServerState:
         # what each request's Context is copied from (runtime/context.py, rule 2)
         self.base_context: contextvars.Context = context.fresh()
         self.draining = False
-        self.linger = LINGER
+        self.linger = lifecycle.SHUTDOWN.linger   # step 2: an idle connection's last chance
         self.requests_total = 0
         self.connections_total = 0
         self.refused_total = 0

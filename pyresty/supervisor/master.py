@@ -11,7 +11,8 @@ Rules (SPEC §4):
   gracefully. A new process that fails at boot rolls the reload back: the old
   generation never stopped serving.
 - Every process asked to stop has a hard deadline (``worker_shutdown_timeout``
-  + ``HARD_MARGIN``); past it the master SIGKILLs it, whatever user code does.
+  + ``SHUTDOWN.kill_margin``, from the one table of shutdown deadlines in
+  ``runtime/lifecycle.py``); past it the master SIGKILLs it, whatever user code does.
 - A worker of the current generation that dies is respawned with the same id
   at once; one that fails at boot (``WORKER_BOOT_ERROR``) stops the master,
   since respawning would fail the same way forever.
@@ -45,6 +46,7 @@ from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
 from pyresty.runtime import identity
 from pyresty.runtime.identity import Role
+from pyresty.runtime.lifecycle import SHUTDOWN
 from pyresty.supervisor import listeners, terminal
 from pyresty.supervisor.channel import BootFailed, Drain, Message, Ready, Resume, Stats, encode
 from pyresty.supervisor.control import ControlServer, StatusServer
@@ -56,10 +58,8 @@ from pyresty.supervisor.worker import HttpLayer, WorkerProcess
 
 log = logging.getLogger("pyresty.master")
 
-HARD_MARGIN = 0.9          # s past worker_shutdown_timeout before SIGKILL (SPEC: gone by +1 s)
 READY_TIMEOUT = 60.0       # s a new generation may take to boot before the reload is abandoned
 RESPAWN_BACKOFF = 5.0      # s between attempts to respawn a worker that fails at boot
-FAST_STOP_GRACE = 3.0      # s after TERM before the master SIGKILLs what is left
 TICK = 0.1                 # s, the longest the loop sleeps when deadlines are pending
 
 
@@ -209,7 +209,7 @@ class Master:
     def handle_term(self) -> None:
         if self.stopping != "fast":
             log.log(errorlog.NOTICE, "fast shutdown")
-            self.fast_deadline = time.monotonic() + FAST_STOP_GRACE
+            self.fast_deadline = time.monotonic() + SHUTDOWN.fast_kill_after
         self.stopping = "fast"
         for child in list(self.children.values()):
             self._kill(child, signal.SIGTERM)
@@ -318,7 +318,7 @@ class Master:
         for child in list(self.children.values()):
             if child.generation == gen.number:
                 child.state = State.SHUTTING_DOWN
-                child.stop_started, child.stop_deadline = now, now + HARD_MARGIN
+                child.stop_started, child.stop_deadline = now, now + SHUTDOWN.kill_margin
                 self._kill(child, signal.SIGKILL)
         in_use = set(listeners.listens_of(self.config))
         for listen in [l for l in self.sockets if l not in in_use]:
@@ -393,7 +393,7 @@ class Master:
         timeout = child.shutdown_timeout
         now = time.monotonic()
         child.stop_started = now
-        child.stop_deadline = now + timeout + HARD_MARGIN
+        child.stop_deadline = now + timeout + SHUTDOWN.kill_margin
         child.state = State.SHUTTING_DOWN
         self._kill(child, signal.SIGQUIT)
 

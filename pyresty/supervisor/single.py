@@ -15,6 +15,7 @@ import time
 
 from pyresty import errorlog, purepython
 from pyresty.config.model import Config
+from pyresty.runtime import lifecycle
 from pyresty.runtime.identity import Role
 from pyresty.supervisor import listeners, terminal
 from pyresty.supervisor.control import (IO_TIMEOUT, MAX_HEAD, bind_control_socket, control_reply,
@@ -78,6 +79,8 @@ class SingleProcess(WorkerProcess):
                 status = listeners.bind(config.status.listen, " (the status listener)")
                 self._answering.append(await asyncio.start_server(self._status, sock=status,
                                                                   limit=MAX_HEAD))
+            lifecycle.register("control socket", lifecycle.Layer.SERVER,
+                               close=self._close_answering)   # answers `status` until the end
         except OSError as exc:
             self._close_answering()
             terminal.fatal(config, str(exc) if isinstance(exc, listeners.ListenError) else
@@ -90,10 +93,6 @@ class SingleProcess(WorkerProcess):
         # no master to tell: a boot failure goes to the terminal (the log has it too)
         if isinstance(message, BootFailed) and self.config.error_log != "stderr":
             print(f"pyresty: cannot start: {message.reason}", file=sys.stderr, flush=True)
-
-    def _close_runtime(self) -> None:
-        self._close_answering()
-        super()._close_runtime()
 
     def _close_answering(self) -> None:
         for server in self._answering:

@@ -6,16 +6,23 @@ the master never imports it), shared dicts opened, timers, ``init_worker``,
 listeners. A failure anywhere in boot exits with ``WORKER_BOOT_ERROR`` so the
 master stops instead of respawning in a loop.
 
-Graceful shutdown (QUIT, or the master's channel closing) follows SPEC §4:
-1. listeners closed; 2. keepalive stopped, idle connections closed after a
-short linger; 3. every pending timer fires once with ``premature=True`` and
-new timers are refused; 4. requests, timer callbacks and pipes get the rest of
-``worker_shutdown_timeout``; 5. then everything left is cancelled, children
-are killed and connections closed; 6. ``exit_worker`` runs (at most 5 s, and
-never past the hard bound of ``worker_shutdown_timeout`` + 1 s), and the
-process exits. Nothing user code does can extend these deadlines: they are
-the loop's timers, and the master SIGKILLs a worker past the hard bound in
-case user code blocks the loop itself.
+Shutdown is a walk over the process's lifecycle registry
+(``pyresty/runtime/lifecycle.py``), which the worker installs before anything
+else: the HTTP server, the timer scheduler, pipes, shared dicts and access
+logs register their steps there when they are created or first used, and the
+worker never looks for them. A graceful shutdown (QUIT, or the master's
+channel closing) follows SPEC §4: begin exit (1. listeners closed; 2.
+keepalive stopped, idle connections closed after a short linger; 3. every
+pending timer fires once with ``premature=True`` and new timers are refused);
+4. requests, timer callbacks and the like get the rest of
+``worker_shutdown_timeout``; 5. the deadline steps: tasks cancelled, children
+killed, connections closed; 6. ``exit_worker`` runs (at most
+``SHUTDOWN.exit_hook``, and never past ``worker_shutdown_timeout`` +
+``SHUTDOWN.worker_slack``); then the close steps, and the process exits. A fast
+shutdown (TERM/INT) is the same walk without step 4. Nothing user code does
+can extend these deadlines: they are the loop's timers, and the master SIGKILLs
+a worker ``SHUTDOWN.kill_margin`` past its timeout in case user code blocks the
+loop itself.
 """
 from __future__ import annotations
 
@@ -35,16 +42,16 @@ import uvloop
 
 from pyresty import errorlog
 from pyresty.config.model import Config, Listen
-from pyresty.runtime import context, identity, loader
+from pyresty.runtime import context, identity, lifecycle, loader
 from pyresty.runtime import timer as timers
 from pyresty.runtime.identity import Role
+from pyresty.runtime.lifecycle import SHUTDOWN
 from pyresty.supervisor.channel import (BootFailed, Drain, LineReader, Message, Ready, Resume,
                                        Stats, encode)
 from pyresty.supervisor.exitcodes import WORKER_BOOT_ERROR
 
 log = logging.getLogger("pyresty.process")
 
-EXIT_HOOK_LIMIT = 5.0      # SPEC §4 step 6
 STATS_INTERVAL = 0.5       # how often a worker reports its figures to the master
 
 
@@ -103,10 +110,12 @@ class WorkerProcess:
         self.state = "starting"
         self.shutdown_started = 0.0
         self.access_logs: dict[str, Any] = {}
+        self.lifecycle = lifecycle.Registry(SHUTDOWN)
 
     # entry point
     def run(self) -> int:
         """Run the process to its end; returns the exit code."""
+        lifecycle.install(self.lifecycle)    # before anything that registers with it
         errorlog.set_worker_tag(self.worker_id if self.role is not Role.AGENT else None)
         identity.become(self.role, self.worker_id, max(self.config.workers, 1), self.generation,
                         self.master_pid, self.config.prefix)
@@ -271,7 +280,9 @@ class WorkerProcess:
     def stats(self) -> Stats:
         """This process's figures (for the master, or for the single process's own status)."""
         scheduler = self.scheduler
-        shared = sys.modules.get("pyresty.runtime.shared") if self.config.shared else None
+        shared = None
+        if self.config.shared:
+            from pyresty.runtime import shared    # opened at boot: already imported
         return Stats(
             state=self.state,
             timers_pending=scheduler.pending_count() if scheduler is not None else 0,
@@ -293,57 +304,26 @@ class WorkerProcess:
     # shutdown
     async def _shutdown_gracefully(self) -> None:
         loop = self.loop
+        self._begin_shutdown()
+        start = self.shutdown_started
         timeout = self.config.worker_shutdown_timeout
-        self.shutdown_started = start = loop.time()
-        deadline = start + timeout
-        hard_deadline = deadline + 0.8
-        identity.current.exiting = True
-        self.state = "shutting down"
         setproctitle.setproctitle(title_for(self.role, self.worker_id, shutting_down=True))
-        log.info("gracefully shutting down")
+        log.info("gracefully shutting down (%s)", ", ".join(self.lifecycle.names()))
         self._report()
-        server = self.server
-        if server is not None:
-            server.stop_accepting()                               # step 1
-            server.stop_keepalive()                               # step 2
-        if self.scheduler is not None:
-            self.scheduler.begin_exit()                           # step 3
-        await self._wait_all(deadline)                            # step 4
-        await self._force_stop()                                  # step 5
-        await self._run_exit_hook(min(EXIT_HOOK_LIMIT, hard_deadline - loop.time()))  # step 6
+        await self.lifecycle.shutdown(timeout)                    # steps 1-5
+        end = start + timeout + SHUTDOWN.worker_slack
+        await self._run_exit_hook(min(SHUTDOWN.exit_hook, end - loop.time()))   # step 6
         log.info("exiting after %.3f s", loop.time() - start)
 
-    async def _wait_all(self, deadline: float) -> None:
-        waits = []
-        remaining = max(0.0, deadline - self.loop.time())
-        if self.server is not None:
-            waits.append(self.server.wait_idle(remaining))
-        if self.scheduler is not None:
-            waits.append(self.scheduler.wait_idle(remaining))
-        if waits:
-            await asyncio.gather(*waits)
-
-    async def _force_stop(self) -> None:
-        if self.server is not None and self.server.connections:
-            log.info("worker_shutdown_timeout: closing %d connections", len(self.server.connections))
-        if self.server is not None:
-            self.server.abort_all()
-        if self.scheduler is not None:
-            await self.scheduler.cancel_running(grace=0.2)
-        if "pyresty.runtime.pipe" in sys.modules:
-            sys.modules["pyresty.runtime.pipe"].kill_all()
-        await asyncio.sleep(0)  # let aborted transports and cancelled tasks finish
-
     async def _shutdown_fast(self) -> None:
+        self._begin_shutdown()
+        await self.lifecycle.shutdown(None)                       # no wait: steps 1-3, 5
+        await self._run_exit_hook(SHUTDOWN.fast_exit_hook)
+
+    def _begin_shutdown(self) -> None:
         identity.current.exiting = True
         self.state = "shutting down"
         self.shutdown_started = self.loop.time()
-        if self.server is not None:
-            self.server.stop_accepting()
-        if self.scheduler is not None:
-            self.scheduler.begin_exit()
-        await self._force_stop()
-        await self._run_exit_hook(1.0)
 
     async def _run_exit_hook(self, limit: float) -> None:
         hook = self._exit_hook
@@ -359,7 +339,4 @@ class WorkerProcess:
 
     def _close_runtime(self) -> None:
         self.state = "exited"
-        if self.server is not None:
-            self.server.close()
-        if self.config.shared and "pyresty.runtime.shared" in sys.modules:
-            sys.modules["pyresty.runtime.shared"].close_all()
+        self.lifecycle.close()

@@ -181,3 +181,56 @@ def test_init_worker_failure_is_a_boot_failure(make_server):
     assert "init_worker hook boom:start failed: RuntimeError: no database" in text
     assert "failed to start; stopping" in text
     assert text.count("started worker") <= 2   # no respawn loop
+
+
+WALK = '''
+import logging, os
+import pyresty
+
+log = logging.getLogger("pyresty.app")
+kept = []   # a dropped Proc kills its child at once (pipe rule 7): keep it, as a cache would
+
+def start():
+    pyresty.timer.at(3600, last_word)
+
+async def last_word(premature):
+    log.warning("last word premature=%s from %d", premature, os.getpid())
+
+async def detach(r):
+    proc = await pyresty.pipe.spawn(["sleep", "3600"])
+    kept.append(proc)
+    await r.say(proc.pid, " ", os.getpid())
+'''
+
+
+def test_reload_walks_the_registry_within_its_bounds(make_server):
+    """SPEC §4 as a walk over the lifecycle registry: on reload the old worker
+    fires its hour-long timer premature and kills the child a finished request
+    left behind (pipes registered at that first spawn), then exits, all within
+    worker_shutdown_timeout + 1 s of the new generation being ready."""
+    server = make_server('''
+        workers = 1
+        worker_shutdown_timeout = "1s"
+        [hooks]
+        init_worker = "walk:start"
+        [[server]]
+        listen = "127.0.0.1:{port}"
+        access_log = "logs/access.log"
+        [[server.location]]
+        path = "= /detach"
+        content = "walk:detach"
+    ''', {"walk.py": WALK}, ready=READY)
+    code, _, body = http_get(server.port, "/detach")
+    assert code == 200
+    child, worker = (int(n) for n in body.split())
+    assert os.path.exists(f"/proc/{child}")
+    hup_at = time.monotonic()
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"generation 2 ready", timeout=15)
+    server.wait_log(rf"last word premature=True from {worker}")
+    wait_for(lambda: not os.path.exists(f"/proc/{worker}"), 5, "the old worker to exit")
+    assert time.monotonic() - hup_at < 1.0 + 1.0 + 1.0   # ready + timeout + 1 s
+    wait_for(lambda: not os.path.exists(f"/proc/{child}") or
+             open(f"/proc/{child}/stat").read().split()[2] == "Z", 3, "the child to be killed")
+    assert re.search(r"gracefully shutting down \(http server, timers, pipes, access logs\)",
+                     server.log_text())

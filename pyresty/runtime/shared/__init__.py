@@ -5,9 +5,10 @@ Rules (who calls what, and when)
 - master, at start only:       ``wipe(specs, base_dir)`` (a restart begins empty,
                                as in OpenResty; a reload must NOT wipe, so the
                                data survives it, even with a new size)
-- every child, after fork:     ``open_all(specs, base_dir)``; ``close_all()`` at
-                               exit (or ``await aclose_all()``, which also waits
-                               for the Redis pools to close). The master never opens a store across a
+- every child, after fork:     ``open_all(specs, base_dir)``, which registers
+                               ``close_all()`` with the process's lifecycle
+                               registry (it runs at exit; ``await aclose_all()``
+                               also waits for the Redis pools to close). The master never opens a store across a
                                fork (py-lmdb refuses an environment a parent had
                                open; LMDB's locks are per process).
 - master, after reaping one:   ``reader_check(specs, base_dir)`` clears reader
@@ -46,6 +47,7 @@ from redis.asyncio import Redis
 
 from pyresty.config.model import SharedDictSpec
 from pyresty.errors import SharedDictError
+from pyresty.runtime import lifecycle
 from pyresty.runtime.shared import embedded, redis_backend
 from pyresty.runtime.shared.contract import DictStats, SharedDict
 from pyresty.runtime.shared.embedded import EmbeddedDict
@@ -162,6 +164,7 @@ def open_all(specs: Iterable[SharedDictSpec], base_dir: str) -> None:
                 d.close()
         raise
     shared._dicts = opened
+    lifecycle.register("shared dicts", lifecycle.Layer.STORES, close=close_all)
 
 
 def _open(spec: SharedDictSpec, base_dir: str,
