@@ -16,6 +16,16 @@ Rules:
   process, not one per connection): ``client_header_timeout`` while a head
   arrives, ``client_body_timeout`` while a handler waits for body bytes,
   ``keepalive_timeout`` while idle, ``send_timeout`` while writes are paused.
+- A response that goes out before its request's body was read keeps the
+  connection when the rest of the body is small enough to read and drop
+  (nginx's ``ngx_http_discard_request_body``): at most ``DISCARD_MAX`` bytes
+  after the response started, announced by Content-Length or counted as a
+  chunked body arrives; past it the connection closes. A client waiting for
+  ``100 Continue`` gets it just before the response, as nginx sends it, so it
+  sends the body it announced rather than leave the next bytes ambiguous
+  (body or next request?). nginx bounds discarding by time only
+  (``lingering_time`` 30 s); here the rest must arrive within
+  ``client_header_timeout`` of its first byte.
 - Graceful shutdown (SPEC §4 step 2): ``stop_keepalive`` makes every later
   response carry ``Connection: close``; an idle connection is closed only
   after a short linger and only when no request bytes are waiting in the
@@ -47,6 +57,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyresty.http")
 
 MAX_PIPELINED: Final = 16
+# Unread body bytes dropped to keep a connection (module docstring): nginx's
+# default client_max_body_size. Reading this much costs less than a new
+# connection (and TLS handshake); an upload larger than that is cut instead.
+DISCARD_MAX: Final = 1024 * 1024
 INF: Final = float("inf")
 
 
@@ -67,7 +81,7 @@ class HttpConnection(Stream):
                  "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
                  "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
-                 "send", "settings", "keepalive_timeout", "max_requests")
+                 "send", "settings", "keepalive_timeout", "max_requests", "discarded")
 
     def __init__(self, app: ServerState, listen: Listen) -> None:
         self.app = app
@@ -100,6 +114,7 @@ class HttpConnection(Stream):
         self._body_waiter: asyncio.Future[None] | None = None
         self.deadline = INF
         self.deadline_kind = Deadline.NONE
+        self.discarded = 0   # body bytes of an answered request, dropped
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -222,6 +237,9 @@ class HttpConnection(Stream):
         if req is None or req.finished:
             # Answered without reading its body: discard the rest, as nginx does.
             # A 413 now would be a second response to one request (RFC 9112 §9.3).
+            self.discarded += len(data)
+            if self.discarded > DISCARD_MAX:
+                self.close()
             return
         limit = req.route.client_max_body_size
         if req.body_size + len(data) > limit > 0:
@@ -234,6 +252,7 @@ class HttpConnection(Stream):
     def on_end(self) -> None:
         req = self.parsing
         self.parsing = None
+        self.parser.between_messages = True   # httptools tells the parser nothing of a body's end
         if req is None:
             return
         req.end_body()
@@ -247,7 +266,8 @@ class HttpConnection(Stream):
                 self.clear_deadline()
             self._wake_body()
         elif req.queued:
-            pass
+            if req.finished and self.current is None and not self.closed:
+                self._wait_for_request()   # the dropped body is over: idle again
         elif self.current is None:   # the common case: a bodiless request, nothing queued
             req.queued = True
             self.current = req
@@ -325,8 +345,8 @@ class HttpConnection(Stream):
             raise ConnectionResetError("client closed the connection")
 
     async def wait_body(self, req: Exchange) -> None:
-        if not self.continue_sent and not req.started:
-            expect = req.header(b"expect")
+        if not self.continue_sent and not req.started and req.http_version == "1.1":
+            expect = req.header(b"expect")   # ignored in HTTP/1.0 (RFC 9110 §10.1.1)
             if expect is not None and expect.lower() == b"100-continue":
                 self.continue_sent = True
                 self.write(wire.CONTINUE)
@@ -349,10 +369,19 @@ class HttpConnection(Stream):
         if self.closing or (self.half_closed and not self.pending) or self.app.draining:
             return False
         if not req.body_complete:
-            # The client may be holding the body back for a 100 Continue we never sent.
-            expect = req.header(b"expect")
-            if expect is not None and not self.continue_sent:
+            # The rest of the body will be read and dropped (module docstring)
+            length = self.parser.content_length
+            if length is not None and length - req.body_size > DISCARD_MAX:
                 return False
+            expect = req.header(b"expect") if not self.continue_sent else None
+            if expect is not None and req.http_version == "1.1":   # RFC 9110 §10.1.1
+                if expect.lower() != b"100-continue":
+                    return False   # an expectation we cannot meet: do not guess
+                # The client may be holding the body back: ask for it, so
+                # that what follows on this connection is that body.
+                self.continue_sent = True
+                self.write(wire.CONTINUE)
+            self.discarded = 0
         return True
 
     async def send_file(self, x: Exchange, file: BinaryIO, offset: int, count: int) -> None:
@@ -429,6 +458,15 @@ class HttpConnection(Stream):
         self.app.count_refused(status)
         req = self.current
         bad = self.parsing
+        if bad is not None and (bad.finished or bad.started):
+            # The bad bytes are in the body of a request that has (or is
+            # getting) its response: one response per request (RFC 9112 §9.3),
+            # so close once that response is out, as nginx does.
+            if bad.finished:
+                self.close()
+            else:
+                self.abort()
+            return
         if req is not None and req is not bad:
             # The bad bytes follow complete requests: answer those first, in order
             # (RFC 9112 §9.3.2), then send the refusal from request_done.

@@ -56,6 +56,7 @@ class Request(Exchange):
     _args: dict[str, list[str]] | None = None
     _ctx: dict[str, Any] | None = None
     _out_size = 0
+    _authority: str | None = None   # the host of an absolute-form target (RFC 9112 §3.2.2)
     _discarding = False     # exit() in a filter: later output is dropped
     task: asyncio.Task[None] | None = None   # the Task running this request's phases
     upstream_addr: str | None = None
@@ -75,7 +76,7 @@ class Request(Exchange):
             raw_path = uri[:mark]
             self.query = uri[mark + 1:]
         if raw_path[:1] != "/":
-            raw_path = _origin_path(raw_path)
+            raw_path, self._authority = _origin_path(raw_path)
         self.path: str = unquote(raw_path) if "%" in raw_path else raw_path
         self.http_version = version
         self.fields = fields
@@ -317,12 +318,13 @@ class Request(Exchange):
         return f"<Request {self.method} {self.uri}>"
 
 
-def _origin_path(target: str) -> str:
-    """The path of an absolute-form or asterisk-form target (RFC 9112 §3.2)."""
-    if target == "*":
-        return "*"
+def _origin_path(target: str) -> tuple[str, str | None]:
+    """The path and host of an absolute-form target (RFC 9112 §3.2.2; the
+    parser refuses the other forms): ``http://b.test:8080/p`` -> ``/p``, ``b.test:8080``."""
     scheme, sep, rest = target.partition("://")
     if sep:
         slash = rest.find("/")
-        return rest[slash:] if slash >= 0 else "/"
-    return target
+        if slash >= 0:
+            return rest[slash:], rest[:slash]
+        return "/", rest
+    return target, None

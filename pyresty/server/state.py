@@ -113,8 +113,12 @@ class ServerState:
     def route_by_host(self, req: Request, listen: Listen) -> None:
         """Choose the virtual server by Host, then the location, for a request
         on an address several servers share."""
-        host = req.header(b"host")
-        server = self.router.server_for(listen, host.decode("latin-1") if host else None)
+        # RFC 9112 §3.2.2: an absolute-form target's host wins over Host (nginx too)
+        host = req._authority
+        if host is None:
+            field = req.header(b"host")
+            host = field.decode("latin-1") if field else None
+        server = self.router.server_for(listen, host)
         req.server = server
         req.route = self.route_for(server, req.path)
 
