@@ -85,6 +85,12 @@ class HttpError(Exception):
 
 
 class RequestSink(Protocol):
+    """Receives a request's events. ``on_body`` and ``on_end`` are called by
+    httptools directly, so the parser cannot see a body end: a sink sets the
+    parser's ``between_messages`` in ``on_end`` (without it, only a raw
+    non-ASCII target after a request with a body is refused that would
+    otherwise be served)."""
+
     def on_head(self, method: str, target: bytes, version: str,
                 fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None: ...
 
@@ -100,7 +106,7 @@ class RequestParser:
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
                  "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
                  "_should_keep_alive", "_should_upgrade", "_on_head", "between_messages",
-                 "_fed_between", "_method_tail", "_lenient", "_fed_lenient", "_begun")
+                 "_fed_between", "_method_tail", "_lenient", "_fed_lenient")
 
     def __init__(self, sink: RequestSink) -> None:
         self._on_head = sink.on_head
@@ -115,7 +121,7 @@ class RequestParser:
         self._fields: list[tuple[bytes, bytes]] = []
         self._in_head = False
         self._head_bytes = 0
-        self._began = False
+        self._began = 0   # messages begun in the current feed
         self._feed_size = 0
         self.content_length: int | None = None   # of the request whose head was parsed last
         self.chunked = False
@@ -128,7 +134,6 @@ class RequestParser:
         self._method_tail: bytes | None = None   # an unknown method, until it ends
         self._lenient = False   # this head is fed again, llhttp taking any version
         self._fed_lenient = False   # _lenient when the current feed began
-        self._begun = 0   # messages begun in the current feed
 
     def _new_parser(self, lenient: bool = False) -> None:
         # bound once: a method looked up by name on every request is measurable
@@ -158,8 +163,7 @@ class RequestParser:
         if self._method_tail is not None:
             self._refuse_method(self._method_tail + data)
             return
-        self._began = False
-        self._begun = 0
+        self._began = 0
         self._feed_size = len(data)
         self._fed_between = self.between_messages
         self._fed_lenient = self._lenient
@@ -218,7 +222,7 @@ class RequestParser:
         if not self._fed_between:
             return -1
         total, failure = _begins(data, self._fed_lenient)
-        if failure is not error or total != self._begun:
+        if failure is not error or total != self._began:
             return -1   # the fresh parser did not go the same way: do not guess
         low, high = 1, len(data)   # the shortest prefix in which the request has begun
         while low < high:
@@ -316,8 +320,8 @@ class RequestParser:
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        self._began = self._in_head = True
-        self._begun += 1
+        self._began += 1
+        self._in_head = True
         self.between_messages = False
         self._head_bytes = 0
         if self._fields:
