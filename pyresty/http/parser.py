@@ -167,27 +167,25 @@ class RequestParser:
         self._feed_size = len(data)
         self._fed_between = self.between_messages
         self._fed_lenient = self._lenient
+        again: bytes | None = None   # fed after the except clause (see _refeed)
         try:
             self._feed_data(data)
         except httptools.HttpParserUpgrade as exc:
             # llhttp stops at a request asking for Upgrade (RFC 9110 §7.8). No
             # handler switches protocols yet, so the connection stays HTTP/1.1:
             # go on with a fresh parser from the first byte after that request.
-            rest = data[exc.args[0]:] if exc.args else b""
+            again = data[exc.args[0]:] if exc.args else b""
             self._new_parser()
             self.between_messages = True
-            if rest:
-                self.feed(rest)
-            return
         except httptools.HttpParserCallbackError as exc:
             # httptools keeps what our callback raised as the context
             if isinstance(exc.__context__, HttpError):
                 raise exc.__context__ from None
             raise
         except httptools.HttpParserInvalidURLError as exc:
-            if _HIGH_BYTE.search(data) is None or not self._reencode_target(data):
+            again = self._reencode_target(data) if _HIGH_BYTE.search(data) else None
+            if again is None:
                 raise HttpError(400, f"malformed request: {exc}") from None
-            return
         except httptools.HttpParserInvalidMethodError as exc:
             tail = self._method_bytes(data, httptools.HttpParserInvalidMethodError)
             if tail is None:
@@ -195,9 +193,16 @@ class RequestParser:
             self._refuse_method(tail)
             return
         except httptools.HttpParserError as exc:
-            if str(exc) == "Invalid HTTP version" and self._reversion(data):
-                return
-            raise HttpError(400, f"malformed request: {exc}") from None
+            again = self._reversion(data) if str(exc) == "Invalid HTTP version" else None
+            if again is None:
+                raise HttpError(400, f"malformed request: {exc}") from None
+        if again is not None:
+            # Out of the except clause: inside it, an exception a callback raises
+            # in this feed would get the handled one as its context, where
+            # httptools puts what the callback raised (HttpParserCallbackError).
+            if again:
+                self.feed(again)
+            return
         if self._in_head and not self._began:
             # Count only feeds that lie wholly inside one head: a head that began
             # in this feed shares it with the end of the previous message.
@@ -233,13 +238,14 @@ class RequestParser:
                 low = middle + 1
         return low - 1
 
-    def _reencode_target(self, data: bytes) -> bool:
-        """Feed again the request llhttp refused for a byte >= 0x80 in its
-        target, with those bytes percent-encoded; False when it cannot be located."""
+    def _reencode_target(self, data: bytes) -> bytes | None:
+        """The bytes to feed again, from the request llhttp refused for a byte
+        >= 0x80 in its target, with those bytes percent-encoded, to a new
+        parser; None when the request cannot be located."""
         method = self._get_method()
         start = self._message_start(data, httptools.HttpParserInvalidURLError)
         if start < 0:
-            return False
+            return None
         if self._began:
             line = data[start:]
         else:
@@ -249,30 +255,30 @@ class RequestParser:
             head = data[:first.start()] if first is not None else data
             space = head.find(b" ")
             if b"\r" in head or b"\n" in head:
-                return False
+                return None
             if space >= 0:
                 line = method + b" " + data[space + 1:]
             else:
                 line = method + b" " + self._target + data
         encoded = _percent_encode_target(line)
         if encoded is None:
-            return False
+            return None
         self._target = b""
         self._new_parser()
         self.between_messages = True   # the new parser starts at this request
-        self.feed(encoded)
-        return True
+        return encoded
 
-    def _reversion(self, data: bytes) -> bool:
+    def _reversion(self, data: bytes) -> bytes | None:
         """llhttp refused a version other than 0.9, 1.0, 1.1 and 2.0: 505 for a
-        major other than 1, else feed the head again to a parser that takes any
-        version, for on_headers_complete to serve it as 1.1 (RFC 9112 §2.3)."""
+        major other than 1, else the bytes to feed again, from that head on, to
+        a new parser that takes any version, for on_headers_complete to serve it
+        as 1.1 (RFC 9112 §2.3); None when the head cannot be located."""
         version = self._get_http_version()
         if version[0] != "1":
             self._fail(505, f"HTTP/{version} is not supported")
         start = self._message_start(data, httptools.HttpParserError)
         if start < 0:
-            return False
+            return None
         if self._began:
             line = data[start:]
         else:
@@ -282,14 +288,13 @@ class RequestParser:
             seen = data if end < 0 else data[:end]
             known = b"HTTP/" + version.encode("ascii")
             if not known.endswith(seen):
-                return False
+                return None
             line = (self._get_method() + b" " + self._target + b" " + known
                     + (data[end:] if end >= 0 else b""))
         self._target = b""
         self._new_parser(lenient=True)
         self.between_messages = True
-        self.feed(line)
-        return True
+        return line
 
     def _method_bytes(self, data: bytes, error: type[Exception]) -> bytes | None:
         """The refused method's bytes known so far (None: cannot be told)."""

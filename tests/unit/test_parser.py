@@ -915,3 +915,18 @@ def test_pipelined_heads_fed_again_each_get_served(step):
     assert outcome.status is None
     assert [(m.target, m.version, m.ends) for m in outcome.messages] == [
         (b"/v", "1.1", 1), (b"/w", "1.1", 1), (b"/%C3%A9", "1.1", 1), (b"/x", "1.1", 1)]
+
+
+@pytest.mark.parametrize("raw", [b"GET /\xff HTTP/1.1\r\n\r\n", b"GET / HTTP/1.2\r\n\r\n"],
+                         ids=["raw-byte-target", "http12"])
+def test_sink_refusal_of_a_head_fed_again_stays_an_http_error(raw):
+    """A head fed again (raw target, HTTP/1.2) that the sink refuses (the
+    connection's Host rule) must come out as that HttpError, not as a parser
+    bug (found by tests/net/test_fuzz.py: [crit] and a reset connection)."""
+    class Refusing(Recorder):
+        def on_head(self, *args):  # type: ignore[no-untyped-def]
+            raise HttpError(400, "missing Host")
+
+    with pytest.raises(HttpError) as info:
+        RequestParser(Refusing()).feed(raw)
+    assert info.value.status == 400 and info.value.reason == "missing Host"
