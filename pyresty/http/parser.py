@@ -283,14 +283,15 @@ class RequestParser:
             line = data[start:]
         else:
             # The request line began in an earlier read; llhttp has seen the
-            # method, the whole target (on_url) and both digits of the version.
+            # method, the whole target (on_url) and both digits of the version,
+            # and what of the line is in this read must end it.
             end = data.find(b"\r")
             seen = data if end < 0 else data[:end]
-            known = b"HTTP/" + version.encode("ascii")
+            known = (self._get_method() + b" " + self._target + b" HTTP/"
+                     + version.encode("ascii"))
             if not known.endswith(seen):
                 return None
-            line = (self._get_method() + b" " + self._target + b" " + known
-                    + (data[end:] if end >= 0 else b""))
+            line = known + (data[end:] if end >= 0 else b"")
         self._target = b""
         self._new_parser(lenient=True)
         self.between_messages = True

@@ -930,3 +930,21 @@ def test_sink_refusal_of_a_head_fed_again_stays_an_http_error(raw):
     with pytest.raises(HttpError) as info:
         RequestParser(Refusing()).feed(raw)
     assert info.value.status == 400 and info.value.reason == "missing Host"
+
+
+@pytest.mark.parametrize("raw, status, target", [
+    (b"GET /p HTTP/1.2\r\nHost: example.com\r\n\r\n", None, b"/p"),
+    (b"GET /caf\xc3\xa9?q=\xc3\xbc HTTP/1.2\r\nHost: example.com\r\n\r\n", None,
+     b"/caf%C3%A9?q=%C3%BC"),
+    (b"FOO /p HTTP/1.1\r\nHost: example.com\r\n\r\n", 501, None),
+    (b"GET /p HTTP/3.1\r\nHost: example.com\r\n\r\n", 505, None),
+], ids=["http12", "raw-utf8-http12", "unknown-method", "http31"])
+def test_heads_fed_again_at_every_split_point(raw, status, target):
+    """Every place a read may end inside the request line (the located start,
+    the reconstructed line) gives the same answer as the whole request."""
+    for cut in range(1, len(raw)):
+        outcome = feed_pieces([raw[:cut], raw[cut:]])
+        assert outcome.status == status, cut
+        if target is not None:
+            assert [(m.target, m.version, m.ends) for m in outcome.messages] == [
+                (target, "1.1", 1)], cut
