@@ -43,9 +43,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from pyresty.errors import ClientBodyTimeout
-from pyresty.http import response as wire
+from pyresty.http import response
 from pyresty.http.parser import HttpError, RequestParser
-from pyresty.server.phases import start
+from pyresty.server.phases import start_request
 from pyresty.server.request import Request
 from pyresty.server.stream import Exchange, Stream
 
@@ -77,22 +77,22 @@ class HttpConnection(Stream):
     """The protocol object of one connection (asyncio's Protocol interface,
     without the base class so that mypyc can compile it as a native class)."""
 
-    __slots__ = ("app", "server_conf", "listen", "transport", "parser", "peer_port",
+    __slots__ = ("state", "server_conf", "listen", "transport", "parser", "peer_port",
                  "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
                  "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
                  "send", "settings", "keepalive_timeout", "max_requests", "discarded")
 
-    def __init__(self, app: ServerState, listen: Listen) -> None:
-        self.app = app
+    def __init__(self, state: ServerState, listen: Listen) -> None:
+        self.state = state
         self.listen = listen
-        self.server_conf = app.default_server(listen)
+        self.server_conf = state.default_server(listen)
         self.keepalive_timeout = 0.0
         self.max_requests = 0
         self.follow(self.server_conf)
-        self.shared_listen = app.shares_listen(listen)
-        self.route_cache = app.route_cache(self.server_conf)
-        self.loop = app.loop
+        self.shared_listen = state.shares_listen(listen)
+        self.route_cache = state.route_cache(self.server_conf)
+        self.loop = state.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.send: Callable[[bytes], None] = _not_connected   # transport.write, bound once
         self.parser = RequestParser(self)
@@ -127,12 +127,12 @@ class HttpConnection(Stream):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_host, self.peer_port = peer[0], peer[1]
-        self.app.connection_opened(self)
+        self.state.connection_opened(self)
         self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.app.connection_closed(self)
+        self.state.connection_closed(self)
         for waiter in (self._drain_waiter, self._body_waiter):
             if waiter is not None and not waiter.done():
                 waiter.set_exception(ConnectionResetError("client closed the connection"))
@@ -143,7 +143,7 @@ class HttpConnection(Stream):
             return
         if self.deadline_kind is Deadline.IDLE:
             self.deadline_kind = Deadline.HEAD
-            self.deadline = self.app.now + self.server_conf.client_header_timeout
+            self.deadline = self.state.now + self.server_conf.client_header_timeout
         try:
             self.parser.feed(data)
         except HttpError as exc:
@@ -185,16 +185,16 @@ class HttpConnection(Stream):
             # any request with more than one Host field line.
             raise HttpError(400, "missing or duplicate Host header")
         req = Request(self, method, target, version, fields, keep_alive, upgrade)
-        app = self.app
-        if app.timing:
+        state = self.state
+        if state.timing:
             req.start_time = self.loop.time()
         if self.shared_listen:
-            app.route_by_host(req, self.listen)
+            state.route_by_host(req, self.listen)
             if req.server is not self.settings:
                 self.follow(req.server)
         else:
             req.server = self.server_conf
-            req.route = self.route_cache.get(req.path) or app.route_for(self.server_conf, req.path)
+            req.route = self.route_cache.get(req.path) or state.route_for(self.server_conf, req.path)
         self.requests += 1
         if self.requests >= self.max_requests:
             req.keep_alive = False
@@ -225,7 +225,7 @@ class HttpConnection(Stream):
             self.current = req
             self.deadline_kind = Deadline.NONE
             self.deadline = INF
-            start(self.app, req)
+            start_request(self.state, req)
         elif req is not self.current:
             self.pending.append(req)
             if len(self.pending) >= MAX_PIPELINED and not self._reading_paused:
@@ -273,7 +273,7 @@ class HttpConnection(Stream):
             self.current = req
             self.deadline_kind = Deadline.NONE
             self.deadline = INF
-            start(self.app, req)
+            start_request(self.state, req)
         else:
             self._start_or_queue(req)
 
@@ -282,12 +282,12 @@ class HttpConnection(Stream):
         status = x.status
         fields = x.fields_out
         if x.keep_alive and x.body_complete and not (self.closing or self.half_closed):
-            keep_alive = not self.app.draining   # the common case, without a call
+            keep_alive = not self.state.draining   # the common case, without a call
         else:
             keep_alive = x.keep_alive and self.keepalive_allowed(x)
         if status == 200 and keep_alive and length is not None and fields is None:
             # the common case: a 200 with a known length, kept alive
-            head = wire.plain_200_head(length)
+            head = response.plain_200_head(length)
             if body and x.method != "HEAD":
                 x.body_bytes_sent = len(body)
                 head += body
@@ -296,24 +296,24 @@ class HttpConnection(Stream):
             if not self.closed:
                 self.send(head)
             return
-        head, chunked, keep_alive = wire.response_head(status, fields, length,
+        head, chunked, keep_alive = response.response_head(status, fields, length,
                                                        x.http_version == "1.1", keep_alive)
         if not keep_alive:
             x.keep_alive = False
         self.chunked = chunked
-        if body and not (wire.bodiless(status) or x.method == "HEAD"):
+        if body and not (response.bodiless(status) or x.method == "HEAD"):
             x.body_bytes_sent += len(body)
-            head += wire.chunk(body) if chunked else body
+            head += response.chunk(body) if chunked else body
         x.bytes_sent += len(head)
         if not self.closed:
             self.send(head)
 
     def send_data(self, x: Exchange, data: bytes) -> None:
-        if x.method == "HEAD" or wire.bodiless(x.status):
+        if x.method == "HEAD" or response.bodiless(x.status):
             return
         x.body_bytes_sent += len(data)
         if self.chunked:
-            data = wire.chunk(data)
+            data = response.chunk(data)
         x.bytes_sent += len(data)
         if not self.closed:
             self.send(data)
@@ -322,8 +322,8 @@ class HttpConnection(Stream):
         if self.chunked:
             self.chunked = False
             if x.method != "HEAD":
-                x.bytes_sent += len(wire.LAST_CHUNK)
-                self.write(wire.LAST_CHUNK)
+                x.bytes_sent += len(response.LAST_CHUNK)
+                self.write(response.LAST_CHUNK)
 
     def reset(self) -> None:
         self.abort()
@@ -349,7 +349,7 @@ class HttpConnection(Stream):
             expect = req.header(b"expect")   # ignored in HTTP/1.0 (RFC 9110 §10.1.1)
             if expect is not None and expect.lower() == b"100-continue":
                 self.continue_sent = True
-                self.write(wire.CONTINUE)
+                self.write(response.CONTINUE)
         while not req.body_complete:
             if self.closed:
                 raise ConnectionResetError("client closed the connection")
@@ -366,7 +366,7 @@ class HttpConnection(Stream):
                 waiter.set_result(None)
 
     def keepalive_allowed(self, req: Exchange) -> bool:
-        if self.closing or (self.half_closed and not self.pending) or self.app.draining:
+        if self.closing or (self.half_closed and not self.pending) or self.state.draining:
             return False
         if not req.body_complete:
             # The rest of the body will be read and dropped (module docstring)
@@ -380,7 +380,7 @@ class HttpConnection(Stream):
                 # The client may be holding the body back: ask for it, so
                 # that what follows on this connection is that body.
                 self.continue_sent = True
-                self.write(wire.CONTINUE)
+                self.write(response.CONTINUE)
             self.discarded = 0
         return True
 
@@ -426,9 +426,9 @@ class HttpConnection(Stream):
             self._send_refusal(self.refusal)   # after every earlier answer
         elif not req.keep_alive or self.closing or self.half_closed:
             self.close()
-        elif not self.app.draining and not self.parser._in_head:  # the common case
+        elif not self.state.draining and not self.parser._in_head:  # the common case
             self.deadline_kind = Deadline.IDLE
-            self.deadline = self.app.now + self.keepalive_timeout
+            self.deadline = self.state.now + self.keepalive_timeout
         else:
             self._wait_for_request()
 
@@ -439,23 +439,23 @@ class HttpConnection(Stream):
                 self._reading_paused = False
                 self.transport.resume_reading()
             self.current = nxt
-            start(self.app, nxt)
+            start_request(self.state, nxt)
 
     def _wait_for_request(self) -> None:
-        app = self.app
-        if app.draining:
-            self.set_deadline(Deadline.LINGER, app.linger)
+        state = self.state
+        if state.draining:
+            self.set_deadline(Deadline.LINGER, state.linger)
         elif self.parser.in_head:
             self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
         else:
             self.deadline_kind = Deadline.IDLE
-            self.deadline = app.now + self.keepalive_timeout
+            self.deadline = state.now + self.keepalive_timeout
 
     # errors and closing
     def refuse(self, status: int, reason: str) -> None:
         """Answer a request the parser refused, then close (SPEC §11)."""
         log.info("client %s sent a bad request (%d): %s", self.peer_host, status, reason)
-        self.app.count_refused(status)
+        self.state.count_refused(status)
         req = self.current
         bad = self.parsing
         if bad is not None and (bad.finished or bad.started):
@@ -483,9 +483,8 @@ class HttpConnection(Stream):
         self._send_refusal(status)
 
     def _send_refusal(self, status: int) -> None:
-        response = wire.error_response(status)
-        self.write(response)
-        self.app.log_refused(self.server_conf, self.peer_host, status, len(wire.error_body(status)))
+        self.write(response.error_response(status))
+        self.state.log_refused(self.server_conf, self.peer_host, status, len(response.error_body(status)))
         self.close()
 
     def close(self) -> None:
@@ -506,7 +505,7 @@ class HttpConnection(Stream):
         """Arm the deadline ``timeout`` from now, on the server's coarse clock
         (updated every sweep: deadlines are checked no more often than that)."""
         self.deadline_kind = kind
-        self.deadline = self.app.now + timeout
+        self.deadline = self.state.now + timeout
 
     def clear_deadline(self) -> None:
         self.deadline_kind = Deadline.NONE
@@ -518,7 +517,7 @@ class HttpConnection(Stream):
         self.clear_deadline()
         if kind is Deadline.HEAD:
             if self.parser.in_head:
-                self.write(wire.error_response(408))
+                self.write(response.error_response(408))
             self.close()
         elif kind is Deadline.BODY:
             waiter = self._body_waiter
@@ -549,7 +548,7 @@ class HttpConnection(Stream):
     def stop_keepalive(self) -> None:
         """Shutdown step 2 for this connection."""
         if self.idle:
-            self.set_deadline(Deadline.LINGER, self.app.linger)
+            self.set_deadline(Deadline.LINGER, self.state.linger)
 
 
 def _not_connected(data: bytes) -> None:

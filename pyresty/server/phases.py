@@ -5,7 +5,7 @@ resolved handler callables.
 
 Rules
 -----
-1. Every request runs in an asyncio Task of its own (``start``), in a fresh
+1. Every request runs in an asyncio Task of its own (``start_request``), in a fresh
    copy of the process's base ``contextvars.Context`` (runtime/context.py),
    from the first line of its first phase to the end of its log phase. The
    phases of one request share that Task and Context; no two requests do.
@@ -58,7 +58,7 @@ MAX_REMATCH: Final = 10
 _EAGER: Final = context.EAGER
 
 
-def start(server: ServerState, r: Request) -> None:
+def start_request(server: ServerState, r: Request) -> None:
     """Run ``r`` through its phases in a Task and Context of its own (rule 1)."""
     if _EAGER:
         task = context.spawn(server.loop, run(server, r))

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 from urllib.parse import parse_qs, unquote
 
 from pyresty.errors import Exit, ResponseStarted
-from pyresty.http import response as wire
+from pyresty.http import response
 from pyresty.http.headers import Headers
 from pyresty.server.stream import Exchange, Stream
 
@@ -268,10 +268,10 @@ class Request(Exchange):
         self._out = []
         self._out_size = 0
         headers = self.fields_out = Headers()
-        if wire.bodiless(status):
+        if response.bodiless(status):
             return b""
         headers["Content-Type"] = "text/html"
-        return wire.error_body(status)
+        return response.error_body(status)
 
     def _write_body(self, data: bytes) -> None:
         self.stream.send_data(self, data)
@@ -310,9 +310,9 @@ class Request(Exchange):
             fields = self.fields_out
             if fields is not None and "content-length" in fields:
                 del fields["content-length"]   # it framed the discarded body (RFC 9112 §6.3)
-            if not wire.bodiless(status):
+            if not response.bodiless(status):
                 self.headers_out["Content-Type"] = "text/html"
-                self._out.append(wire.error_body(status))
+                self._out.append(response.error_body(status))
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.uri}>"
