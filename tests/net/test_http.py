@@ -48,56 +48,14 @@ async def big(r):
 async def boom(r):
     raise RuntimeError("handler exploded")
 
-async def boom_late(r):
-    await r.say("partial")
-    await r.flush()
-    raise RuntimeError("exploded after the head")
-
-async def teapot(r):
-    await r.say("discarded")
-    r.exit(418)
-
-async def exit200(r):
-    await r.say("kept")
-    r.exit(200)
-
 async def typo(r):
     r.stauts = 404          # a misspelt attribute
     await r.say("typo kept")
-
-async def go(r):
-    r.redirect("/hello", 301)
 
 async def sleepy(r):
     await asyncio.sleep(float(r.args["t"][0]))
     await r.say("slept")
 
-async def rewrite(r):
-    if r.path.startswith("/old/"):
-        r.path = "/new/" + r.path[len("/old/"):]
-    r.ctx["rewritten"] = True
-
-async def loop_rewrite(r):
-    r.path = r.path + "x"
-
-async def deny(r):
-    if r.headers.get("x-token") != "secret":
-        r.exit(403)
-    r.ctx["user"] = "alice"
-
-async def new(r):
-    await r.say("new ", r.path, " ", r.ctx.get("rewritten"), " ", r.ctx.get("user"))
-
-def add_header(r):
-    r.headers_out["X-Filtered"] = "yes"
-
-def upper(r, chunk):
-    return chunk.upper()
-
-LOGGED = []
-async def log_phase(r):
-    pyresty_log = __import__("logging").getLogger("pyresty.app")
-    pyresty_log.warning("log phase saw %s %s", r.path, r.status)
 '''
 
 CONFIG = '''
@@ -130,36 +88,11 @@ content = "app:big"
 path = "= /boom"
 content = "app:boom"
 [[server.location]]
-path = "= /boom_late"
-content = "app:boom_late"
-[[server.location]]
-path = "= /teapot"
-content = "app:teapot"
-[[server.location]]
-path = "= /exit200"
-content = "app:exit200"
-[[server.location]]
 path = "= /typo"
 content = "app:typo"
 [[server.location]]
-path = "= /go"
-content = "app:go"
-[[server.location]]
 path = "= /sleepy"
 content = "app:sleepy"
-[[server.location]]
-path = "/old/"
-rewrite = "app:rewrite"
-[[server.location]]
-path = "/loop/"
-rewrite = "app:loop_rewrite"
-[[server.location]]
-path = "/new/"
-access = "app:deny"
-content = "app:new"
-header_filter = "app:add_header"
-body_filter = "app:upper"
-log = "app:log_phase"
 '''
 
 

@@ -41,54 +41,6 @@ async def echo(r):
 async def sized(r):
     await r.print("x" * int(r.args["n"][0]))
 
-async def sleep0(r):
-    await asyncio.sleep(0)           # a bare None yield on the first step
-    await r.say("after sleep0")
-
-async def sleep0_raise(r):
-    await asyncio.sleep(0)
-    raise RuntimeError("late boom")
-
-async def sleep_exit(r):
-    await r.say("discarded")
-    await asyncio.sleep(0.01)
-    r.exit(404)
-
-async def sleep0_exit204(r):
-    await asyncio.sleep(0)
-    r.exit(204)
-
-async def future(r):
-    loop = asyncio.get_running_loop()
-    fut = loop.create_future()
-    loop.call_soon(fut.set_result, "from future")
-    await r.say(await fut)
-
-async def returns_value(r):
-    await r.say("returned")
-    return 42
-
-async def returns_value_late(r):
-    await asyncio.sleep(0)
-    await r.say("returned late")
-    return "x"
-
-async def swallow_then_say(r):
-    try:
-        await asyncio.sleep(0)
-        raise KeyError("k")
-    except KeyError:
-        pass
-    await asyncio.sleep(0.001)
-    await r.say("recovered")
-
-class Callable:
-    async def __call__(self, r):
-        await asyncio.sleep(0)
-        await r.say("callable object")
-
-callable_obj = Callable()
-
 async def parked(r):
     log.warning("parked handler running")
     try:
@@ -124,9 +76,8 @@ LOCATIONS = "".join(f'''
 [[server.location]]
 path = "= /{name}"
 content = "app:{name}"
-''' for name in ("hello", "echo", "sized", "sleep0", "sleep0_raise", "sleep_exit", "sleep0_exit204",
-                 "future", "returns_value", "returns_value_late", "swallow_then_say",
-                 "callable_obj", "parked", "header_default", "headers_dict", "headers_list", "crlf_header"))
+''' for name in ("hello", "echo", "sized", "parked", "header_default", "headers_dict",
+                 "headers_list", "crlf_header"))
 
 CONFIG = '''
 workers = 0
