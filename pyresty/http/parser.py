@@ -62,6 +62,11 @@ MAX_FIELD_LINE: Final = 8 * 1024
 MAX_FIELDS_SIZE: Final = 32 * 1024
 MAX_FIELDS: Final = 100
 MAX_HEAD: Final = MAX_TARGET + MAX_FIELDS_SIZE + 1024
+# A request llhttp refused is fed again, rewritten (a raw UTF-8 target, an
+# HTTP/1.x version), by a nested feed; each pipelined request of one read that
+# needs it nests once more. Past this depth the read is refused with 400: never
+# a loop, never Python's recursion limit (which killed the worker: test_fuzz).
+MAX_REFEEDS: Final = 64
 
 
 _OWS: Final = (0x20, 0x09)  # SP, HTAB
@@ -106,9 +111,10 @@ class RequestParser:
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
                  "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
                  "_should_keep_alive", "_should_upgrade", "_on_head", "between_messages",
-                 "_fed_between", "_method_tail", "_lenient", "_fed_lenient")
+                 "_fed_between", "_method_tail", "_lenient", "_fed_lenient", "_refeeds")
 
     def __init__(self, sink: RequestSink) -> None:
+        self._refeeds = 0   # nested feeds of re-encoded bytes (bounded by MAX_REFEEDS)
         self._on_head = sink.on_head
         # httptools looks its callbacks up once, by name: body and message-end
         # events go straight to the sink, with no frame of ours in between.
@@ -201,7 +207,13 @@ class RequestParser:
             # in this feed would get the handled one as its context, where
             # httptools puts what the callback raised (HttpParserCallbackError).
             if again:
-                self.feed(again)
+                if self._refeeds >= MAX_REFEEDS:
+                    raise HttpError(400, "malformed request")
+                self._refeeds += 1
+                try:
+                    self.feed(again)
+                finally:
+                    self._refeeds -= 1
             return
         if self._in_head and not self._began:
             # Count only feeds that lie wholly inside one head: a head that began
@@ -500,7 +512,10 @@ def _percent_encode_target(line: bytes) -> bytes | None:
     size = len(line)
     while end < size and line[end] not in (0x20, 0x0D, 0x0A):
         end += 1
-    target = _HIGH_BYTE.sub(lambda m: b"%%%02X" % m.group()[0], line[space + 1:end])
+    raw = line[space + 1:end]
+    target = _HIGH_BYTE.sub(lambda m: b"%%%02X" % m.group()[0], raw)
+    if target == raw:
+        return None   # no byte >= 0x80 in the target: llhttp refused something else
     return line[:space + 1] + target + line[end:]
 
 

@@ -341,6 +341,11 @@ BAD = [
     ("paren-in-name", b"GET / HTTP/1.1\r\nX(A: 1\r\n\r\n"),
     ("slash-in-name", b"GET / HTTP/1.1\r\nX/A: 1\r\n\r\n"),
     ("high-byte-in-name", b"GET / HTTP/1.1\r\nX\xe9: 1\r\n\r\n"),
+    # a bad target byte with a high byte only in a later field: no target to re-encode
+    # (found by test_fuzz: this fed the same bytes again without end and crashed the worker)
+    ("tab-in-target-high-byte-in-name",
+     b"POST /ech\to HTTP/1.1\r\nHost: x\r\nCo\x80tent-Le\xdcgth: 5\r\n\r\nhello"),
+    ("tab-in-target-high-byte-in-value", b"GET /a\tb HTTP/1.1\r\nHost: x\r\nX: \xe9\r\n\r\n"),
     ("nul-in-value", b"GET / HTTP/1.1\r\nX-A: 1\x00\r\n\r\n"),
     ("del-in-value", b"GET / HTTP/1.1\r\nX-A: x\x7fy\r\n\r\n"),
     # request smuggling (RFC 9112 §6.3): framing must never be ambiguous
@@ -948,3 +953,14 @@ def test_heads_fed_again_at_every_split_point(raw, status, target):
         if target is not None:
             assert [(m.target, m.version, m.ends) for m in outcome.messages] == [
                 (target, "1.1", 1)], cut
+
+
+def test_refeeding_is_bounded():
+    """A read of many pipelined requests that each need feeding again nests one
+    feed per request; past MAX_REFEEDS the read is refused, never a RecursionError."""
+    from pyresty.http.parser import MAX_REFEEDS
+    raw = b"GET /v HTTP/1.2\r\nHost: a\r\n\r\n" * (MAX_REFEEDS + 10)
+    outcome = parse(raw)
+    assert outcome.status == 400
+    assert len(outcome.messages) <= MAX_REFEEDS + 1
+
