@@ -10,8 +10,12 @@ runs the limiter and passes, as most requests do in production):
 - nginx + Lua ``content_by_lua`` / + ``access_by_lua`` with OpenResty's
   ``resty.limit.req`` (lua-resty-limit-traffic, installed with luarocks into
   ``bench/.luarocks`` when the nginx Lua module is there);
-- pyresty content handler / + ``limit_req`` on an embedded dict / + ``limit_req``
-  on a ``redis://`` dict (a local redis-server on a unix socket).
+- pyresty content handler / + ``limit_req`` on an embedded dict / the same with
+  ``limit_headers = false`` (the decision alone, without the three RateLimit-*
+  fields nginx does not send) / + ``limit_req`` on a ``redis://`` dict (a local
+  redis-server on a unix socket);
+- with ``--baseline CHECKOUT``, the embedded row again with another checkout's
+  build (its ``.venv/bin/pyresty``), so two builds are compared in one run.
 
 As in bench/run.py: one worker pinned to one CPU, wrk (1 thread, 50
 connections) pinned to the other, the servers alternating round by round,
@@ -97,10 +101,13 @@ class NginxLuaLimited(Nginx):
 class PyrestyLimited(Pyresty):
     """pyresty's hello behind ``limit_req`` on an embedded or a ``redis://`` dict."""
 
-    def __init__(self, backend: str = "") -> None:
+    def __init__(self, backend: str = "", headers: bool = True, venv_bin: Path | None = None) -> None:
         self.backend = backend
+        self.headers = headers
         self.name = "pyresty limit_req redis" if backend else "pyresty limit_req"
         super().__init__()
+        if venv_bin is not None:
+            self.venv_bin = venv_bin
 
     def write(self) -> None:
         super().write()
@@ -117,6 +124,8 @@ rate = "{RATE}r/s"
 
 [[server]]""")
         text += f'limit_req = {{ zone = "api", burst = {BURST}, nodelay = true }}\n'
+        if not self.headers:
+            text += "limit_headers = false\n"
         conf.write_text(text)
 
 
@@ -257,7 +266,11 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--warmup", type=float, default=1.0)
+    parser.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                        help="also run the embedded limit_req row with this checkout's .venv/bin/pyresty")
     args = parser.parse_args()
+    if args.baseline is not None and not (args.baseline / ".venv" / "bin" / "pyresty").exists():
+        parser.error(f"--baseline: no {args.baseline}/.venv/bin/pyresty (run make there first)")
     if args.quick:
         args.duration, args.rounds = 3.0, 1
     modules = bench.ensure_tools()
@@ -278,9 +291,17 @@ def main() -> int:
         makers += [
             (Row("pyresty content handler"), Pyresty, None),
             (Row("pyresty limit_req (embedded dict)", "pyresty content handler"), PyrestyLimited, None),
+            (Row("pyresty limit_req (embedded), limit_headers = false", "pyresty content handler"),
+             lambda: PyrestyLimited(headers=False), None),
             (Row("pyresty limit_req (redis:// dict)", "pyresty content handler"),
              lambda: PyrestyLimited(redis.url), redis),
         ]
+        if args.baseline is not None:
+            label = bench.baseline_label(args.baseline)
+            venv_bin = args.baseline / ".venv" / "bin"
+            makers.insert(len(makers) - 1, (Row(f"pyresty limit_req (embedded dict) at {label}",
+                                                "pyresty content handler"),
+                                            lambda: PyrestyLimited(venv_bin=venv_bin), None))
         started = datetime.datetime.now(datetime.timezone.utc)
         for round_no in range(1, args.rounds + 1):
             for row, make, helper in makers:

@@ -15,7 +15,9 @@ keys of 40 bytes), ``set`` (same keys) and ``incr`` (one key) for
                ``redis.asyncio`` with hiredis (skipped, with the reason, when
                redis-server is missing).
 
-Then 2 processes incrementing one key (``--incr-per-process`` each) per
+Then what one ``limit_req`` decision costs on the embedded store (the rule and
+``EmbeddedDict.update_one`` as a limited location runs them, at a rate no request
+reaches, so every decision admits and writes). Then 2 processes incrementing one key (``--incr-per-process`` each) per
 backend: total ops/s and whether the final count is exact. Each figure is the
 best of ``--rounds`` timed runs of ``--seconds``. Issue 5's targets: embedded
 get >= 500k ops/s, incr >= 150k ops/s, and never a lost increment.
@@ -40,6 +42,7 @@ import uvloop
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from pyresty.runtime.limit.rules import RequestRate  # noqa: E402
 from pyresty.runtime.shared import EmbeddedDict, RedisDict  # noqa: E402
 
 FORK = multiprocessing.get_context("fork")
@@ -250,6 +253,7 @@ def main() -> None:
             run_raw(args, store)
             if url:
                 run_one(args, "redis", lambda: RedisDict("bench", url))
+            run_limit(args, store)
             print(f"\n2 processes x {args.incr_per_process:,} incr on one key")
             run_two(args, "embedded", lambda: EmbeddedDict("bench", store, 64 << 20))
             if url:
@@ -275,6 +279,18 @@ def run_raw(args: argparse.Namespace, store: str) -> None:
         print(row("raw lmdb", raw_lmdb(d, args.keys, args.seconds, args.rounds)), flush=True)
     except lmdb.Error as exc:
         print(f"raw lmdb: failed: {exc}")
+    finally:
+        d.close()
+
+
+def run_limit(args: argparse.Namespace, store: str) -> None:
+    d = EmbeddedDict("bench", store, 64 << 20)
+    rule = RequestRate(1_000_000, 1000)
+    key = b"limit_req:api:127.0.0.1"
+    try:
+        ops = sync_rate(lambda i: d.update_one(key, rule.decide), args.seconds, args.rounds)
+        print(f"\nlimit_req decision, embedded (update_one): {ops:,.0f} ops/s "
+              f"({1e6 / ops:.2f} µs each)", flush=True)
     finally:
         d.close()
 

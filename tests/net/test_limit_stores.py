@@ -22,6 +22,7 @@ from pyresty.errors import SharedDictError
 from pyresty.runtime import limit
 from pyresty.runtime.limit import stores as limit_stores
 from pyresty.runtime.shared import EmbeddedDict, RedisDict, SharedDict, shared
+from pyresty.runtime.shared.embedded import stored_key
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -349,3 +350,47 @@ def test_update_one_rewrites_in_place_and_keeps_the_accounting(tmp_path: os.Path
         assert [d.update_one(b"c", conn.decide).allowed for _ in range(3)] == [True, True, False]
     finally:
         d.close()
+
+
+def test_update_one_agrees_with_update_whichever_way_it_writes(tmp_path: os.PathLike[str]) -> None:
+    """update_one's in-place path and update()'s general one store the same values and
+    expiries: in place, with a later expiry, with a refreshed recency (touch_interval 0),
+    over an expired entry, and when the decision leaves the entry unchanged."""
+    def step(value: Any, now: float, wall: float) -> tuple[Any, Any, float]:
+        n = value if value is not None else 0.0
+        if n == 7.0:
+            return n, limit_stores.UNCHANGED, 1.0
+        return n, n + 1.0, (100.0 if n < 4 else 1000.0 * n)   # later steps need a later expiry
+
+    def general(values: list[Any], now: float, wall: float) -> tuple[list[Any], list[Any], Any]:
+        result, new, ttl = step(values[0], now, wall)
+        return [new], [ttl], result
+
+    async def main(touch: float) -> None:
+        d = EmbeddedDict("agree", os.path.join(str(tmp_path), f"agree-{touch}"), 1 << 20,
+                         touch_interval=touch)
+        try:
+            fast = [d.update_one(b"fast", step) for _ in range(10)]
+            slow = [d.update([b"slow"], general) for _ in range(10)]
+            assert fast == slow == [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 7.0, 7.0]
+            assert await d.get("fast") == await d.get("slow") == 7.0
+            ttl_fast, ttl_slow = await d.ttl("fast"), await d.ttl("slow")
+            assert ttl_fast is not None and ttl_slow is not None and abs(ttl_fast - ttl_slow) < 1.0
+            assert ttl_fast > 6000 - 1.0
+            assert await d.keys() == ["slow", "fast"]      # recency kept by both ways
+            await d.set("gone", 3.0, ttl=0.001)
+            deadline = time.monotonic() + 5
+            while await d.ttl("gone") is not None:         # expired: the decision sees None
+                assert time.monotonic() < deadline
+            assert d.update_one(b"gone", step) == 0.0
+            assert await d.get("gone") == 1.0
+            long_key = b"limit_req:" + b"y" * 600
+            assert [d.update_one(long_key, step) for _ in range(2)] == [0.0, 1.0]
+            alias = stored_key(long_key)        # a key that spells another key's stored form
+            assert d.update_one(alias, step) == 0.0     # its own entry, not long_key's
+            assert d.update_one(long_key, step) == 2.0
+        finally:
+            d.close()
+
+    for touch in (1.0, 0.0):
+        asyncio.run(main(touch))

@@ -90,6 +90,10 @@ class Decision(NamedTuple):
     retry_after: float = 0.0
 
 
+# A Decision without the Python-level ``__new__`` a NamedTuple call runs: the
+# rules build one per limited request (all five fields, always in this order).
+_make_decision: Final = tuple.__new__
+
 # What ``decide`` returns: the decision, the value to store (or UNCHANGED /
 # DELETE) and how long that entry must live at least (None: for ever).
 # A plain tuple: this runs for every limited request.
@@ -142,11 +146,12 @@ class RequestRate(Rule):
         ahead = tat - now                     # nginx's excess / rate, before this request
         if ahead > self.tolerance + self.epsilon:
             retry = ahead - self.tolerance
-            return Decision(False, 0.0, 0, ahead, retry), UNCHANGED, None
+            return _make_decision(Decision, (False, 0.0, 0, ahead, retry)), UNCHANGED, None
         new = tat + self.interval
         left = (self.tolerance - ahead) / self.interval
         remaining = int(left + self.epsilon) if left > 0 else 0   # floor: left > 0
-        return Decision(True, ahead, remaining, new - now), new, new - now
+        reset = new - now
+        return _make_decision(Decision, (True, ahead, remaining, reset, 0.0)), new, reset
 
     def undo(self, state: Any, now: Any, wall: Any) -> Any:
         if state is None or state <= now:

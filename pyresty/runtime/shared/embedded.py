@@ -91,6 +91,8 @@ HDR = struct.Struct("<BBQQ")            # type, flags, expires_ns, seq_ns
 HDR_SIZE = HDR.size
 INT_ENTRY = struct.Struct("<BBQQq")     # header + int64, the incr fast path
 FLOAT_ENTRY = struct.Struct("<BBQQd")   # header + double, the update_one fast path
+NUMBER_ENTRY_SIZE = FLOAT_ENTRY.size     # == INT_ENTRY.size
+FLOAT_ENTRY_PACK, FLOAT_ENTRY_UNPACK = FLOAT_ENTRY.pack, FLOAT_ENTRY.unpack
 KEY_LEN = struct.Struct("<H")
 U64 = struct.Struct("<Q")
 I64 = struct.Struct("<q")
@@ -106,6 +108,8 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 USED, EVICTIONS = b"used", b"evictions"
 
 monotonic_ns = time.monotonic_ns
+wall_time = time.time
+UNCHANGED, DELETE = contract.UNCHANGED, contract.DELETE
 R = TypeVar("R")
 
 if TYPE_CHECKING:
@@ -809,34 +813,73 @@ class EmbeddedDict:
         """``update`` of one key, for the per-request limiters: ``decide(value, now,
         wall)`` returns ``(result, new value, ttl)``. An int or float entry whose
         expiry and recency need no change is rewritten in place (one get, one put).
+
+        This runs for every limited request, so it is ``_write`` and ``_update1``
+        written out in one frame for the common case (a live float entry rewritten
+        in place, bench/results/limits.md); anything else goes to ``_update1``
+        in the same transaction. Same transaction, same retries as ``_write``.
         """
-        return self._write(self._update1, key, decide)
+        for attempt in (0, 1):
+            try:
+                txn = self._begin(self._data, None, True)
+                try:
+                    # a long key is stored under its hash (see "long keys"): _update1
+                    v = txn.get(key) if len(key) <= SHORT_KEY_MAX else None
+                    if v is not None and len(v) == NUMBER_ENTRY_SIZE and v[0] == T_FLOAT and not v[1]:
+                        now = monotonic_ns()
+                        _, _, exp, seq, value = FLOAT_ENTRY_UNPACK(v)
+                        if (not exp or exp > now) and now - seq <= self._touch_ns:
+                            result, new, ttl = decide(value, now / 1e9, wall_time())
+                            if type(new) is float and ttl is not None and exp and \
+                                    exp >= now + int(ttl * 1e9) + 1:
+                                txn.put(key, FLOAT_ENTRY_PACK(T_FLOAT, 0, exp, seq, new))
+                            elif new is not UNCHANGED:
+                                self._apply1(txn, key, v, value, now, new, ttl)
+                        else:
+                            result = self._update1(txn, key, decide)
+                    else:
+                        result = self._update1(txn, key, decide)
+                except BaseException:
+                    txn.abort()
+                    raise
+                txn.commit()
+                return result  # type: ignore[no-any-return]
+            except lmdb.Error as exc:
+                self._recover(exc, attempt)
+        raise AssertionError("unreachable")
 
     def _update1(self, txn: Txn, full: bytes, decide: Callable[..., Any]) -> Any:
         v = txn.get(full) if len(full) <= SHORT_KEY_MAX else None
         size = len(v) if v is not None else 0
-        if size != FLOAT_ENTRY.size or v is None or v[1] or (v[0] != T_FLOAT and v[0] != T_INT):
+        if size != NUMBER_ENTRY_SIZE or v is None or v[1] or (v[0] != T_FLOAT and v[0] != T_INT):
             return self._update(txn, [full], lambda values, now, wall: _single(decide, values, now, wall))
         now = monotonic_ns()
-        t, _, exp, seq, value = (FLOAT_ENTRY if v[0] == T_FLOAT else INT_ENTRY).unpack(v)
+        value = (FLOAT_ENTRY if v[0] == T_FLOAT else INT_ENTRY).unpack(v)[4]
+        exp = HDR.unpack_from(v)[2]
         live = not exp or exp > now
-        result, new, ttl = decide(value if live else None, now / 1e9, time.time())
-        if new is contract.UNCHANGED:
-            return result
+        result, new, ttl = decide(value if live else None, now / 1e9, wall_time())
+        if new is not UNCHANGED:
+            self._apply1(txn, full, v, value if live else None, now, new, ttl)
+        return result
+
+    def _apply1(self, txn: Txn, full: bytes, v: bytes, value: Number | None, now: int,
+                new: Any, ttl: float | None) -> None:
+        """Write ``update_one``'s decision over the number entry ``v`` (live ``value``,
+        None when expired): in place when type, expiry and recency allow."""
+        t, _, exp, seq, _ = (FLOAT_ENTRY if v[0] == T_FLOAT else INT_ENTRY).unpack(v)
         kind = type(new)
-        if live and kind is type(value) and now - seq <= self._touch_ns:
+        if value is not None and kind is type(value) and now - seq <= self._touch_ns:
             if ttl is None:
                 same = not exp
             else:
                 same = exp >= now + int(ttl * 1e9) + 1
             if same and (kind is float or INT64_MIN <= new <= INT64_MAX):
                 txn.put(full, (FLOAT_ENTRY if kind is float else INT_ENTRY).pack(t, 0, exp, seq, new))
-                return result
-        if new is contract.DELETE:
+                return
+        if new is DELETE:
             self._add_used(txn, -self._remove(txn, full, v))
         else:
             self._update_one(txn, full, full, v, new, ttl, now)
-        return result
 
     def _update_one(self, txn: Txn, sk: bytes, full: bytes, old: bytes | None,
                     new: Value, ttl: float | None, now: int) -> None:
