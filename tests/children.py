@@ -1,5 +1,5 @@
-"""Child-process test support shared by the pipe and shell tests: an event loop
-of each kind per test, and a check that no child was left behind."""
+"""Child-process test support: an event loop of each kind per test, a check that
+no child was left behind, and the reaping of forked test processes."""
 from __future__ import annotations
 
 import asyncio
@@ -56,3 +56,18 @@ def no_leftovers() -> Iterator[None]:
     yield
     assert pipe.live_count() == 0
     assert zombie_children() - before == set()
+
+
+def reap(procs: list, timeout: float = 60) -> None:
+    """Join forked test processes by a shared deadline; kill and fail on any
+    still running, and fail unless every one exited with 0."""
+    deadline = time.monotonic() + timeout
+    for p in procs:
+        p.join(max(0.1, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+        p.join(5)
+    assert not alive, "a child outlived its deadline"
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from children import reap
 
 from pyresty.errors import SharedDictError
 from pyresty.runtime import limit
@@ -220,17 +221,6 @@ def _child_count(kind: str, where: str, name: str, tries: int, fd: int) -> None:
     asyncio.run(main())
 
 
-def _reap(procs: list[Any], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, "a child outlived its deadline"
-    assert [p.exitcode for p in procs] == [0] * len(procs)
-
 
 def test_four_processes_admit_exactly_the_quota(backend: Backend) -> None:
     where = os.path.join(backend.tmp, "store") if backend.kind == "embedded" else backend.url
@@ -240,7 +230,7 @@ def test_four_processes_admit_exactly_the_quota(backend: Backend) -> None:
              for _ in range(4)]
     for p in procs:
         p.start()
-    _reap(procs)
+    reap(procs, 90)
     elapsed = time.monotonic() - started
     os.close(w)
     lines = os.read(r, 4096).decode().split()
@@ -280,7 +270,7 @@ def test_conn_never_admits_more_than_max_across_processes(backend: Backend) -> N
              for _ in range(6)]
     for p in procs:
         p.start()
-    _reap(procs)
+    reap(procs, 90)
     os.close(w)
     worst = max(int(x) for x in os.read(r, 4096).decode().split())
     os.close(r)

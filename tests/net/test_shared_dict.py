@@ -23,6 +23,7 @@ from typing import Any
 import lmdb
 import pytest
 import redis
+from children import reap
 
 from pyresty.config.model import SharedDictSpec
 from pyresty.errors import SharedDictError, SharedDictFull
@@ -549,17 +550,6 @@ def _child_incr(backend: str, where: str, name: str, count: int) -> None:
     asyncio.run(main())
 
 
-def _reap(procs: list[Any], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    for p in procs:
-        p.join(max(0.1, deadline - time.monotonic()))
-    alive = [p for p in procs if p.is_alive()]
-    for p in alive:
-        p.kill()
-        p.join(5)
-    assert not alive, "a child outlived its deadline"
-    assert [p.exitcode for p in procs] == [0] * len(procs)
-
 
 def test_four_processes_incr_one_key_exactly(stores: Stores) -> None:
     where = stores.path if stores.backend == "embedded" else stores.url
@@ -567,7 +557,7 @@ def test_four_processes_incr_one_key_exactly(stores: Stores) -> None:
              for _ in range(4)]
     for p in procs:
         p.start()
-    _reap(procs)
+    reap(procs)
 
     async def body(d: SharedDict) -> None:
         assert await d.get("hits") == 20000
@@ -687,14 +677,14 @@ def test_master_reader_check_clears_dead_readers_without_disturbing_children(
         p.start()
     for _ in range(20):                           # the master checking while they write
         registry.reader_check(specs, base)
-    _reap(writers)
+    reap(writers)
     os.write(gw, b"G")
-    _reap([holder])
+    reap([holder])
     for fd in (hr, hw, gr, gw):
         os.close(fd)
     later = FORK.Process(target=_child_incr, args=("embedded", path, name, 1))
     later.start()                                 # a fork after the master's checks works
-    _reap([later])
+    reap([later])
 
     async def body(d: SharedDict) -> None:
         assert await d.get("hits") == 6001
@@ -754,7 +744,7 @@ def test_a_process_with_the_old_size_keeps_working_after_a_reload_grows_the_stor
         assert await d.get("small") == 1
     lmdb_stores.run(grow, capacity=8 << 20)
     os.write(w2, b"G")
-    _reap([child])
+    reap([child])
     for fd in (r1, w1, r2, w2):
         os.close(fd)
 
