@@ -23,6 +23,7 @@ from setuptools.command.build_ext import build_ext
 HOT_PATH = [
     "pyresty/http/headers.py",
     "pyresty/http/parser.py",
+    "pyresty/http/persistence.py",
     "pyresty/http/response.py",
     "pyresty/server/connection.py",
     "pyresty/server/phases.py",

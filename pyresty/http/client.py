@@ -43,6 +43,7 @@ import httptools
 
 from pyresty.http.headers import Headers
 from pyresty.http.parser import MAX_FIELD_LINE, MAX_FIELDS, MAX_HEAD
+from pyresty.http.persistence import connection_tokens, message_persists, response_persists, upgraded
 from pyresty.http.response import HOP_BY_HOP
 
 _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
@@ -163,7 +164,7 @@ class ResponseParser:
             raise UpstreamError("response head too large")
         self._start_message(head)
         status = self._status
-        if status == 101:
+        if upgraded(status):
             self.done = True
             self._method = None
             self.sink.on_upgrade(rest)
@@ -179,11 +180,13 @@ class ResponseParser:
         keep_alive = self._keeps_alive(version)
         framed = self._framing()
         if was_head or status in (204, 304):
-            self.sink.on_response(status, version, self._fields, keep_alive and framed != "close")
+            self.sink.on_response(status, version, self._fields,
+                                  response_persists(keep_alive, False, framed == "close"))
             self.sink.on_end()
             return rest
         self._until_close = framed == "close"
-        self.sink.on_response(status, version, self._fields, keep_alive and not self._until_close)
+        self.sink.on_response(status, version, self._fields,
+                              response_persists(keep_alive, False, self._until_close))
         if self._message_done:            # Content-Length: 0: complete with its head
             self.sink.on_end()
             return rest
@@ -204,14 +207,9 @@ class ResponseParser:
             raise UpstreamError("too many response header fields")
 
     def _keeps_alive(self, version: str) -> bool:
-        """Rule 4's first half: HTTP/1.1 unless ``close``, HTTP/1.0 only with ``keep-alive``."""
-        tokens: set[bytes] = set()
-        for name, value in self._fields:
-            if name.lower() == b"connection":
-                tokens.update(t.strip().lower() for t in value.split(b","))
-        if version == "1.1":
-            return b"close" not in tokens
-        return b"keep-alive" in tokens
+        """Rule 4's first half (persistence.py)."""
+        values = [value for name, value in self._fields if name.lower() == b"connection"]
+        return message_persists(version == "1.1", connection_tokens(values))
 
     def _framing(self) -> str:
         chunked = length = False

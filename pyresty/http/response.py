@@ -13,6 +13,7 @@ from http import HTTPStatus
 
 from pyresty._version import __version__
 from pyresty.http.headers import Headers
+from pyresty.http.persistence import connection_tokens, response_persists
 
 SERVER: Final = f"pyresty/{__version__}"
 
@@ -109,11 +110,12 @@ def response_head(status: int, fields: Headers | None, length: int | None, http1
     """
     parts = [STATUS_LINES.get(status) or status_line(status), _dates.lines]
     has_type = has_length = False
-    chunked = False
+    chunked = close_delimited = False
+    close_requested = False
     if fields:
-        if fields.has("connection") and any("close" in value.lower()
-                                             for value in fields.get_all("connection")):
-            keep_alive = False
+        if fields.has("connection"):
+            values = [value.encode("latin-1") for value in fields.get_all("connection")]
+            close_requested = b"close" in connection_tokens(values)
         parts.append(fields.encode(HOP_BY_HOP))
         has_type = fields.has("content-type")
         has_length = fields.has("content-length")
@@ -128,7 +130,8 @@ def response_head(status: int, fields: Headers | None, length: int | None, http1
             chunked = True
             parts.append(b"Transfer-Encoding: chunked\r\n")
         else:
-            keep_alive = False
+            close_delimited = True
+    keep_alive = response_persists(keep_alive, close_requested, close_delimited)
     parts.append(b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n")
     return b"".join(parts), chunked, keep_alive
 

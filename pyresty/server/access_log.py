@@ -12,12 +12,27 @@ from __future__ import annotations
 
 import os
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from pyresty.server.request import Request
+from typing import Protocol
 
 FLUSH_AT = 32 * 1024
+
+
+class Logged(Protocol):
+    """What a line is made of (a ``Request`` offers it; this module stays a leaf)."""
+
+    method: str
+    uri: str
+    http_version: str
+    body_bytes_sent: int
+    start_time: float
+    upstream_addr: str | None
+    upstream_status: int | None
+    upstream_response_time: float | None
+
+    @property
+    def client_addr(self) -> str: ...
+
+    def header(self, name: bytes) -> bytes | None: ...
 
 
 class _LocalTime:
@@ -57,7 +72,7 @@ class AccessLog:
         self._buffer: list[str] = []
         self._size = 0
 
-    def write(self, r: Request, status: int, now: float) -> None:
+    def write(self, r: Logged, status: int, now: float) -> None:
         upstream_time = r.upstream_response_time
         line = (
             f'{r.client_addr} - - [{_local_time()}] "{r.method} {_escape(r.uri)} HTTP/{r.http_version}" '

@@ -18,7 +18,7 @@ Rules:
   ``keepalive_timeout`` while idle, ``send_timeout`` while writes are paused.
 - A response that goes out before its request's body was read keeps the
   connection when the rest of the body is small enough to read and drop
-  (nginx's ``ngx_http_discard_request_body``): at most ``DISCARD_MAX`` bytes
+  (nginx's ``ngx_http_discard_request_body``): at most ``persistence.DISCARD_MAX`` bytes
   after the response started, announced by Content-Length or counted as a
   chunked body arrives; past it the connection closes. A client waiting for
   ``100 Continue`` gets it just before the response, as nginx sends it, so it
@@ -43,7 +43,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from pyresty.errors import ClientBodyTimeout
-from pyresty.http import response
+from pyresty.http import persistence, response
 from pyresty.http.parser import HttpError, RequestParser
 from pyresty.server.phases import start_request
 from pyresty.server.request import Request
@@ -51,16 +51,12 @@ from pyresty.server.stream import Exchange, Stream
 
 if TYPE_CHECKING:
     from pyresty.config.model import Listen
-    from pyresty.config.model import Server as ConfigServer
+    from pyresty.server.routes import VirtualServer
     from pyresty.server.state import ServerState
 
 log = logging.getLogger("pyresty.http")
 
 MAX_PIPELINED: Final = 16
-# Unread body bytes dropped to keep a connection (module docstring): nginx's
-# default client_max_body_size. Reading this much costs less than a new
-# connection (and TLS handshake); an upload larger than that is cut instead.
-DISCARD_MAX: Final = 1024 * 1024
 INF: Final = float("inf")
 
 
@@ -77,21 +73,21 @@ class HttpConnection(Stream):
     """The protocol object of one connection (asyncio's Protocol interface,
     without the base class so that mypyc can compile it as a native class)."""
 
-    __slots__ = ("state", "server_conf", "listen", "transport", "parser", "peer_port",
+    __slots__ = ("state", "default", "server", "listen", "transport", "parser", "peer_port",
                  "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
-                 "loop", "_reading_paused", "shared_listen", "route_cache", "half_closed", "refusal",
-                 "send", "settings", "keepalive_timeout", "max_requests", "discarded")
+                 "loop", "_reading_paused", "shared_listen", "half_closed", "refusal",
+                 "send", "discarded")
 
     def __init__(self, state: ServerState, listen: Listen) -> None:
         self.state = state
         self.listen = listen
-        self.server_conf = state.default_server(listen)
-        self.keepalive_timeout = 0.0
-        self.max_requests = 0
-        self.follow(self.server_conf)
+        # The listen's default server: its header timeout applies to every
+        # request (as nginx's does); the keepalive, body and send settings are
+        # those of the server the last request's Host chose (``server``).
+        self.default: VirtualServer = state.default_server(listen)
+        self.server: VirtualServer = self.default
         self.shared_listen = state.shares_listen(listen)
-        self.route_cache = state.route_cache(self.server_conf)
         self.loop = state.loop
         self.transport: asyncio.Transport = None  # type: ignore[assignment]
         self.send: Callable[[bytes], None] = _not_connected   # transport.write, bound once
@@ -128,7 +124,7 @@ class HttpConnection(Stream):
         if isinstance(peer, tuple):
             self.peer_host, self.peer_port = peer[0], peer[1]
         self.state.connection_opened(self)
-        self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
+        self.set_deadline(Deadline.HEAD, self.default.client_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -143,7 +139,7 @@ class HttpConnection(Stream):
             return
         if self.deadline_kind is Deadline.IDLE:
             self.deadline_kind = Deadline.HEAD
-            self.deadline = self.state.now + self.server_conf.client_header_timeout
+            self.deadline = self.state.now + self.default.client_header_timeout
         try:
             self.parser.feed(data)
         except HttpError as exc:
@@ -164,7 +160,7 @@ class HttpConnection(Stream):
 
     def pause_writing(self) -> None:
         self._write_paused = True
-        self.set_deadline(Deadline.SEND, self.settings.send_timeout)
+        self.set_deadline(Deadline.SEND, self.server.send_timeout)
 
     def resume_writing(self) -> None:
         self._write_paused = False
@@ -190,13 +186,12 @@ class HttpConnection(Stream):
             req.start_time = self.loop.time()
         if self.shared_listen:
             state.route_by_host(req, self.listen)
-            if req.server is not self.settings:
-                self.follow(req.server)
+            self.server = req.server
         else:
-            req.server = self.server_conf
-            req.route = self.route_cache.get(req.path) or state.route_for(self.server_conf, req.path)
+            server = req.server = self.default
+            req.route = server.cache.get(req.path) or server.route_for(req.path)
         self.requests += 1
-        if self.requests >= self.max_requests:
+        if self.requests >= self.server.max_requests:
             req.keep_alive = False
         self.parsing = req
         parser = self.parser
@@ -208,16 +203,6 @@ class HttpConnection(Stream):
             # first): start it now.
             self._start_or_queue(req)
         # else: started by on_end, in the same feed, once the message is complete
-
-    def follow(self, server: ConfigServer) -> None:
-        """Take the keepalive, body and send settings of ``server``: the
-        listen's default server at first, then the one each request's Host
-        chose (as nginx does; the header timeout stays the default server's)."""
-        self.settings = server
-        # read per request: copied out of the (uncompiled) config object
-        self.keepalive_timeout = server.keepalive_timeout
-        # keepalive_timeout 0 turns keepalive off, as in nginx
-        self.max_requests = server.keepalive_requests if server.keepalive_timeout > 0 else 0
 
     def _start_or_queue(self, req: Request) -> None:
         req.queued = True
@@ -238,7 +223,7 @@ class HttpConnection(Stream):
             # Answered without reading its body: discard the rest, as nginx does.
             # A 413 now would be a second response to one request (RFC 9112 §9.3).
             self.discarded += len(data)
-            if self.discarded > DISCARD_MAX:
+            if self.discarded > persistence.DISCARD_MAX:
                 self.close()
             return
         limit = req.route.client_max_body_size
@@ -246,7 +231,7 @@ class HttpConnection(Stream):
             raise HttpError(413, "request body too large")
         req.feed_body(data)
         if req is self.current and self.deadline_kind is Deadline.BODY:
-            self.set_deadline(Deadline.BODY, self.settings.client_body_timeout)
+            self.set_deadline(Deadline.BODY, self.server.client_body_timeout)
         self._wake_body()
 
     def on_end(self) -> None:
@@ -345,16 +330,15 @@ class HttpConnection(Stream):
             raise ConnectionResetError("client closed the connection")
 
     async def wait_body(self, req: Exchange) -> None:
-        if not self.continue_sent and not req.started and req.http_version == "1.1":
-            expect = req.header(b"expect")   # ignored in HTTP/1.0 (RFC 9110 §10.1.1)
-            if expect is not None and expect.lower() == b"100-continue":
-                self.continue_sent = True
-                self.write(response.CONTINUE)
+        if persistence.continue_due(req.http_version == "1.1", req.header(b"expect"),
+                                    self.continue_sent, req.started):
+            self.continue_sent = True
+            self.write(response.CONTINUE)
         while not req.body_complete:
             if self.closed:
                 raise ConnectionResetError("client closed the connection")
             if req is self.current:
-                self.set_deadline(Deadline.BODY, self.settings.client_body_timeout)
+                self.set_deadline(Deadline.BODY, self.server.client_body_timeout)
             self._body_waiter = self.loop.create_future()
             await self._body_waiter
 
@@ -366,21 +350,24 @@ class HttpConnection(Stream):
                 waiter.set_result(None)
 
     def keepalive_allowed(self, req: Exchange) -> bool:
-        if self.closing or (self.half_closed and not self.pending) or self.state.draining:
+        """Whether the connection survives the response starting now
+        (persistence.after_response); sends 100 Continue when that is due."""
+        complete = req.body_complete
+        length = self.parser.content_length
+        verdict = persistence.after_response(
+            self.closing or (self.half_closed and not self.pending) or self.state.draining,
+            complete, None if length is None else length - req.body_size,
+            req.http_version == "1.1",
+            None if complete or self.continue_sent else req.header(b"expect"),
+            self.continue_sent)
+        if verdict == persistence.CLOSE:
             return False
-        if not req.body_complete:
-            # The rest of the body will be read and dropped (module docstring)
-            length = self.parser.content_length
-            if length is not None and length - req.body_size > DISCARD_MAX:
-                return False
-            expect = req.header(b"expect") if not self.continue_sent else None
-            if expect is not None and req.http_version == "1.1":   # RFC 9110 §10.1.1
-                if expect.lower() != b"100-continue":
-                    return False   # an expectation we cannot meet: do not guess
-                # The client may be holding the body back: ask for it, so
-                # that what follows on this connection is that body.
-                self.continue_sent = True
-                self.write(response.CONTINUE)
+        if verdict == persistence.SEND_CONTINUE:
+            # The client may be holding the body back: ask for it, so that
+            # what follows on this connection is that body.
+            self.continue_sent = True
+            self.write(response.CONTINUE)
+        if not complete:
             self.discarded = 0
         return True
 
@@ -428,7 +415,7 @@ class HttpConnection(Stream):
             self.close()
         elif not self.state.draining and not self.parser._in_head:  # the common case
             self.deadline_kind = Deadline.IDLE
-            self.deadline = self.state.now + self.keepalive_timeout
+            self.deadline = self.state.now + self.server.keepalive_timeout
         else:
             self._wait_for_request()
 
@@ -446,10 +433,10 @@ class HttpConnection(Stream):
         if state.draining:
             self.set_deadline(Deadline.LINGER, state.linger)
         elif self.parser.in_head:
-            self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
+            self.set_deadline(Deadline.HEAD, self.default.client_header_timeout)
         else:
             self.deadline_kind = Deadline.IDLE
-            self.deadline = state.now + self.keepalive_timeout
+            self.deadline = state.now + self.server.keepalive_timeout
 
     # errors and closing
     def refuse(self, status: int, reason: str) -> None:
@@ -484,7 +471,7 @@ class HttpConnection(Stream):
 
     def _send_refusal(self, status: int) -> None:
         self.write(response.error_response(status))
-        self.state.log_refused(self.server_conf, self.peer_host, status, len(response.error_body(status)))
+        self.state.log_refused(self.default, self.peer_host, status, len(response.error_body(status)))
         self.close()
 
     def close(self) -> None:

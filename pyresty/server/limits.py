@@ -414,7 +414,7 @@ class LocationLimits:
             what = (f"limiting requests, quota of {zone.limit} per {zone.window:g}s used up "
                     f"by zone \"{zone.name}\"")
         host = r.header(b"host")
-        server = r.server.server_name[0] if r.server is not None and r.server.server_name else ""
+        server = r.server.name
         line = (f"{what}, client: {r.client_addr}, server: {server}, "
                 f"request: \"{r.method} {r.uri} HTTP/{r.http_version}\"")
         if host:

@@ -160,7 +160,7 @@ def _complete(server: ServerState, r: Request) -> None:
                 stream.reset()
             else:
                 r.finished = False
-                r.route = server.fallback   # no filters this time
+                r.route = r.server.fallback   # no filters this time
                 r.answer_status(500, drop_fields=True)
                 r.finish()
     elif not r.finished:
@@ -248,7 +248,7 @@ def _log_request(server: ServerState, r: Request, status: int) -> None:
 
 
 def _access_log(server: ServerState, r: Request, status: int) -> None:
-    access_log = server.access_log_for(r)
+    access_log = r.server.access_log
     if access_log is not None:
         access_log.write(r, status, server.loop.time())
 

@@ -31,6 +31,8 @@ from pyresty.server.stream import Exchange, Stream
 if TYPE_CHECKING:
     import asyncio
 
+    from pyresty.server.routes import Route, VirtualServer
+
 STREAM_AFTER: Final = 64 * 1024  # buffered body bytes before the response starts streaming
 
 
@@ -50,7 +52,8 @@ class Request(Exchange):
     path and sets just what every request has.
     """
 
-    server: Any = None
+    server: VirtualServer       # set by the connection once the head is parsed,
+    route: Route                # with the route, once the path is known
     eof = False
     _headers: Headers | None = None
     _args: dict[str, list[str]] | None = None

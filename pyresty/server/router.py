@@ -1,9 +1,14 @@
 """Virtual hosts and locations, chosen the way nginx chooses them.
 
-Theory of operation: a ``Router`` is built once per process from the config's
-servers; everything that can be decided up front (name tables, compiled
-regexes, prefix tables) is decided then, so the two per-request calls are a
-few dict lookups and, only when regex locations exist, a scan of them.
+Theory of operation: a ``Router`` (server names) and one ``LocationTable``
+per server are built once per process from the config; everything that can
+be decided up front (name tables, compiled regexes, prefix tables) is decided
+then, so the two per-request calls are a few dict lookups and, only when
+regex locations exist, a scan of them. Both return what they were built with:
+the router the object given for each server (the server itself by default;
+the request path gives its compiled virtual servers), a location table the
+value given for each location (the location itself by default; the request
+path gives its compiled routes).
 
 Server selection (nginx ``server_name``), among the servers that listen on the
 address a connection was accepted on, by ``Host`` (port stripped, lowercased,
@@ -36,30 +41,34 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 from pyresty.config.model import Listen, Location, Server
 
 _Search = Callable[[str], "re.Match[str] | None"]
+V = TypeVar("V")
+H = TypeVar("H")
 
 
-class _LocationTable:
-    """One server's locations, precompiled for ``Router.match``."""
+class LocationTable(Generic[V]):
+    """One server's locations, precompiled; ``match`` returns the value given
+    for the chosen location (``values[i]`` for ``locations[i]``)."""
 
-    __slots__ = ("server", "exact", "prefixes", "prefix_lengths", "regexes")
+    __slots__ = ("exact", "prefixes", "prefix_lengths", "regexes")
 
-    def __init__(self, server: Server) -> None:
-        self.server = server  # keeps id(server) valid while the table lives
-        self.exact: dict[str, Location] = {}
-        self.prefixes: dict[str, Location] = {}
-        regexes: list[tuple[_Search, Location]] = []
-        for loc in server.locations:
+    def __init__(self, locations: Sequence[Location], values: Sequence[V] | None = None) -> None:
+        chosen: Sequence[Any] = locations if values is None else values
+        self.exact: dict[str, V] = {}
+        self.prefixes: dict[str, tuple[bool, V]] = {}    # pattern -> (is "^~", value)
+        regexes: list[tuple[_Search, V]] = []
+        for loc, value in zip(locations, chosen, strict=True):
             if loc.kind == "=":
-                self.exact.setdefault(loc.pattern, loc)
+                self.exact.setdefault(loc.pattern, value)
             elif loc.kind in ("", "^~"):
-                self.prefixes.setdefault(loc.pattern, loc)
+                self.prefixes.setdefault(loc.pattern, (loc.kind == "^~", value))
             elif loc.kind in ("~", "~*"):
                 flags = re.IGNORECASE if loc.kind == "~*" else 0
-                regexes.append((re.compile(loc.pattern, flags).search, loc))
+                regexes.append((re.compile(loc.pattern, flags).search, value))
             else:
                 raise ValueError(f"{loc.key}: unknown location kind {loc.kind!r}")
         # Longest first: the first length whose slice is a known prefix is the
@@ -67,26 +76,26 @@ class _LocationTable:
         self.prefix_lengths = tuple(sorted({len(p) for p in self.prefixes}, reverse=True))
         self.regexes = tuple(regexes)
 
-    def match(self, path: str) -> Location | None:
+    def match(self, path: str) -> V | None:
         exact = self.exact.get(path)
         if exact is not None:
             return exact
         prefix = self._longest_prefix(path)
-        if prefix is not None and prefix.kind == "^~":
-            return prefix
-        for search, loc in self.regexes:
+        if prefix is not None and prefix[0]:
+            return prefix[1]
+        for search, value in self.regexes:
             if search(path) is not None:
-                return loc
-        return prefix
+                return value
+        return None if prefix is None else prefix[1]
 
-    def _longest_prefix(self, path: str) -> Location | None:
+    def _longest_prefix(self, path: str) -> tuple[bool, V] | None:
         size = len(path)
         prefixes = self.prefixes
         for length in self.prefix_lengths:
             if length <= size:
-                loc = prefixes.get(path[:length])
-                if loc is not None:
-                    return loc
+                found = prefixes.get(path[:length])
+                if found is not None:
+                    return found
         return None
 
 
@@ -95,41 +104,40 @@ class _LocationTable:
 HOST_CACHE_SIZE = 1024
 
 
-class _NameTable:
+class _NameTable(Generic[H]):
     """The servers of one listen address, indexed by ``server_name``."""
 
     __slots__ = ("default", "only", "exact", "leading", "trailing", "regexes", "cache")
 
-    def __init__(self, servers: Sequence[Server]) -> None:
-        self.default = servers[0]
+    def __init__(self, servers: Sequence[tuple[Server, H]]) -> None:
+        self.default = servers[0][1]
         self.only = len(servers) == 1
-        self.exact: dict[str, Server] = {}
-        self.leading: dict[str, Server] = {}    # "*.example.com" stored as ".example.com"
-        self.trailing: dict[str, Server] = {}   # "mail.*" stored as "mail."
-        regexes: list[tuple[_Search, Server]] = []
-        for server in servers:
+        self.exact: dict[str, H] = {}
+        self.leading: dict[str, H] = {}    # "*.example.com" stored as ".example.com"
+        self.trailing: dict[str, H] = {}   # "mail.*" stored as "mail."
+        regexes: list[tuple[_Search, H]] = []
+        for server, value in servers:
             for name in server.server_name:
-                self._add(name, server, regexes)
+                self._add(name, value, regexes)
         self.regexes = tuple(regexes)
-        self.cache: dict[str, Server] = {}
+        self.cache: dict[str, H] = {}
 
-    def _add(self, name: str, server: Server,
-             regexes: list[tuple[_Search, Server]]) -> None:
+    def _add(self, name: str, value: H, regexes: list[tuple[_Search, H]]) -> None:
         if name.startswith("~"):
-            regexes.append((re.compile(name[1:]).search, server))
+            regexes.append((re.compile(name[1:]).search, value))
             return
         name = name.lower().rstrip(".")
         if name.startswith("*."):
-            self.leading.setdefault(name[1:], server)
+            self.leading.setdefault(name[1:], value)
         elif name.startswith("."):
-            self.exact.setdefault(name[1:], server)
-            self.leading.setdefault(name, server)
+            self.exact.setdefault(name[1:], value)
+            self.leading.setdefault(name, value)
         elif name.endswith(".*"):
-            self.trailing.setdefault(name[:-1], server)
+            self.trailing.setdefault(name[:-1], value)
         else:
-            self.exact.setdefault(name, server)
+            self.exact.setdefault(name, value)
 
-    def lookup(self, host: str) -> Server:
+    def lookup(self, host: str) -> H:
         found = self.exact.get(host)
         if found is not None:
             return found
@@ -149,9 +157,9 @@ class _NameTable:
                 if found is not None:
                     return found
                 dot = host.rfind(".", 0, dot)
-        for search, server in self.regexes:
+        for search, value in self.regexes:
             if search(host) is not None:
-                return server
+                return value
         return self.default
 
 
@@ -171,23 +179,31 @@ def normalize_host(host: str) -> str:
     return host.lower().rstrip(".")
 
 
-class Router:
-    """Chooses the server for a connection's ``Host`` and the location for a path."""
+class Router(Generic[H]):
+    """Chooses the server for a connection's address and ``Host``."""
 
-    __slots__ = ("_names", "_locations")
+    __slots__ = ("_names",)
 
-    def __init__(self, servers: Sequence[Server]) -> None:
-        """Precompile every table; raises ``re.error`` for a bad regex, ``ValueError``
-        for an unknown location kind (the config loader rejects both first)."""
-        by_listen: dict[Listen, list[Server]] = {}
-        for server in servers:
+    def __init__(self, servers: Sequence[Server], hosts: Sequence[H] | None = None) -> None:
+        """Precompile the name tables; ``server_for`` returns ``hosts[i]`` for
+        ``servers[i]`` (the servers themselves without ``hosts``). Raises
+        ``re.error`` for a bad regex name (the config loader rejects it first)."""
+        chosen: Sequence[Any] = servers if hosts is None else hosts
+        by_listen: dict[Listen, list[tuple[Server, H]]] = {}
+        for server, value in zip(servers, chosen, strict=True):
             for listen in server.listen:
-                by_listen.setdefault(listen, []).append(server)
+                by_listen.setdefault(listen, []).append((server, value))
         self._names = {listen: _NameTable(group) for listen, group in by_listen.items()}
-        # Keyed by id(): hashing a frozen Server hashes every field, per request.
-        self._locations = {id(s): _LocationTable(s) for s in servers}
 
-    def server_for(self, listen: Listen, host: str | None) -> Server:
+    def default(self, listen: Listen) -> H:
+        """The first server in file order listening on ``listen``."""
+        return self._names[listen].default
+
+    def shared(self, listen: Listen) -> bool:
+        """Whether several servers listen on ``listen`` (so ``Host`` chooses)."""
+        return not self._names[listen].only
+
+    def server_for(self, listen: Listen, host: str | None) -> H:
         """The server for a connection accepted on ``listen`` with this ``Host``.
 
         Raises ``KeyError`` when no server listens on ``listen``.
@@ -205,10 +221,3 @@ class Router:
                 cache.clear()
             found = cache[host] = table.lookup(normalize_host(host))
         return found
-
-    def match(self, server: Server, path: str) -> Location | None:
-        """The location of ``server`` for ``path``, or ``None`` when none matches."""
-        table = self._locations.get(id(server))
-        if table is None or table.server is not server:
-            table = self._locations[id(server)] = _LocationTable(server)
-        return table.match(path)

@@ -104,11 +104,11 @@ class HttpServer(ServerState):
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
-        for access_log in {id(a): a for a in self._access_logs.values() if a}.values():
+        for access_log in self.access_logs.values():
             access_log.close()
 
     def reopen_logs(self) -> None:
-        for access_log in {id(a): a for a in self._access_logs.values() if a}.values():
+        for access_log in self.access_logs.values():
             access_log.reopen()
 
     def _sweep(self) -> None:
@@ -120,9 +120,8 @@ class HttpServer(ServerState):
             except Exception:
                 log.critical("error while expiring a connection", exc_info=True)
                 conn.abort()
-        for access_log in self._access_logs.values():
-            if access_log is not None:
-                access_log.flush()
+        for access_log in self.access_logs.values():
+            access_log.flush()
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     # figures for status and metrics

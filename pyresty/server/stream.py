@@ -32,12 +32,9 @@ that compiled calls through them are native.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, BinaryIO
+from typing import BinaryIO
 
 from pyresty.http.headers import Headers
-
-if TYPE_CHECKING:
-    from pyresty.server.routes import Route
 
 
 class Exchange:
@@ -51,7 +48,6 @@ class Exchange:
     http_version: str
     keep_alive: bool            # the stream may turn it off; never on again
     fields: list[tuple[bytes, bytes]]   # request header fields, raw
-    route: Route                # set by the stream as soon as the path is known
     status = 200
     fields_out: Headers | None = None   # response header fields (None: none set)
     started = False             # the response head was handed to the stream

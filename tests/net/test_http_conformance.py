@@ -71,7 +71,7 @@ path = "/"
 content = "app:b"
 '''
 
-DISCARD_MAX = 1024 * 1024   # pyresty.server.connection.DISCARD_MAX
+DISCARD_MAX = 1024 * 1024   # pyresty.http.persistence.DISCARD_MAX
 
 
 @pytest.fixture(scope="module", params=["compiled", "interpreted"])

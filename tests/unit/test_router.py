@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pyresty.config.model import Listen, Location, Server
-from pyresty.server.router import Router, normalize_host
+from pyresty.server.router import LocationTable, Router, normalize_host
 
 LISTEN = Listen("127.0.0.1", 8080)
 OTHER = Listen("127.0.0.1", 8081)
@@ -36,7 +36,7 @@ NGINX_DOC = server("= /", "/", "/documents/", "^~ /images/", r"~* \.(gif|jpg|jpe
     ("/documents/1.jpg", r"~* \.(gif|jpg|jpeg)$"),       # E
 ])
 def test_nginx_documentation_example(path: str, expected: str) -> None:
-    assert Router([NGINX_DOC]).match(NGINX_DOC, path).key == expected
+    assert LocationTable(NGINX_DOC.locations).match(path).key == expected
 
 
 @pytest.mark.parametrize("locations, path, expected", [
@@ -75,13 +75,24 @@ def test_nginx_documentation_example(path: str, expected: str) -> None:
 ])
 def test_location_matching(locations: tuple[str, ...], path: str, expected: str | None) -> None:
     srv = server(*locations)
-    found = Router([srv]).match(srv, path)
+    found = LocationTable(srv.locations).match(path)
     assert (found.key if found else None) == expected
+    # built with a value per location (the server's compiled routes), it
+    # chooses the same location and returns that location's value
+    values = [f"route {loc.key}" for loc in srv.locations]
+    chosen = LocationTable(srv.locations, values).match(path)
+    assert chosen == (f"route {expected}" if expected is not None else None)
 
 
-def test_match_compiles_an_unknown_server_on_demand() -> None:
-    srv = server("/a/")
-    assert Router([]).match(srv, "/a/b").key == "/a/"
+def test_router_returns_the_object_given_for_each_server() -> None:
+    a = server(names=("a.test",), key="a")
+    b = server(names=("b.test",), key="b")
+    router = Router([a, b], ["vhost a", "vhost b"])
+    assert router.server_for(LISTEN, "b.test") == "vhost b"
+    assert router.server_for(LISTEN, "other.test") == "vhost a"
+    assert router.default(LISTEN) == "vhost a"
+    assert router.shared(LISTEN)
+    assert not Router([a]).shared(LISTEN)
 
 
 NAMED = [
