@@ -51,6 +51,7 @@ class Stats:
     server: Mapping[str, int] = field(default_factory=dict)     # the HTTP server's counters
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per shared dict
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per limit zone: result -> n
+    upstreams: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # peer figures
     shutdown_for: float | None = None            # seconds since its shutdown began
 
 

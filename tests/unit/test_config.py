@@ -23,6 +23,7 @@ from pyresty.config import (
     builtin,
     load,
 )
+from pyresty.config.model import HEALTH_DICT, HEALTH_DICT_SIZE
 from pyresty.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
@@ -136,6 +137,8 @@ def test_full_spec_example(folder: Path) -> None:
         shared=(
             SharedDictSpec("cache", capacity=10 * 1024 * 1024, backend="embedded"),
             SharedDictSpec("limits", capacity=0, backend="redis://127.0.0.1:6379/0"),
+            # added because an upstream has a health_check: where verdicts are published
+            SharedDictSpec(HEALTH_DICT, capacity=HEALTH_DICT_SIZE, backend="embedded"),
         ),
         upstreams=(
             Upstream(
@@ -168,6 +171,16 @@ def test_full_spec_example(folder: Path) -> None:
             ),
         ),
     )
+
+
+def test_the_health_dict_exists_only_with_a_health_check(folder: Path) -> None:
+    assert load(write(folder, UP + SERVER)).shared == ()
+    checked = UP + 'health_check = { path = "/ping" }\n' + SERVER
+    assert [spec.name for spec in load(write(folder, checked)).shared] == [HEALTH_DICT]
+    # a user's dict cannot take its name
+    assert problems(folder, f'[shared]\n"{HEALTH_DICT}" = "1m"\n' + SERVER) == [
+        f'pyresty.toml: shared."{HEALTH_DICT}": invalid name (expected a letter or "_", then '
+        'letters, digits, "_" or "-")']
 
 
 def test_config_is_frozen(folder: Path) -> None:
