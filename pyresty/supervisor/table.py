@@ -77,7 +77,7 @@ class Row:
     timers_running: int | None = None
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # zone -> result -> n
-    upstreams: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # peers
+    peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # health
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -106,7 +106,7 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                requests=server.get("requests", 0),
                active_requests=server.get("active_requests", 0),
                timers_pending=stats.timers_pending, timers_running=stats.timers_running,
-               shared=stats.shared, limits=stats.limits, upstreams=stats.upstreams)
+               shared=stats.shared, limits=stats.limits, peers=stats.peers)
 
 
 def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:
@@ -162,7 +162,7 @@ def peer_rows(rows: Iterable[Row]) -> list[PeerRow]:
     read the same shared record, within one interval of each other) and its
     own passive health; the row counts the workers on each side.
     """
-    reporting = [r for r in rows if r.upstreams and r.role in ("worker", "single")]
+    reporting = [r for r in rows if r.peers and r.role in ("worker", "single")]
     if not reporting:
         return []
     newest = max(r.generation for r in reporting)
@@ -170,7 +170,7 @@ def peer_rows(rows: Iterable[Row]) -> list[PeerRow]:
     for row in reporting:
         if row.generation != newest:
             continue
-        for upstream, peers in row.upstreams.items():
+        for upstream, peers in row.peers.items():
             for addr, figures in peers.items():
                 seen = found.get((upstream, addr)) or PeerRow(upstream, addr, 0, 0, 0, 0, 0, 0)
                 found[(upstream, addr)] = PeerRow(

@@ -296,8 +296,8 @@ class WorkerProcess:
             server=self.server.stats() if self.server is not None else {},
             shared=shared.stats() if shared is not None else {},
             limits=limits.stats() if (limits := sys.modules.get("pyresty.server.limits")) else {},
-            upstreams=peers.peer_stats(self.loop.time())
-            if (peers := sys.modules.get("pyresty.upstream.balancer")) else {},
+            peers=balancing.peer_stats(self.loop.time())
+            if (balancing := sys.modules.get("pyresty.upstream.balancer")) else {},
             shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
             if self.state == "shutting down" else None)
 

@@ -100,14 +100,14 @@ PEER_ROWS = [
     Row("master", None, 100, 2, "serving"),
     # the old generation's view is not counted: its config may list other peers
     Row("worker", 0, 99, 1, "shutting down for 1.0 s",
-        upstreams={"backend": {"10.0.0.1:80": _peer(1), "10.0.0.9:80": _peer(1)}}),
+        peers={"backend": {"10.0.0.1:80": _peer(1), "10.0.0.9:80": _peer(1)}}),
     Row("worker", 0, 101, 2, "serving",
-        upstreams={"backend": {"10.0.0.1:80": _peer(0, 3, active=2),
+        peers={"backend": {"10.0.0.1:80": _peer(0, 3, active=2),
                                "10.0.0.2:80": _peer(1, down=1, disabled=2)}}),
     Row("worker", 1, 102, 2, "serving",
-        upstreams={"backend": {"10.0.0.1:80": _peer(1, 2, active=1),   # not refreshed yet
+        peers={"backend": {"10.0.0.1:80": _peer(1, 2, active=1),   # not refreshed yet
                                "10.0.0.2:80": _peer(1, disabled=1)}}),
-    Row("agent", None, 103, 2, "serving", upstreams={"backend": {"10.0.0.1:80": _peer(0, 3)}}),
+    Row("agent", None, 103, 2, "serving", peers={"backend": {"10.0.0.1:80": _peer(0, 3)}}),
 ]
 
 
