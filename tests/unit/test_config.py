@@ -183,6 +183,14 @@ def test_the_health_dict_exists_only_with_a_health_check(folder: Path) -> None:
         'letters, digits, "_" or "-")']
 
 
+@pytest.mark.parametrize("path", ['"healthz"', '"/health check"', '"/a\\tb"', "1"])
+def test_a_health_check_path_is_a_request_target(folder: Path, path: str) -> None:
+    found = problems(folder, UP + f"health_check = {{ path = {path} }}\n" + SERVER)
+    assert len(found) == 1 and found[0].startswith("pyresty.toml: upstream.api.health_check.path: ")
+    assert found[0].endswith('(expected a path starting with "/", without spaces or control '
+                             'characters)')
+
+
 def test_config_is_frozen(folder: Path) -> None:
     config = load(write(folder, FULL))
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -395,7 +403,7 @@ BAD: list[tuple[str, str]] = [
      'upstream.api.health_check.interval: invalid value "0s" (expected a duration > 0)'),
     (UP + "health_check = { timeout = -1 }\n" + SERVER, f"upstream.api.health_check.timeout: invalid value -1 (expected {DURATION})"),
     (UP + 'health_check = { path = "healthz" }\n' + SERVER,
-     'upstream.api.health_check.path: invalid value "healthz" (expected a path starting with "/")'),
+     'upstream.api.health_check.path: invalid value "healthz" (expected a path starting with "/", without spaces or control characters)'),
     (UP + "health_check = { healthy = 0 }\n" + SERVER, "upstream.api.health_check.healthy: invalid value 0 (expected an integer >= 1)"),
     (UP + "health_check = { unhealthy = 0 }\n" + SERVER, "upstream.api.health_check.unhealthy: invalid value 0 (expected an integer >= 1)"),
     (UP + "health_check = { helthy = 2 }\n" + SERVER, 'upstream.api.health_check.helthy: unknown key (did you mean "healthy"?)'),
