@@ -10,9 +10,15 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 import pytest
 
+from pyresty.config.model import (HEALTH_DICT, HEALTH_DICT_SIZE, HealthCheck, Peer, SharedDictSpec,
+                                  Upstream)
+from pyresty.runtime import shared as registry
+from pyresty.upstream import health
+from pyresty.upstream.balancer import build
 from pyresty.upstream.health import CheckFailed, Record, check_peer, judge
 
 pytestmark = pytest.mark.timeout(30)
@@ -125,3 +131,44 @@ def test_an_unreadable_record_is_a_fresh_one(text: str | None) -> None:
 def test_a_record_round_trips() -> None:
     record = Record(up=False, passes=0, fails=3, reason="connection refused")
     assert Record.loads(record.dumps()) == record
+
+
+# --- a round of checks, published and read by another worker's balancer ----------------
+
+def test_a_round_of_checks_steers_every_workers_picks(tmp_path: Path) -> None:
+    """The checker's verdicts reach a second process's balancer through the shared
+    dict, and its picks avoid the down peer (traffic avoidance at the Balancer level;
+    end to end it needs proxy_pass)."""
+    async def main() -> None:
+        async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+
+        async def failing(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")
+            writer.write(b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n")
+            writer.close()
+
+        good = await asyncio.start_server(ok, "127.0.0.1", 0)
+        bad = await asyncio.start_server(failing, "127.0.0.1", 0)
+        ports = [s.sockets[0].getsockname()[1] for s in (good, bad)]
+        upstream = Upstream("backend", tuple(Peer("127.0.0.1", p) for p in ports),
+                            health_check=HealthCheck(unhealthy=2, healthy=1))
+        checker, worker = build(upstream), build(upstream)
+        async with good, bad:
+            for _ in range(2):
+                await health.check_upstream(upstream, checker)
+            await health.refresh(upstream, worker)
+        good_peer, bad_peer = worker.peers
+        assert (good_peer.healthy, bad_peer.healthy) == (True, False)
+        assert bad_peer.check_fails == 2
+        assert {worker.pick(0.0, set()).addr for _ in range(10)} == {good_peer.addr}  # type: ignore[union-attr]
+        stored = await registry.shared[HEALTH_DICT].get(f"backend/{bad_peer.addr}")
+        assert Record.loads(stored) == Record(False, 0, 2, "status 500")
+
+    registry.open_all([SharedDictSpec(HEALTH_DICT, HEALTH_DICT_SIZE)], str(tmp_path))
+    try:
+        asyncio.run(main())
+    finally:
+        registry.close_all()
