@@ -140,6 +140,18 @@ def test_after_fail_timeout_one_failure_disables_again_and_a_success_clears() ->
     assert a.available(23.0) and a.fails == 1
 
 
+def test_a_success_sent_before_the_peer_went_out_does_not_bring_it_back() -> None:
+    (a,) = peers(1, max_fails=1, fail_timeout=10.0)
+    balancer = RoundRobin("up", [a])
+    balancer.started(a)
+    balancer.started(a)                            # two requests in flight
+    balancer.finished(a, 1.0, failed=True)         # one fails: out until 11
+    balancer.finished(a, 2.0, failed=False)        # the other succeeds afterwards
+    assert a.down(2.0) and a.fails == 1 and a.active == 0
+    balancer.finished(a, 11.0, failed=False)       # a success after the window clears it
+    assert a.fails == 0 and a.available(11.0)
+
+
 def test_max_fails_zero_never_disables() -> None:
     (a,) = peers(1, max_fails=0)
     balancer = RoundRobin("up", [a])
