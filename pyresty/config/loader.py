@@ -25,6 +25,8 @@ from typing import Any
 
 from pyresty.config import schema
 from pyresty.config.model import (
+    HEALTH_DICT,
+    HEALTH_DICT_SIZE,
     Config,
     HealthCheck,
     Hooks,
@@ -192,6 +194,9 @@ class _Loader:
         status = self.status(sections.get("status", {}))
         known = sorted(sections["upstream"]) if isinstance(sections.get("upstream"), dict) else []
         self.zones = self.limit_zones(sections, shared)
+        if any(up.health_check is not None for up in upstreams):
+            # where active health checks publish their verdicts (pyresty/upstream/health.py)
+            shared += (SharedDictSpec(HEALTH_DICT, capacity=HEALTH_DICT_SIZE),)
         servers = self.servers(sections.get("server"), known)
         self.check_status_listen(status, servers)
         paths = self.paths(values)

@@ -96,6 +96,13 @@ class Server:
     key: str = ""                            # "server[0]"
 
 
+# The internal shared dict where active health checks publish their verdicts
+# (pyresty/upstream/health.py); the loader adds it when an upstream has a
+# health_check. A user's dict cannot take this name (dict names have no ".").
+HEALTH_DICT: Final = "pyresty.health"
+HEALTH_DICT_SIZE: Final = 1024 * 1024
+
+
 @dataclass(frozen=True, slots=True)
 class Peer:
     host: str

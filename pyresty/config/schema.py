@@ -168,8 +168,10 @@ def upstream_name(value: str) -> str:
 
 
 def http_path(value: Any) -> str:
-    if not isinstance(value, str) or not value.startswith("/"):
-        raise invalid(value, 'a path starting with "/"')
+    """A request target sent as is (a health check's): no space or control byte (RFC 9112 §3)."""
+    if not isinstance(value, str) or not value.startswith("/") \
+            or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+        raise invalid(value, 'a path starting with "/", without spaces or control characters')
     return value
 
 

@@ -30,7 +30,15 @@ log = logging.getLogger("pyresty.http")
 
 SWEEP_INTERVAL: Final = 0.25   # how often connection deadlines are checked (s)
 
-__all__ = ["HttpServer", "open_access_logs"]
+__all__ = ["HttpServer", "open_access_logs", "start_upstreams"]
+
+
+async def start_upstreams(config: Config) -> None:
+    """This process's upstream state: active health checks and their verdicts (issue 12).
+    Every process calls it at boot, the agent included (it may run the checks)."""
+    if any(up.health_check is not None for up in config.upstreams):
+        from pyresty.upstream import health   # only when checks are configured
+        await health.start(config)
 
 
 class HttpServer(ServerState):

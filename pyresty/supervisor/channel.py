@@ -51,6 +51,8 @@ class Stats:
     server: Mapping[str, int] = field(default_factory=dict)     # the HTTP server's counters
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per shared dict
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per limit zone: result -> n
+    # upstream -> peer address -> figure -> n (upstream/balancer.py peer_stats)
+    peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
     shutdown_for: float | None = None            # seconds since its shutdown began
 
 

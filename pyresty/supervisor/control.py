@@ -3,12 +3,13 @@
 Control socket: a unix stream socket beside the pid file, mode 0600 (only the
 user who runs the server may drain it or read its figures). One JSON request
 line, one JSON reply line: ``{"command": "status" | "drain" | "resume" | "reload"}``
-(``reload`` is HUP with an answer: started, queued, or refused and why).
+(``status`` answers every process and every upstream peer with its health;
+``reload`` is HUP with an answer: started, queued, or refused and why).
 
 Status listener (``[status] listen``): ``GET /status`` (JSON, every process;
 503 while the server drains, so a readiness probe fails) and ``GET /metrics``
-(Prometheus text). Both answer from figures the processes report every
-``STATS_INTERVAL``.
+(Prometheus text), upstream peers' health included. Both answer from figures
+the processes report every ``STATS_INTERVAL``.
 
 The answers are built by ``control_reply`` and ``status_reply`` from any
 ``Supervised`` (the master, or the single process of ``workers = 0``); this
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 from pyresty.config.model import Config, Listen
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
 from pyresty.supervisor.pidfile import MASTER_TITLES, process_title
-from pyresty.supervisor.table import Row
+from pyresty.supervisor.table import PeerRow, Row, peer_rows
 
 IO_TIMEOUT = 0.5
 MAX_HEAD = 8192          # a status request's head; anything longer is not a probe
@@ -61,8 +62,10 @@ def control_reply(server: Supervised, request: bytes) -> bytes:
     except (ValueError, AttributeError):
         command = None
     if command == "status":
+        rows = server.rows()
         reply: dict[str, Any] = {"draining": server.draining,
-                                 "processes": [row.to_json() for row in server.rows()]}
+                                 "processes": [row.to_json() for row in rows],
+                                 "upstreams": [peer.to_json() for peer in peer_rows(rows)]}
     elif command == "drain":
         server.drain()
         reply = {"draining": True}
@@ -83,7 +86,9 @@ def status_reply(server: Supervised, head: bytes) -> bytes:
     path = line[1].decode("latin-1") if len(line) > 1 else ""
     if path == "/status":
         state = "draining" if server.draining else "serving"
-        body = json.dumps({"state": state, "processes": [row.to_json() for row in server.rows()]},
+        rows = server.rows()
+        body = json.dumps({"state": state, "processes": [row.to_json() for row in rows],
+                           "upstreams": [peer.to_json() for peer in peer_rows(rows)]},
                           indent=1).encode()
         # a readiness probe must fail while draining, so new traffic goes elsewhere
         status = "503 Service Unavailable" if server.draining else "200 OK"
@@ -278,12 +283,31 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+PEER_COLUMNS = [("upstream", 16), ("peer", 24), ("health", 10), ("failed checks", 14),
+                ("passive down", 13), ("active", 6)]
+
+
+def format_peers(peers: list[PeerRow]) -> str:
+    """Upstream peers and their health, below the process table."""
+    lines = [" ".join(name.upper().ljust(width) for name, width in PEER_COLUMNS).rstrip()]
+    for peer in peers:
+        health = "up" if peer.healthy else f"down {peer.unhealthy}/{peer.workers}"
+        cells = [peer.upstream, peer.peer, health, peer.check_fails,
+                 f"{peer.down}/{peer.workers}", peer.active]
+        lines.append(" ".join(str(c).ljust(w) for c, (_, w) in zip(cells, PEER_COLUMNS)).rstrip())
+    return "\n".join(lines)
+
+
 def print_status(config: Config) -> int:
     try:
         reply = ask(config, "status")
     except OSError as exc:
         return _no_master(config, exc)
     print(format_table([Row.from_json(p) for p in reply["processes"]]))
+    peers = [PeerRow.from_json(p) for p in reply.get("upstreams", [])]
+    if peers:
+        print()
+        print(format_peers(peers))
     return EXIT_OK
 
 

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from pyresty.supervisor.table import Row
+from pyresty.supervisor.table import Row, peer_rows
 
 
 class _RowsCollector:
@@ -49,6 +49,7 @@ class _RowsCollector:
         yield from (requests, conns, pending, running, rss, per_gen, draining)
         yield from _shared(workers)
         yield from _limits(workers)
+        yield from _peers(rows)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -86,6 +87,39 @@ def _limits(workers: Sequence[Row]) -> Iterator[Metric]:
     for (zone, result), n in sorted(totals.items()):
         family.add_metric([zone, result], n)
     yield family
+
+
+def _peers(rows: Sequence[Row]) -> Iterator[Metric]:
+    """Health and load of every upstream peer (the newest generation's view)."""
+    peers = peer_rows(rows)
+    if not peers:
+        return
+    labels = ["upstream", "peer"]
+    healthy = GaugeMetricFamily("pyresty_upstream_peer_healthy",
+                                "1 while no worker avoids the peer for failed active health checks",
+                                labels=labels)
+    unhealthy = GaugeMetricFamily("pyresty_upstream_peer_unhealthy_workers",
+                                  "Workers whose active-check verdict for the peer is down",
+                                  labels=labels)
+    failed = GaugeMetricFamily("pyresty_upstream_peer_failed_checks",
+                               "Consecutive failed active health checks", labels=labels)
+    down = GaugeMetricFamily("pyresty_upstream_peer_down_workers",
+                             "Workers whose passive health (max_fails) keeps the peer out now",
+                             labels=labels)
+    disabled = CounterMetricFamily("pyresty_upstream_peer_disabled",
+                                   "Times passive health took the peer out, summed over workers",
+                                   labels=labels)
+    active = GaugeMetricFamily("pyresty_upstream_peer_active_requests",
+                               "Requests in flight to the peer", labels=labels)
+    for peer in peers:
+        at = [peer.upstream, peer.peer]
+        healthy.add_metric(at, 1 if peer.healthy else 0)
+        unhealthy.add_metric(at, peer.unhealthy)
+        failed.add_metric(at, peer.check_fails)
+        down.add_metric(at, peer.down)
+        disabled.add_metric(at, peer.disabled)
+        active.add_metric(at, peer.active)
+    yield from (healthy, unhealthy, failed, down, disabled, active)
 
 
 def render(rows: Sequence[Row], draining: bool = False) -> bytes:

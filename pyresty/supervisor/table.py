@@ -77,6 +77,7 @@ class Row:
     timers_running: int | None = None
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # zone -> result -> n
+    peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # health
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -105,7 +106,7 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                requests=server.get("requests", 0),
                active_requests=server.get("active_requests", 0),
                timers_pending=stats.timers_pending, timers_running=stats.timers_running,
-               shared=stats.shared, limits=stats.limits)
+               shared=stats.shared, limits=stats.limits, peers=stats.peers)
 
 
 def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:
@@ -120,6 +121,66 @@ def child_rows(children: Iterable[Child], now: float, draining_generation: int |
         rows.append(serving_row("agent" if child.role is Role.AGENT else "worker",
                                 child.worker_id, child.pid, child.generation, state, child.stats))
     return rows
+
+
+@dataclass(frozen=True, slots=True)
+class PeerRow:
+    """One upstream peer as ``status`` and ``/metrics`` show it, over the newest generation."""
+
+    upstream: str
+    peer: str
+    workers: int                 # workers that reported it
+    unhealthy: int               # of them, those whose active-check verdict says down
+    check_fails: int             # consecutive failed checks (the most any worker has read)
+    down: int                    # workers whose passive health (max_fails) keeps it out now
+    active: int                  # requests in flight to it, summed
+    disabled: int                # times passive health took it out, summed
+
+    @property
+    def healthy(self) -> bool:
+        """No worker avoids it for a failed active check."""
+        return self.unhealthy == 0
+
+    def to_json(self) -> dict[str, Any]:
+        obj: dict[str, Any] = {name: getattr(self, name) for name in PEER_FIELDS}
+        obj["healthy"] = self.healthy
+        return obj
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> PeerRow:
+        return cls(**{name: obj[name] for name in PEER_FIELDS})
+
+
+PEER_FIELDS = ("upstream", "peer", "workers", "unhealthy", "check_fails", "down", "active",
+               "disabled")
+
+
+def peer_rows(rows: Iterable[Row]) -> list[PeerRow]:
+    """Every upstream peer the newest generation's workers report, in config order.
+
+    Each worker's balancer has its own view: the active-check verdict (all
+    read the same shared record, within one interval of each other) and its
+    own passive health; the row counts the workers on each side.
+    """
+    reporting = [r for r in rows if r.peers and r.role in ("worker", "single")]
+    if not reporting:
+        return []
+    newest = max(r.generation for r in reporting)
+    found: dict[tuple[str, str], PeerRow] = {}
+    for row in reporting:
+        if row.generation != newest:
+            continue
+        for upstream, peers in row.peers.items():
+            for addr, figures in peers.items():
+                seen = found.get((upstream, addr)) or PeerRow(upstream, addr, 0, 0, 0, 0, 0, 0)
+                found[(upstream, addr)] = PeerRow(
+                    upstream=upstream, peer=addr, workers=seen.workers + 1,
+                    unhealthy=seen.unhealthy + (0 if figures.get("healthy", 1) else 1),
+                    check_fails=max(seen.check_fails, figures.get("check_fails", 0)),
+                    down=seen.down + figures.get("down", 0),
+                    active=seen.active + figures.get("active", 0),
+                    disabled=seen.disabled + figures.get("disabled", 0))
+    return list(found.values())
 
 
 def rss_of(pid: int) -> int:

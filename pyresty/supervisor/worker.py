@@ -73,6 +73,8 @@ class HttpLayer(Protocol):
 
     def open_access_logs(self, config: Config) -> dict[str, Any]: ...
 
+    async def start_upstreams(self, config: Config) -> None: ...
+
     HttpServer: Callable[..., Any]
 
 
@@ -193,6 +195,10 @@ class WorkerProcess:
                                                    self.access_logs)
             except Exception as exc:
                 raise BootError(f"cannot load handlers: {exc}") from exc
+        try:
+            await self.http.start_upstreams(config)
+        except Exception as exc:
+            raise BootError(f"cannot start upstream health checks: {exc}") from exc
         init = self._hook("init_worker")
         self._exit_hook = self._hook("exit_worker")
         if init is not None:
@@ -290,6 +296,8 @@ class WorkerProcess:
             server=self.server.stats() if self.server is not None else {},
             shared=shared.stats() if shared is not None else {},
             limits=limits.stats() if (limits := sys.modules.get("pyresty.server.limits")) else {},
+            peers=balancing.peer_stats(self.loop.time())
+            if (balancing := sys.modules.get("pyresty.upstream.balancer")) else {},
             shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
             if self.state == "shutting down" else None)
 

@@ -16,6 +16,8 @@ MESSAGES = [
           server={"connections": 2, "requests": 10, "active_requests": 1},
           shared={"cache": {"capacity": 1048576, "used": 4096, "keys": 3, "evictions": 0}},
           shutdown_for=0.25),
+    Stats(peers={"backend": {"127.0.0.1:9001": {"healthy": 0, "check_fails": 3, "down": 0,
+                                                    "disabled": 1, "active": 2}}}),
     Drain(),
     Resume(),
 ]

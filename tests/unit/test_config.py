@@ -23,6 +23,7 @@ from pyresty.config import (
     builtin,
     load,
 )
+from pyresty.config.model import HEALTH_DICT, HEALTH_DICT_SIZE
 from pyresty.errors import ConfigError
 
 pytestmark = pytest.mark.timeout(30)
@@ -136,6 +137,8 @@ def test_full_spec_example(folder: Path) -> None:
         shared=(
             SharedDictSpec("cache", capacity=10 * 1024 * 1024, backend="embedded"),
             SharedDictSpec("limits", capacity=0, backend="redis://127.0.0.1:6379/0"),
+            # added because an upstream has a health_check: where verdicts are published
+            SharedDictSpec(HEALTH_DICT, capacity=HEALTH_DICT_SIZE, backend="embedded"),
         ),
         upstreams=(
             Upstream(
@@ -168,6 +171,24 @@ def test_full_spec_example(folder: Path) -> None:
             ),
         ),
     )
+
+
+def test_the_health_dict_exists_only_with_a_health_check(folder: Path) -> None:
+    assert load(write(folder, UP + SERVER)).shared == ()
+    checked = UP + 'health_check = { path = "/ping" }\n' + SERVER
+    assert [spec.name for spec in load(write(folder, checked)).shared] == [HEALTH_DICT]
+    # a user's dict cannot take its name
+    assert problems(folder, f'[shared]\n"{HEALTH_DICT}" = "1m"\n' + SERVER) == [
+        f'pyresty.toml: shared."{HEALTH_DICT}": invalid name (expected a letter or "_", then '
+        'letters, digits, "_" or "-")']
+
+
+@pytest.mark.parametrize("path", ['"healthz"', '"/health check"', '"/a\\tb"', "1"])
+def test_a_health_check_path_is_a_request_target(folder: Path, path: str) -> None:
+    found = problems(folder, UP + f"health_check = {{ path = {path} }}\n" + SERVER)
+    assert len(found) == 1 and found[0].startswith("pyresty.toml: upstream.api.health_check.path: ")
+    assert found[0].endswith('(expected a path starting with "/", without spaces or control '
+                             'characters)')
 
 
 def test_config_is_frozen(folder: Path) -> None:
@@ -382,7 +403,7 @@ BAD: list[tuple[str, str]] = [
      'upstream.api.health_check.interval: invalid value "0s" (expected a duration > 0)'),
     (UP + "health_check = { timeout = -1 }\n" + SERVER, f"upstream.api.health_check.timeout: invalid value -1 (expected {DURATION})"),
     (UP + 'health_check = { path = "healthz" }\n' + SERVER,
-     'upstream.api.health_check.path: invalid value "healthz" (expected a path starting with "/")'),
+     'upstream.api.health_check.path: invalid value "healthz" (expected a path starting with "/", without spaces or control characters)'),
     (UP + "health_check = { healthy = 0 }\n" + SERVER, "upstream.api.health_check.healthy: invalid value 0 (expected an integer >= 1)"),
     (UP + "health_check = { unhealthy = 0 }\n" + SERVER, "upstream.api.health_check.unhealthy: invalid value 0 (expected an integer >= 1)"),
     (UP + "health_check = { helthy = 2 }\n" + SERVER, 'upstream.api.health_check.helthy: unknown key (did you mean "healthy"?)'),

@@ -8,9 +8,9 @@ import pytest
 
 from pyresty.runtime.identity import Role
 from pyresty.supervisor.channel import Stats
-from pyresty.supervisor.control import format_table
+from pyresty.supervisor.control import format_peers, format_table
 from pyresty.supervisor.metrics import render
-from pyresty.supervisor.table import Child, Row, State, child_rows
+from pyresty.supervisor.table import Child, PeerRow, Row, State, child_rows, peer_rows
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -89,3 +89,55 @@ def test_metrics_render_the_rows_they_are_given() -> None:
     assert 'pyresty_shared_dict_keys{dict="cache"} 3.0' in text
     assert "pyresty_draining 1.0" in text
     assert "pyresty_draining 0.0" in render(rows[:1]).decode()
+
+
+def _peer(healthy: int, fails: int = 0, down: int = 0, active: int = 0, disabled: int = 0) -> dict:
+    return {"healthy": healthy, "check_fails": fails, "down": down, "active": active,
+            "disabled": disabled}
+
+
+PEER_ROWS = [
+    Row("master", None, 100, 2, "serving"),
+    # the old generation's view is not counted: its config may list other peers
+    Row("worker", 0, 99, 1, "shutting down for 1.0 s",
+        peers={"backend": {"10.0.0.1:80": _peer(1), "10.0.0.9:80": _peer(1)}}),
+    Row("worker", 0, 101, 2, "serving",
+        peers={"backend": {"10.0.0.1:80": _peer(0, 3, active=2),
+                               "10.0.0.2:80": _peer(1, down=1, disabled=2)}}),
+    Row("worker", 1, 102, 2, "serving",
+        peers={"backend": {"10.0.0.1:80": _peer(1, 2, active=1),   # not refreshed yet
+                               "10.0.0.2:80": _peer(1, disabled=1)}}),
+    Row("agent", None, 103, 2, "serving", peers={"backend": {"10.0.0.1:80": _peer(0, 3)}}),
+]
+
+
+def test_peer_rows_sum_the_newest_generations_workers() -> None:
+    peers = peer_rows(PEER_ROWS)
+    assert peers == [PeerRow("backend", "10.0.0.1:80", workers=2, unhealthy=1, check_fails=3,
+                             down=0, active=3, disabled=0),
+                     PeerRow("backend", "10.0.0.2:80", workers=2, unhealthy=0, check_fails=0,
+                             down=1, active=0, disabled=3)]
+    assert [p.healthy for p in peers] == [False, True]
+    assert [PeerRow.from_json(p.to_json()) for p in peers] == peers
+    assert peers[0].to_json()["healthy"] is False
+    assert peer_rows(PEER_ROWS[:1]) == []
+    lines = format_peers(peers).splitlines()
+    assert lines[0].split() == ["UPSTREAM", "PEER", "HEALTH", "FAILED", "CHECKS", "PASSIVE",
+                                "DOWN", "ACTIVE"]
+    assert lines[1].split() == ["backend", "10.0.0.1:80", "down", "1/2", "3", "0/2", "3"]
+    assert lines[2].split() == ["backend", "10.0.0.2:80", "up", "0", "1/2", "0"]
+
+
+def test_metrics_show_each_peers_health() -> None:
+    text = render(PEER_ROWS).decode()
+    assert 'pyresty_upstream_peer_healthy{peer="10.0.0.1:80",upstream="backend"} 0.0' in text
+    assert 'pyresty_upstream_peer_healthy{peer="10.0.0.2:80",upstream="backend"} 1.0' in text
+    assert 'pyresty_upstream_peer_unhealthy_workers{peer="10.0.0.1:80",upstream="backend"} 1.0' \
+        in text
+    assert 'pyresty_upstream_peer_failed_checks{peer="10.0.0.1:80",upstream="backend"} 3.0' in text
+    assert 'pyresty_upstream_peer_down_workers{peer="10.0.0.2:80",upstream="backend"} 1.0' in text
+    assert 'pyresty_upstream_peer_disabled_total{peer="10.0.0.2:80",upstream="backend"} 3.0' in text
+    assert 'pyresty_upstream_peer_active_requests{peer="10.0.0.1:80",upstream="backend"} 3.0' \
+        in text
+    assert "10.0.0.9:80" not in text
+    assert "pyresty_upstream_peer" not in render(PEER_ROWS[:1]).decode()

@@ -1,0 +1,252 @@
+"""Active health checks: one process probes the peers, every process reads the verdicts.
+
+Rules
+-----
+1. Who checks. For every upstream with ``health_check``, each process calls
+   ``timer.every(interval, ..., once=True)``: the checks run in one process of
+   the server (the privileged agent if there is one, else worker 0) and never
+   in two at once across a reload (timer rule 8: the runner holds an flock,
+   released by the old process's premature run at exit). Each upstream's job
+   has a name of its own (``pyresty.upstream.health:check.<upstream>``), so
+   each holds its own lock.
+2. A check is ``GET <path> HTTP/1.1`` with ``Host: <peer address>`` on a new
+   connection, written and read with the sans-IO client role
+   (``pyresty/http/client.py``). It passes when a response head with a 2xx or
+   3xx status arrives within ``timeout`` (nginx's ``health_check`` default
+   ``match``); anything else fails with a reason: ``connection refused``,
+   ``timed out``, ``status 503``, ``invalid response: ...``. The peers of an
+   upstream are checked concurrently; the connection is closed after the head.
+3. Verdicts. ``healthy`` consecutive passes mark a down peer up; ``unhealthy``
+   consecutive failures mark an up peer down. A peer no check has judged is
+   up. Each change is logged (``[warn]`` down, ``[notice]`` up) with the count
+   and the last reason.
+4. Publication. Verdicts and counters live in the internal shared dict
+   ``HEALTH_DICT`` (``pyresty.health``, embedded; the config loader adds it
+   when an upstream has a health_check), one record per peer keyed
+   ``<upstream>/<address>``: by address, not by position, so a verdict
+   survives reloads, peers added or reordered, and a new checker process
+   goes on counting where the old one stopped.
+5. Refresh. Every process reads the records of its upstreams into its
+   balancers' ``PeerState.healthy`` at start (before it serves, so a reload
+   keeps a down peer down) and then every ``interval``: a verdict reaches
+   every worker within one interval of being written.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from pyresty.config.model import HEALTH_DICT, Config, Upstream
+from pyresty.errorlog import NOTICE
+from pyresty.http.client import ResponseParser, UpstreamError, request_head
+from pyresty.runtime import timer
+from pyresty.upstream.balancer import Balancer, PeerState, balancers
+
+__all__ = ["Record", "check_peer", "key_of", "refresh", "start", "CheckFailed"]
+
+log = logging.getLogger("pyresty.upstream")
+
+READ_SIZE = 16384
+
+
+class CheckFailed(Exception):
+    """A check that did not pass; the message is the reason logged."""
+
+
+@dataclass(slots=True)
+class Record:
+    """What the shared dict holds for one peer (rule 4)."""
+
+    up: bool = True
+    passes: int = 0           # consecutive passed checks
+    fails: int = 0            # consecutive failed checks
+    reason: str = ""          # why the last check failed
+
+    def dumps(self) -> str:
+        return json.dumps({"up": self.up, "passes": self.passes, "fails": self.fails,
+                           "reason": self.reason}, separators=(",", ":"))
+
+    @classmethod
+    def loads(cls, text: Any) -> Record:
+        """A record from the dict; anything unreadable is a fresh (up) record."""
+        try:
+            obj = json.loads(text)
+            return cls(up=bool(obj["up"]), passes=int(obj["passes"]), fails=int(obj["fails"]),
+                       reason=str(obj["reason"]))
+        except (TypeError, ValueError, KeyError):
+            return cls()
+
+
+def key_of(upstream: str, peer: PeerState) -> str:
+    return f"{upstream}/{peer.addr}"
+
+
+# --- one check (rule 2) -------------------------------------------------------------
+
+class _Head:
+    """A ResponseSink that keeps the status of the first final response."""
+
+    __slots__ = ("status",)
+
+    def __init__(self) -> None:
+        self.status = 0
+
+    def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        pass
+
+    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+                    keep_alive: bool) -> None:
+        self.status = status
+
+    def on_body(self, data: bytes) -> None:
+        pass
+
+    def on_end(self) -> None:
+        pass
+
+    def on_upgrade(self, rest: bytes) -> None:
+        pass
+
+
+async def check_peer(host: str, port: int, path: str, timeout: float) -> int:
+    """GET ``path`` from ``host:port``; the status of a 2xx/3xx answer within ``timeout``.
+
+    Raises CheckFailed with the reason otherwise.
+    """
+    try:
+        async with asyncio.timeout(timeout):
+            return await _probe(host, port, path)
+    except TimeoutError:
+        raise CheckFailed("timed out") from None
+
+
+async def _probe(host: str, port: int, path: str) -> int:
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+    except ConnectionRefusedError:
+        raise CheckFailed("connection refused") from None
+    except OSError as exc:
+        raise CheckFailed(f"cannot connect: {exc.strerror or exc}") from None
+    sink = _Head()
+    parser = ResponseParser(sink)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    try:
+        head, _ = request_head("GET", path, authority, None, None)
+        parser.expect("GET")
+        writer.write(head)
+        while not sink.status:
+            data = await reader.read(READ_SIZE)
+            if not data:
+                parser.eof()
+                raise CheckFailed("connection closed before a response")
+            parser.feed(data)
+    except UpstreamError as exc:
+        raise CheckFailed(f"invalid response: {exc}") from None
+    except OSError as exc:
+        raise CheckFailed(f"connection error: {exc.strerror or exc}") from None
+    finally:
+        writer.close()
+    if not 200 <= sink.status < 400:
+        raise CheckFailed(f"status {sink.status}")
+    return sink.status
+
+
+# --- verdicts (rules 3 and 4) ---------------------------------------------------------
+
+def judge(record: Record, passed: bool, reason: str, healthy: int, unhealthy: int) -> bool:
+    """Count one check into ``record``; True when it flipped the verdict."""
+    if passed:
+        record.passes, record.fails, record.reason = record.passes + 1, 0, ""
+        if not record.up and record.passes >= healthy:
+            record.up = True
+            return True
+    else:
+        record.passes, record.fails, record.reason = 0, record.fails + 1, reason
+        if record.up and record.fails >= unhealthy:
+            record.up = False
+            return True
+    return False
+
+
+async def check_upstream(upstream: Upstream, balancer: Balancer) -> None:
+    """One round of checks of every peer of ``upstream``; publishes and applies the verdicts."""
+    hc = upstream.health_check
+    assert hc is not None
+    store = _store()
+    outcomes = await asyncio.gather(*(_outcome(peer, hc.path, hc.timeout) for peer in balancer.peers))
+    for peer, (passed, reason) in zip(balancer.peers, outcomes):
+        key = key_of(upstream.name, peer)
+        record = Record.loads(await store.get(key))
+        if judge(record, passed, reason, hc.healthy, hc.unhealthy):
+            if record.up:
+                log.log(NOTICE, "upstream %s peer %s is up (%d passed checks)",
+                        upstream.name, peer.addr, record.passes)
+            else:
+                log.warning("upstream %s peer %s is down (%d failed checks: %s)",
+                            upstream.name, peer.addr, record.fails, record.reason)
+        await store.set(key, record.dumps())
+        apply(peer, record)
+
+
+async def _outcome(peer: PeerState, path: str, timeout: float) -> tuple[bool, str]:
+    try:
+        await check_peer(peer.host, peer.port, path, timeout)
+    except CheckFailed as exc:
+        return False, str(exc)
+    return True, ""
+
+
+def apply(peer: PeerState, record: Record) -> None:
+    peer.healthy = record.up
+    peer.check_fails = record.fails
+
+
+async def refresh(upstream: Upstream, balancer: Balancer) -> None:
+    """Read the published verdicts of ``upstream``'s peers into ``balancer`` (rule 5)."""
+    store = _store()
+    for peer in balancer.peers:
+        text = await store.get(key_of(upstream.name, peer))
+        apply(peer, Record.loads(text) if text is not None else Record())
+
+
+def _store() -> Any:
+    from pyresty.runtime.shared import shared   # opened after fork, with the other dicts
+
+    return shared[HEALTH_DICT]
+
+
+# --- wiring (rules 1 and 5) ---------------------------------------------------------
+
+async def start(config: Config) -> None:
+    """Start health checking in this process (a worker, the agent, or a single process).
+
+    Reads the current verdicts first, so the process serves with them; then
+    arms the checks (run here only if this is the designated process) and
+    the refresh. Raises what the shared dict raises.
+    """
+    found = balancers(config)
+    for upstream in config.upstreams:
+        hc = upstream.health_check
+        if hc is None:
+            continue
+        balancer = found[upstream.name]
+        await refresh(upstream, balancer)
+        timer.every(hc.interval, _job("check", upstream, balancer, check_upstream), once=True)
+        timer.every(hc.interval, _job("refresh", upstream, balancer, refresh))
+
+
+Step = Callable[[Upstream, Balancer], Coroutine[Any, Any, None]]
+
+
+def _job(kind: str, upstream: Upstream, balancer: Balancer,
+         step: Step) -> Callable[[bool], Coroutine[Any, Any, None]]:
+    """A timer callback for one upstream, named for it (its once-lock is its own: rule 1)."""
+    async def job(premature: bool) -> None:
+        if not premature:
+            await step(upstream, balancer)
+    job.__qualname__ = f"{kind}.{upstream.name}"
+    return job
