@@ -64,6 +64,11 @@ class Location:
     proxy_connect_timeout: float = 60.0
     proxy_read_timeout: float = 60.0
     proxy_send_timeout: float = 60.0
+    proxy_set_header: tuple[tuple[str, str], ...] = ()   # ("Host", "api.internal"); "" removes
+    proxy_request_buffering: bool = True     # read the whole body before the first try
+    proxy_next_upstream_tries: int = 0       # 0: as many tries as the upstream has peers
+    proxy_next_upstream_timeout: float = 0.0  # 0: no bound on the time spent trying
+    proxy_http_version: str = "1.1"          # "1.1" keeps upstream connections alive
     root: str | None = None
     index: tuple[str, ...] = ("index.html",)
     client_max_body_size: int | None = None  # None: inherit the server's
@@ -127,7 +132,7 @@ class Upstream:
     name: str
     servers: tuple[Peer, ...]
     balancer: str = "round_robin"            # round_robin | least_conn | hash | "module:function"
-    hash_key: str | None = None
+    hash_key: str | None = None              # "remote_addr" | "uri" | "request_uri" | "header:NAME" | "arg:NAME" | "cookie:NAME"
     keepalive: int = 32
     keepalive_timeout: float = 60.0
     keepalive_requests: int = 1000

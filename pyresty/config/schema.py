@@ -204,9 +204,13 @@ def listens(value: Any) -> tuple[Listen, ...]:
 
 
 def peer_address(value: Any) -> tuple[str, int]:
-    """An upstream server: ``"host:port"`` or ``"[ipv6]:port"``, port 1..65535."""
+    """An upstream server: ``"host:port"`` or ``"[ipv6]:port"``, port 1..65535;
+    a bare IPv4 address or name means port 80, as nginx's ``server`` does
+    (seed 004's placeholder ``0.0.0.1`` for a function balancer)."""
     if not isinstance(value, str):
         raise invalid(value, '"host:port"')
+    if value and ":" not in value and _valid_host(value) and value != "*":
+        return value, 80
     return _split_host_port(value, '"host:port"', minimum=1)
 
 
@@ -399,6 +403,36 @@ def next_upstream(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
+_HASH_KEY_EXPECTED = ('remote_addr, uri, request_uri, "header:NAME", "arg:NAME" or '
+                     '"cookie:NAME"')
+
+
+def hash_key(value: Any) -> str:
+    """What ``balancer = "hash"`` hashes, computed from each request."""
+    if value in ("remote_addr", "uri", "request_uri"):
+        return str(value)
+    if isinstance(value, str) and value.startswith(("header:", "arg:", "cookie:")):
+        name = value.partition(":")[2]
+        if _HEADER_NAME.fullmatch(name):
+            return value
+    raise invalid(value, _HASH_KEY_EXPECTED)
+
+
+def proxy_set_header(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{ Host = "api.internal", X-Debug = "" }``: request fields for the upstream
+    (an empty value removes the field)."""
+    if not isinstance(value, dict):
+        raise invalid(value, 'a table of header = "value"')
+    found = []
+    for name, field in value.items():
+        if not _HEADER_NAME.fullmatch(name):
+            raise invalid(name, "a header field name")
+        if not isinstance(field, str) or "\r" in field or "\n" in field:
+            raise ValueError(f"{name}: invalid value {show(field)} (expected a string without CR or LF)")
+        found.append((name, field))
+    return tuple(found)
+
+
 # --- sections ----------------------------------------------------------------
 
 _POSITIVE = duration(positive=True)
@@ -434,7 +468,7 @@ SHARED_ENTRY: dict[str, Validator] = {
 UPSTREAM: dict[str, Validator] = {
     "servers": NESTED,
     "balancer": balancer,
-    "hash_key": text,
+    "hash_key": hash_key,
     "keepalive": integer(0),
     "keepalive_timeout": _POSITIVE,
     "keepalive_requests": integer(1),
@@ -482,6 +516,11 @@ LOCATION: dict[str, Validator] = {
     "proxy_connect_timeout": _POSITIVE,
     "proxy_read_timeout": _POSITIVE,
     "proxy_send_timeout": _POSITIVE,
+    "proxy_set_header": proxy_set_header,
+    "proxy_request_buffering": boolean,
+    "proxy_next_upstream_tries": integer(0),
+    "proxy_next_upstream_timeout": duration(positive=False),
+    "proxy_http_version": one_of(("1.0", "1.1")),
     "root": text,
     "index": strings(min_items=1),
     "client_max_body_size": size(),

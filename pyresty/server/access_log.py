@@ -25,9 +25,9 @@ class Logged(Protocol):
     http_version: str
     body_bytes_sent: int
     start_time: float
-    upstream_addr: str | None
-    upstream_status: int | None
-    upstream_response_time: float | None
+    upstream_addr: str | None              # one entry per try, ", "-separated (nginx)
+    upstream_status: str | None
+    upstream_response_time: str | None
 
     @property
     def client_addr(self) -> str: ...
@@ -73,13 +73,12 @@ class AccessLog:
         self._size = 0
 
     def write(self, r: Logged, status: int, now: float) -> None:
-        upstream_time = r.upstream_response_time
         line = (
             f'{r.client_addr} - - [{_local_time()}] "{r.method} {_escape(r.uri)} HTTP/{r.http_version}" '
             f'{status} {r.body_bytes_sent} "{_quote(r.header(b"referer"))}" '
             f'"{_quote(r.header(b"user-agent"))}" {now - r.start_time:.3f} '
             f'{r.upstream_addr or "-"} {r.upstream_status or "-"} '
-            f'{"-" if upstream_time is None else f"{upstream_time:.3f}"}\n'
+            f'{r.upstream_response_time or "-"}\n'
         )
         self._buffer.append(line)
         self._size += len(line)

@@ -62,9 +62,9 @@ class Request(Exchange):
     _authority: str | None = None   # the host of an absolute-form target (RFC 9112 §3.2.2)
     _discarding = False     # exit() in a filter: later output is dropped
     task: asyncio.Task[None] | None = None   # the Task running this request's phases
-    upstream_addr: str | None = None
-    upstream_status: int | None = None
-    upstream_response_time: float | None = None
+    upstream_addr: str | None = None            # one entry per try, ", "-separated (nginx)
+    upstream_status: str | None = None
+    upstream_response_time: str | None = None
 
     def __init__(self, stream: Stream, method: str, target: bytes, version: str,
                  fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:

@@ -83,15 +83,17 @@ class VirtualServer:
 
 def build_servers(config: Config, resolve: Callable[..., Callable[..., Any]],
                   make_limits: Callable[..., Any] | None = None,
-                  access_logs: dict[str, AccessLog] | None = None) -> list[VirtualServer]:
+                  access_logs: dict[str, AccessLog] | None = None,
+                  make_proxy: Callable[..., Any] | None = None) -> list[VirtualServer]:
     """Compile every server of ``config`` and its locations, in file order.
 
     ``make_limits(config, location, resolve)`` builds a limited location's
     traffic-control step (server/limits.py); ``access_logs`` are the opened
-    logs by path.
+    logs by path; ``make_proxy(config, location, resolve)`` a ``proxy_pass``
+    location's content handler (upstream/proxy.py).
     """
     logs = access_logs or {}
-    return [VirtualServer(server, [_route(config, server, loc, resolve, make_limits)
+    return [VirtualServer(server, [_route(config, server, loc, resolve, make_limits, make_proxy)
                                    for loc in server.locations],
                           logs.get(server.access_log) if server.access_log else None)
             for server in config.servers]
@@ -99,9 +101,12 @@ def build_servers(config: Config, resolve: Callable[..., Callable[..., Any]],
 
 def _route(config: Config, server: Server, loc: Location,
            resolve: Callable[..., Callable[..., Any]],
-           make_limits: Callable[..., Any] | None) -> Route:
+           make_limits: Callable[..., Any] | None,
+           make_proxy: Callable[..., Any] | None = None) -> Route:
     handlers = {phase: resolve(getattr(loc, phase), phase=phase)
                 for phase in PHASES if getattr(loc, phase)}
+    if loc.proxy_pass and make_proxy is not None:
+        handlers["content"] = make_proxy(config, loc, resolve)
     limits = None
     if loc.limited and make_limits is not None:
         limits = make_limits(config, loc, resolve)

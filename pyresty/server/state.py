@@ -39,6 +39,14 @@ def open_access_logs(config: Config) -> dict[str, AccessLog]:
     return opened
 
 
+
+def _proxy_maker(config: Config) -> Callable[..., Any] | None:
+    """upstream/proxy.py's ``location_proxy``, imported only when a location proxies."""
+    if not any(loc.proxy_pass for server in config.servers for loc in server.locations):
+        return None
+    from pyresty.upstream.proxy import location_proxy
+    return location_proxy
+
 class ServerState:
     """Per-process server state shared by connections and the phase runner."""
 
@@ -48,7 +56,8 @@ class ServerState:
         self.config = config
         self.loop = loop
         self.access_logs = access_logs if access_logs is not None else open_access_logs(config)
-        self.servers = build_servers(config, resolve, location_limits, self.access_logs)
+        self.servers = build_servers(config, resolve, location_limits, self.access_logs,
+                                     _proxy_maker(config))
         self.router: Router[VirtualServer] = Router(config.servers, self.servers)
         self.connections: set[Any] = set()     # the connections of server.py
         self.tasks: set[asyncio.Task[None]] = set()

@@ -1,0 +1,690 @@
+"""``proxy_pass``: a location's content handler that forwards the request to an upstream.
+
+Theory of operation
+-------------------
+``location_proxy(config, location, resolve)`` compiles a location once per
+process into a ``ProxyPlan`` (the target, the request fields to add and
+drop, the timeouts, the upstream's balancer and pool settings). The plan is
+the route's content handler: ``await plan(r)`` runs the try loop below, then
+hands the upstream's status, fields and body to the ``Request`` as if a
+handler had produced them, so ``header_filter`` and ``body_filter`` run on
+proxied responses as on any other.
+
+A response whose body arrived with its head (the common small response)
+is buffered and leaves in one write with its length; a longer one streams:
+the head goes out, then the body as it arrives. Reading from the upstream
+pauses while more than ``pool.READ_LIMIT`` bytes wait for the client, and
+the client side waits in ``flush()`` while its transport is full, so a slow
+client slows the upstream read and memory per request stays bounded.
+
+Rules (SPEC §8, nginx's proxy_next_upstream)
+--------------------------------------------
+1. A try is: choose a peer (the balancer, or the user's ``pick(r, b)``),
+   take an idle pooled connection to it or connect, send the request, wait
+   for the response head.
+2. A try that fails on a **reused** connection before any response byte
+   arrived (the peer closed a kept-alive connection: error, not timeout) is
+   sent again once per request on a **new** connection to the same peer;
+   that resend is not a try. Seed 004: an upstream that closes every reused
+   connection costs one resend, never a loop.
+3. Other failures (``error``, ``timeout``, ``invalid_header``, and
+   ``http_5xx``/``http_429``/``http_403``/``http_404`` when listed) move to
+   the next try when ``proxy_next_upstream`` lists them, a try is left
+   (``proxy_next_upstream_tries``, the peers not tried yet, the function
+   balancer's ``set_more_tries``), ``proxy_next_upstream_timeout`` has not
+   passed, and the request is idempotent or was never sent (unless
+   ``non_idempotent``). So a request is sent at most tries + 1 times.
+4. When no try is left: the last ``http_*`` response is passed on as it
+   is; otherwise 504 after a timeout, 502 after anything else.
+5. Once a byte of the response went to the client nothing is retried: an
+   upstream that fails mid-body cuts the client connection (a truncated
+   response, never a hang).
+6. A connection returns to the pool only when its response was read to the
+   end, nothing more arrived, and neither side said ``Connection: close``
+   (pool.py rule 1). The request never waits for that.
+7. Every failure is logged (nginx's words) and counted per upstream and peer.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Final
+from urllib.parse import quote
+
+from pyresty.http.client import ResponseParser, UpstreamError
+from pyresty.http.headers import Headers
+from pyresty.upstream import balancer as balancers
+from pyresty.upstream.pool import READ_LIMIT, PooledSocket, PoolKey, pools
+
+if TYPE_CHECKING:
+    from pyresty.config.model import Config, Location, Upstream
+
+log = logging.getLogger("pyresty.upstream")
+
+# RFC 9110 §7.6.1 hop-by-hop fields, and the fields the proxy writes itself
+_REQUEST_DROP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
+    b"x-forwarded-proto"})
+# nginx hides Date and Server of the upstream and sends its own (proxy_hide_header)
+_RESPONSE_DROP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"date", b"server"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
+_BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_STATUS_KINDS: Final = {500: "http_500", 502: "http_502", 503: "http_503", 504: "http_504",
+                        403: "http_403", 404: "http_404", 429: "http_429"}
+DIRECT_POOL: Final = 32        # idle connections kept for a direct proxy_pass http://host:port
+
+
+class Failure(Exception):
+    """One try that did not produce a usable response head."""
+
+    def __init__(self, kind: str, reason: str, sent: bool, got_bytes: bool = False) -> None:
+        super().__init__(reason)
+        self.kind = kind          # error | timeout | invalid_header | http_NNN
+        self.reason = reason
+        self.sent = sent          # the request (or part of it) reached the upstream
+        self.got_bytes = got_bytes
+
+
+class Counters:
+    """What /metrics shows per upstream and peer (rule 7)."""
+
+    __slots__ = ("requests", "failures", "retries", "resends")
+
+    def __init__(self) -> None:
+        self.requests = 0                 # tries sent to this peer
+        self.failures: dict[str, int] = {}   # by kind
+        self.retries = 0                  # tries that followed a failed one
+        self.resends = 0                  # rule 2's resends on a new connection
+
+
+_counters: dict[tuple[str, str], Counters] = {}
+
+
+def counters(upstream: str, addr: str) -> Counters:
+    found = _counters.get((upstream, addr))
+    if found is None:
+        found = _counters[(upstream, addr)] = Counters()
+    return found
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """Per ``"upstream peer"``: requests, failures by kind, retries, pool hits/misses."""
+    out: dict[str, dict[str, int]] = {}
+    for (name, addr), c in _counters.items():
+        figures = {"requests": c.requests, "retries": c.retries, "resends": c.resends}
+        for kind, n in c.failures.items():
+            figures["failed_" + kind] = n
+        out[f"{name} {addr}"] = figures
+    for (host, port, pool_name), p in pools().stats.items():
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        figures = out.setdefault(f"{pool_name} {addr}", {})
+        figures["pool_hits"] = p.hits
+        figures["pool_misses"] = p.misses
+    return out
+
+
+class Exchange:
+    """One request/response on one upstream connection: the socket's owner
+    while the try runs (pool.py), and the sink of the response parser."""
+
+    __slots__ = ("sock", "parser", "waiter", "status", "fields", "keep_alive", "chunks", "size",
+                 "head", "ended", "error", "got_bytes", "paused")
+
+    def __init__(self, sock: PooledSocket, method: str) -> None:
+        self.sock = sock
+        self.parser = ResponseParser(self)
+        self.parser.expect(method)
+        self.waiter: asyncio.Future[None] | None = None
+        self.status = 0
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.keep_alive = False
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.head = False
+        self.ended = False
+        self.error: Failure | None = None
+        self.got_bytes = False
+        self.paused = False
+        sock.owner = self
+
+    # the socket's owner interface
+    def on_data(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self.parser.feed(data)
+        except UpstreamError as exc:
+            kind = "error" if self.head else "invalid_header"
+            self._fail(Failure(kind, f"upstream sent an invalid response: {exc}", True, True))
+
+    def on_eof(self) -> None:
+        try:
+            self.parser.eof()
+        except UpstreamError:
+            pass
+        if not self.ended:
+            where = "reading upstream" if self.head else "reading response header from upstream"
+            self._fail(Failure("error", f"upstream prematurely closed connection while {where}",
+                               True, self.got_bytes))
+
+    def on_lost(self, exc: Exception | None) -> None:
+        if not self.ended and self.error is None:
+            where = "reading upstream" if self.head else "reading response header from upstream"
+            reason = f"{exc}" if exc else "upstream prematurely closed connection"
+            self._fail(Failure("error", f"{reason} while {where}", True, self.got_bytes))
+
+    # the response parser's sink
+    def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        pass    # 100 Continue and friends: the client gets the final response only
+
+    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+                    keep_alive: bool) -> None:
+        self.status = status
+        self.fields = fields
+        self.keep_alive = keep_alive
+        self.head = True
+        self._wake()
+
+    def on_body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+        if self.size > READ_LIMIT and not self.paused:
+            self.paused = True
+            self.sock.pause_reading()
+        self._wake()
+
+    def on_end(self) -> None:
+        self.ended = True
+        self._wake()
+
+    def on_upgrade(self, rest: bytes) -> None:
+        self._fail(Failure("invalid_header", "upstream switched protocols unasked", True, True))
+
+    # the proxy's side
+    def _fail(self, failure: Failure) -> None:
+        if self.error is None:
+            self.error = failure
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self.waiter
+        if waiter is not None:
+            self.waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def wait(self, timeout: float, what: str) -> None:
+        """Until the parser or the socket has news; Failure("timeout") after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        waiter = self.waiter = loop.create_future()
+        timer = loop.call_later(timeout, _expire, waiter)
+        try:
+            await waiter
+        except TimeoutError:
+            raise Failure("timeout", f"upstream timed out (110: Connection timed out) while {what}",
+                          True, self.got_bytes) from None
+        finally:
+            timer.cancel()
+            self.waiter = None
+
+    def take(self) -> list[bytes]:
+        chunks = self.chunks
+        self.chunks = []
+        self.size = 0
+        if self.paused:
+            self.paused = False
+            self.sock.resume_reading()
+        return chunks
+
+    @property
+    def clean(self) -> bool:
+        """Rule 6: the connection may be pooled."""
+        return (self.ended and self.error is None and self.keep_alive
+                and self.parser.idle and self.parser.reusable and not self.sock.closed)
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
+
+
+class BalancerCall:
+    """The ``b`` of a function balancer's ``async def pick(r, b)`` (SPEC §8)."""
+
+    __slots__ = ("tries", "last_failure", "peer", "more", "cap", "upstream")
+
+    def __init__(self, upstream: str, cap: int) -> None:
+        self.tries = 0                     # tries made before this call
+        self.last_failure: tuple[str, int] | None = None   # ("failed" | "next", status)
+        self.peer: tuple[str, int] | None = None
+        self.more = 0
+        self.cap = cap                     # proxy_next_upstream_tries (0: none)
+        self.upstream = upstream
+
+    def set_current_peer(self, host: str, port: int) -> None:
+        """The peer of this try. Raises ValueError for a bad host or port."""
+        if not isinstance(host, str) or not host:
+            raise ValueError(f"set_current_peer: invalid host {host!r}")
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"set_current_peer: invalid port {port!r}")
+        self.peer = (host, port)
+
+    def set_more_tries(self, n: int) -> None:
+        """Allow ``n`` more tries for this request (capped by proxy_next_upstream_tries)."""
+        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            raise ValueError(f"set_more_tries: invalid count {n!r}")
+        total = 1 + self.more + n
+        if self.cap and total > self.cap:
+            log.warning("upstream %s: set_more_tries(%d) would allow %d tries; capped by "
+                        "proxy_next_upstream_tries = %d", self.upstream, n, total, self.cap)
+            n = max(0, self.cap - 1 - self.more)
+        self.more += n
+
+
+class ProxyPlan:
+    """One proxied location, compiled once per process (module docstring)."""
+
+    def __init__(self, config: Config, location: Location,
+                 resolve: Callable[..., Callable[..., Any]]) -> None:
+        url = location.proxy_pass or ""
+        authority, _, rest = url[len("http://"):].partition("/")
+        self.uri_part: str | None = "/" + rest if (rest or url.endswith("/")) else None
+        self.prefix = location.pattern if location.kind in ("", "^~") else None
+        self.exact = location.kind == "="
+        upstream = _find_upstream(config, authority)
+        if upstream is None:
+            host, _, port = authority.rpartition(":")
+            host = host.strip("[]")
+            from pyresty.config.model import Peer, Upstream
+            upstream = Upstream(name=authority, servers=(Peer(host, int(port)),),
+                                keepalive=DIRECT_POOL, max_fails=0)
+        self.upstream = upstream
+        self.name = upstream.name
+        self.pool_size = upstream.keepalive
+        self.pool_timeout = upstream.keepalive_timeout
+        self.pool_requests = upstream.keepalive_requests
+        self.function: Callable[..., Any] | None = None
+        self.balancer: balancers.Balancer | None = None
+        if ":" in upstream.balancer and upstream.balancer not in ("round_robin", "least_conn", "hash"):
+            self.function = resolve(upstream.balancer, phase="balancer")
+        else:
+            self.balancer = balancer_for(upstream)
+        self.hash_key = upstream.hash_key if upstream.balancer == "hash" else None
+        self.host = authority.encode("latin-1")
+        sets = [(name.encode("latin-1"), value.encode("latin-1"))
+                for name, value in location.proxy_set_header]
+        self.set_names = frozenset(name.lower() for name, _ in sets)
+        self.set_lines = b"".join(b"%s: %s\r\n" % (n, v) for n, v in sets if v)
+        if b"host" not in self.set_names:
+            self.set_lines = b"Host: %s\r\n" % self.host + self.set_lines
+        self.drop = _REQUEST_DROP | self.set_names
+        nxt = set(location.proxy_next_upstream)
+        self.next_upstream = frozenset() if "off" in nxt else frozenset(nxt)
+        self.non_idempotent = "non_idempotent" in nxt
+        self.tries_cap = location.proxy_next_upstream_tries
+        self.next_timeout = location.proxy_next_upstream_timeout
+        self.connect_timeout = location.proxy_connect_timeout
+        self.send_timeout = location.proxy_send_timeout
+        self.read_timeout = location.proxy_read_timeout
+        self.http11 = location.proxy_http_version == "1.1"
+        self.buffering = location.proxy_request_buffering
+        self.where = location.key
+        n_peers = len(upstream.servers)
+        self.max_tries = n_peers if not self.tries_cap else min(n_peers, self.tries_cap)
+
+    async def __call__(self, r: Any) -> None:
+        await proxy(self, r)
+
+    # the request line and fields (rule: hop-by-hop removed, X-Forwarded-* added)
+    def target(self, r: Any) -> str:
+        uri: str = r.uri
+        if uri[:1] != "/":                    # absolute-form: send origin-form
+            uri = r.path + ("?" + r.query if r.query else "")
+        part = self.uri_part
+        if part is None:
+            return uri
+        query = "?" + r.query if r.query else ""
+        if self.exact:
+            return part + query
+        prefix = self.prefix
+        if prefix is None:
+            return uri
+        raw = uri.partition("?")[0]
+        if raw.startswith(prefix):
+            return part + raw[len(prefix):] + query
+        path: str = r.path
+        return part + quote(path[len(prefix):] if path.startswith(prefix) else path) + query
+
+    def head(self, r: Any, target: str, length: int | None) -> bytes:
+        drop = self.drop
+        parts = [b"%s %s HTTP/1.1\r\n" % (r.method.encode("latin-1"), target.encode("latin-1")),
+                 self.set_lines]
+        forwarded: bytes | None = None
+        connection_tokens: set[bytes] | None = None
+        for name, value in r.fields:
+            lowered = name.lower()
+            if lowered in drop:
+                if lowered == b"x-forwarded-for":
+                    forwarded = value if forwarded is None else forwarded + b", " + value
+                elif lowered == b"connection":
+                    connection_tokens = {t.strip().lower() for t in value.split(b",")}
+                continue
+            parts.append(b"%s: %s\r\n" % (name, value))
+        if connection_tokens:   # fields the client's Connection named are hop-by-hop too
+            parts = [p for p in parts if p.partition(b":")[0].lower() not in connection_tokens] \
+                if len(parts) > 2 else parts
+        client = r.client_addr.encode("latin-1")
+        if b"x-real-ip" not in self.set_names:
+            parts.append(b"X-Real-IP: %s\r\n" % client)
+        if b"x-forwarded-for" not in self.set_names:
+            parts.append(b"X-Forwarded-For: %s\r\n" % (
+                forwarded + b", " + client if forwarded else client))
+        if b"x-forwarded-proto" not in self.set_names:
+            parts.append(b"X-Forwarded-Proto: http\r\n")
+        if length is None:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif length or r.method not in _BODILESS_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % length)
+        parts.append(b"\r\n" if self.http11 else b"Connection: close\r\n\r\n")
+        return b"".join(parts)
+
+    def hash_value(self, r: Any) -> str | None:
+        key = self.hash_key
+        if key is None:
+            return None
+        if key == "remote_addr":
+            return str(r.client_addr)
+        if key == "uri":
+            return str(r.path)
+        if key == "request_uri":
+            return str(r.uri)
+        kind, _, name = key.partition(":")
+        if kind == "header":
+            return str(r.headers.get(name, ""))
+        if kind == "arg":
+            values = r.args.get(name)
+            return values[0] if values else ""
+        for part in str(r.headers.get("cookie", "")).split(";"):
+            cname, _, cvalue = part.strip().partition("=")
+            if cname == name:
+                return cvalue
+        return ""
+
+
+def _find_upstream(config: Config, name: str) -> Upstream | None:
+    for upstream in config.upstreams:
+        if upstream.name == name:
+            return upstream
+    return None
+
+
+_balancers: dict[str, balancers.Balancer] = {}
+
+
+def balancer_for(upstream: Upstream) -> balancers.Balancer:
+    """This process's balancer of ``upstream`` (one per upstream, shared by its locations)."""
+    found = _balancers.get(upstream.name)
+    if found is None:
+        found = _balancers[upstream.name] = balancers.build(upstream)
+    return found
+
+
+def location_proxy(config: Config, location: Location,
+                   resolve: Callable[..., Callable[..., Any]]) -> ProxyPlan:
+    """The content handler of a ``proxy_pass`` location."""
+    return ProxyPlan(config, location, resolve)
+
+
+# --- the try loop ------------------------------------------------------------
+
+class _Tries:
+    """What one request's tries left behind (for the access log and the answer)."""
+
+    __slots__ = ("addrs", "statuses", "times", "last_kind", "last_status", "sent")
+
+    def __init__(self) -> None:
+        self.addrs: list[str] = []
+        self.statuses: list[str] = []
+        self.times: list[str] = []
+        self.last_kind = ""
+        self.last_status = 0
+        self.sent = 0
+
+
+async def proxy(plan: ProxyPlan, r: Any) -> None:
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    body = b""
+    if r.header(b"content-length") is not None or r.header(b"transfer-encoding") is not None:
+        body = await r.read_body()
+    target = plan.target(r)
+    head = plan.head(r, target, len(body))
+    request = head + body if len(body) < 65536 else b""
+    record = _Tries()
+    ex = await _try_all(plan, r, loop, started, head, body, request, record)
+    r.upstream_addr = ", ".join(record.addrs)
+    r.upstream_status = ", ".join(record.statuses)
+    if ex is None:
+        r.upstream_response_time = ", ".join(record.times)
+        status = 504 if record.last_kind == "timeout" else 502
+        r.exit(status)
+    try_started = loop.time()
+    try:
+        await _respond(plan, r, ex)
+    finally:
+        record.times[-1] = f"{float(record.times[-1]) + loop.time() - try_started:.3f}"
+        r.upstream_response_time = ", ".join(record.times)
+        if ex.sock.owner is ex:
+            if ex.clean:
+                pools().put(ex.sock, plan.pool_size, plan.pool_timeout, plan.pool_requests,
+                            loop.time())
+            else:
+                ex.sock.close()
+
+
+async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, started: float,
+                   head: bytes, body: bytes, request: bytes, record: _Tries) -> Exchange | None:
+    """Rules 1-4: the exchange whose response head is to be answered, or None (502/504)."""
+    tried: set[str] = set()
+    call = BalancerCall(plan.name, plan.tries_cap) if plan.function is not None else None
+    resent = False
+    n = 0
+    balancer = plan.balancer
+    key = plan.hash_value(r) if plan.hash_key is not None else None
+    idempotent = r.method in _IDEMPOTENT
+    while True:
+        peer: balancers.PeerState | None = None
+        if call is not None:
+            call.tries = n
+            call.peer = None
+            await plan.function(r, call)   # type: ignore[misc]
+            if call.peer is None:
+                log.error("balancer %s set no peer (call b.set_current_peer) on %s %s",
+                          plan.upstream.balancer, r.method, r.uri)
+                return None
+            host, port = call.peer
+        else:
+            assert balancer is not None
+            peer = balancer.pick(loop.time(), tried, key)
+            if peer is None:
+                if n == 0:
+                    log.error("no live upstreams while connecting to upstream \"%s\"", plan.name)
+                return None
+            host, port = peer.host, peer.port
+            tried.add(peer.addr)
+        pool_key: PoolKey = (host, port, plan.name)
+        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        count = counters(plan.name, addr)
+        if n:
+            count.retries += 1
+        n += 1
+        try_start = loop.time()
+        if peer is not None and balancer is not None:
+            balancer.started(peer)
+        failure: Failure | None = None
+        ex: Exchange | None = None
+        fresh = False
+        while True:
+            try:
+                ex = await _send(plan, pool_key, fresh, r.method, head, body, request, loop)
+                record.sent += 1
+                await _wait_head(plan, ex)
+            except Failure as exc:
+                if ex is not None:
+                    ex.sock.close()
+                # rule 2: a kept-alive connection the peer had closed; once per request
+                if exc.kind == "error" and not exc.got_bytes and ex is not None \
+                        and ex.sock.reused and not resent:
+                    log.info("upstream %s closed a kept-alive connection (%s); sending %s %s "
+                             "again on a new connection", addr, exc.reason, r.method, r.uri)
+                    resent = fresh = True
+                    count.resends += 1
+                    ex = None
+                    continue
+                failure = exc
+            break
+        now = loop.time()
+        record.addrs.append(addr)
+        record.times.append(f"{now - try_start:.3f}")
+        count.requests += 1
+        if failure is None and ex is not None:
+            status_kind = _STATUS_KINDS.get(ex.status)
+            if status_kind is None or status_kind not in plan.next_upstream:
+                record.statuses.append(str(ex.status))
+                if peer is not None and balancer is not None:
+                    balancer.finished(peer, now, False)
+                return ex
+            failure = Failure(status_kind, f"upstream answered {ex.status}", True, True)
+            record.last_status = ex.status
+        assert failure is not None
+        count.failures[failure.kind] = count.failures.get(failure.kind, 0) + 1
+        if peer is not None and balancer is not None:
+            balancer.finished(peer, now, failure.kind not in ("http_403", "http_404"))
+        record.last_kind = failure.kind
+        http_failure = failure.kind.startswith("http_")
+        record.statuses.append(str(ex.status) if http_failure and ex is not None else
+                               ("504" if failure.kind == "timeout" else "502"))
+        if call is not None:
+            call.last_failure = ("next" if http_failure else "failed",
+                                 ex.status if http_failure and ex is not None else
+                                 (504 if failure.kind == "timeout" else 502))
+        more = _may_retry(plan, failure, idempotent, n, call, started, now, len(tried))
+        if not http_failure or more:
+            _log_failure(plan, r, addr, failure, more)
+        if not more:
+            if http_failure and ex is not None:
+                return ex    # rule 4: the last such response goes to the client
+            return None
+        if ex is not None:
+            ex.sock.close()
+
+
+def _may_retry(plan: ProxyPlan, failure: Failure, idempotent: bool, n: int,
+               call: BalancerCall | None, started: float, now: float, tried: int) -> bool:
+    """Rule 3."""
+    if failure.kind not in plan.next_upstream:
+        return False
+    if failure.sent and not idempotent and not plan.non_idempotent:
+        return False
+    if plan.next_timeout and now - started >= plan.next_timeout:
+        return False
+    if call is not None:
+        return n < 1 + call.more
+    return n < plan.max_tries and tried < len(plan.upstream.servers)
+
+
+def _log_failure(plan: ProxyPlan, r: Any, addr: str, failure: Failure, more: bool) -> None:
+    host = r.header(b"host")
+    log.error('%s%s, client: %s, request: "%s %s HTTP/%s", upstream: "http://%s%s", host: "%s"',
+              failure.reason, "; trying the next upstream" if more else "", r.client_addr,
+              r.method, r.uri, r.http_version, addr, r.uri,
+              host.decode("latin-1") if host else "")
+
+
+async def _send(plan: ProxyPlan, key: PoolKey, fresh: bool, method: str, head: bytes,
+                body: bytes, request: bytes, loop: asyncio.AbstractEventLoop) -> Exchange:
+    """A connection (pooled unless ``fresh``) with the request written to it."""
+    all_pools = pools()
+    sock = None if fresh else all_pools.take(key, loop.time())
+    if sock is None:
+        try:
+            sock = await all_pools.connect(key, plan.connect_timeout)
+        except TimeoutError:
+            raise Failure("timeout", "upstream timed out (110: Connection timed out) while "
+                          "connecting to upstream", False) from None
+        except OSError as exc:
+            raise Failure("error", f"connect() failed ({exc.errno}: {exc.strerror or exc}) "
+                          "while connecting to upstream", False) from None
+    ex = Exchange(sock, method)
+    if request:
+        sock.write(request)
+    else:
+        sock.write(head)
+        sock.write(body)
+    if sock.write_blocked:
+        try:
+            await asyncio.wait_for(sock.drain(), plan.send_timeout)
+        except TimeoutError:
+            sock.close()
+            raise Failure("timeout", "upstream timed out (110: Connection timed out) while "
+                          "sending request to upstream", True) from None
+        except ConnectionError as exc:
+            sock.close()
+            raise Failure("error", f"{exc} while sending request to upstream", True) from None
+    return ex
+
+
+async def _wait_head(plan: ProxyPlan, ex: Exchange) -> None:
+    while not ex.head:
+        if ex.error is not None:
+            raise ex.error
+        await ex.wait(plan.read_timeout, "reading response header from upstream")
+    if ex.error is not None and not ex.ended:
+        raise ex.error
+
+
+async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:
+    """Rule 5: the upstream's response becomes the request's."""
+    r.status = ex.status
+    fields = Headers()
+    framed_by_us = r.route.body_filter is not None
+    for name, value in ex.fields:
+        lowered = name.lower()
+        if lowered in _RESPONSE_DROP or (framed_by_us and lowered == b"content-length"):
+            continue
+        fields.add(name.decode("latin-1"), value.decode("latin-1"))
+    r.fields_out = fields
+    if ex.ended:                     # the whole body came with the head: one write
+        chunks = ex.take()
+        if chunks:
+            r._out.extend(chunks)
+        return
+    while True:
+        chunks = ex.take()
+        if chunks:
+            r._out.extend(chunks)
+        await r.flush()
+        if ex.ended:
+            return
+        if ex.error is not None:
+            _cut(plan, r, ex, ex.error.reason)
+            return
+        try:
+            if not ex.chunks:
+                await ex.wait(plan.read_timeout, "reading upstream")
+        except Failure as exc:
+            _cut(plan, r, ex, exc.reason)
+            return
+
+
+def _cut(plan: ProxyPlan, r: Any, ex: Exchange, reason: str) -> None:
+    """Rule 5: the response started and the upstream failed: a truncated response."""
+    addr = ex.sock.peer
+    ex.sock.close()
+    _log_failure(plan, r, addr, Failure("error", reason, True), False)
+    r.keep_alive = False
+    r.finished = True
+    r.stream.reset()

@@ -1,0 +1,353 @@
+"""proxy_pass against real upstream servers the tests start (SPEC §8, issue 12)."""
+from __future__ import annotations
+
+import asyncio
+import re
+import socket
+import time
+
+import pytest
+
+import client
+from harness import free_port, wait_for
+from upstreams import CLOSE, RawUpstream, Upstream, response
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+def upstream():
+    started: list = []
+
+    def build(behave=None, raw=None):
+        server = RawUpstream(raw) if raw is not None else Upstream(behave)
+        started.append(server)
+        return server
+
+    yield build
+    for server in started:
+        server.close()
+
+
+def _config(body: str, workers: int = 0) -> str:
+    return f'''
+        workers = {workers}
+        worker_shutdown_timeout = "2s"
+        {body}
+    '''
+
+
+def test_proxy_pass_forwards_request_and_response(make_server, upstream):
+    up = upstream(lambda req: response(201, b"made " + req.body,
+                                       {"X-Up": "1", "Server": "up", "Keep-Alive": "timeout=5"}))
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["{up.addr}"]
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        access_log = "logs/access.log"
+        [[server.location]]
+        path = "/api/"
+        proxy_pass = "http://backend"
+        proxy_set_header = {{{{ X-Debug = "yes", User-Agent = "" }}}}
+    '''))
+    resp = client.request(server.port, "POST", "/api/x?a=1",
+                          headers={"X-Forwarded-For": "10.0.0.1", "User-Agent": "t",
+                                   "Connection": "keep-alive, X-Hop", "X-Hop": "h"},
+                          body=b"payload")
+    assert resp.status == 201
+    assert resp.body == b"made payload"
+    assert resp.get("X-Up") == "1"
+    assert resp.get("Keep-Alive") is None
+    assert resp.get("Server").startswith("pyresty/")
+    seen = up.seen[0]
+    assert (seen.method, seen.target) == ("POST", "/api/x?a=1")
+    assert seen.headers["host"] == "backend"
+    assert seen.headers["x-forwarded-for"] == "10.0.0.1, 127.0.0.1"
+    assert seen.headers["x-real-ip"] == "127.0.0.1"
+    assert seen.headers["x-forwarded-proto"] == "http"
+    assert seen.headers["x-debug"] == "yes"
+    assert "user-agent" not in seen.headers
+    assert "x-hop" not in seen.headers
+    assert "connection" not in seen.headers
+    assert seen.headers["content-length"] == "7"
+    line = wait_for(lambda: (server.prefix / "logs/access.log").exists()
+                    and (server.prefix / "logs/access.log").read_text(), 5, "access log line")
+    assert re.search(rf'"POST /api/x\?a=1 HTTP/1.1" 201 .* {up.addr} 201 \d+\.\d{{3}}$', line.strip())
+
+
+def test_uri_part_replaces_the_location_prefix(make_server, upstream):
+    up = upstream()
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/a/"
+        proxy_pass = "http://{up.addr}/b/"
+        [[server.location]]
+        path = "/plain/"
+        proxy_pass = "http://{up.addr}"
+        [[server.location]]
+        path = "= /exact"
+        proxy_pass = "http://{up.addr}/other"
+    '''))
+    assert client.request(server.port, "GET", "/a/x/y?q=1").body == b"GET /b/x/y?q=1"
+    assert client.request(server.port, "GET", "/plain/%41?q").body == b"GET /plain/%41?q"
+    assert client.request(server.port, "GET", "/exact?z=2").body == b"GET /other?z=2"
+    assert up.seen[0].headers["host"] == up.addr
+
+
+def test_upstream_connections_are_kept_alive(make_server, upstream):
+    up = upstream()
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["{up.addr}"]
+        keepalive = 4
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+    '''))
+    with client.Connection(server.port) as conn:
+        for i in range(20):
+            assert conn.request("GET", f"/{i}").body == f"GET /{i}".encode()
+    assert up.requests == 20
+    assert up.connections == 1
+
+
+def test_seed004_upstream_closing_every_reused_connection_gets_502(make_server, upstream):
+    """Seed 004: the upstream answers the first request, then closes every
+    connection on every later request. The second client request gets 502
+    within 2 s with at most 2 new upstream connections (nothing loops)."""
+    count = [0]
+
+    async def handle(reader, writer, index):
+        while True:
+            data = await reader.read(1024)
+            if not data:
+                return
+            count[0] += 1
+            if count[0] == 1:
+                writer.write(response(200, b"hello"))
+                await writer.drain()
+            else:
+                return
+
+    up = upstream(raw=handle)
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["0.0.0.1"]
+        balancer = "lb:pick"
+        keepalive = 1
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+        proxy_next_upstream = ["off"]
+    '''), {"lb.py": f'''
+        async def pick(r, b):
+            b.set_current_peer("127.0.0.1", {up.port})
+    '''})
+    assert client.request(server.port, "GET", "/").status == 200
+    assert up.connections == 1
+    began = time.monotonic()
+    resp = client.request(server.port, "GET", "/", timeout=5)
+    assert resp.status == 502
+    assert time.monotonic() - began < 2.0
+    time.sleep(0.2)   # nothing else may arrive: give a loop the chance to show itself
+    assert up.connections <= 2
+    assert count[0] <= 3      # the first request, the reused send, one resend
+    server.wait_log(r"\[error\] .*upstream prematurely closed connection")
+
+
+def test_refused_upstream_is_502_and_each_peer_is_tried_once(make_server, upstream):
+    dead = free_port()
+    up = upstream()
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["127.0.0.1:{dead}", "{up.addr}"]
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        access_log = "logs/access.log"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+        [[server.location]]
+        path = "/dead"
+        proxy_pass = "http://127.0.0.1:{dead}"
+    '''))
+    assert client.request(server.port, "GET", "/dead").status == 502
+    server.wait_log(r"\[error\] .*connect\(\) failed \(111: Connection refused\)")
+    # the refused peer moves the request on to the live one
+    for _ in range(4):
+        assert client.request(server.port, "GET", "/x").status == 200
+
+
+def test_read_timeout_is_504_and_retries_never_exceed_tries_plus_one(make_server, upstream):
+    async def slow(req):
+        await asyncio.sleep(5)
+        return response()
+
+    a = upstream(slow)
+    b = upstream(slow)
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["{a.addr}", "{b.addr}"]
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+        proxy_read_timeout = "300ms"
+    '''))
+    began = time.monotonic()
+    resp = client.request(server.port, "GET", "/", timeout=10)
+    assert resp.status == 504
+    assert time.monotonic() - began < 2.0
+    assert a.requests + b.requests == 2     # one per peer: tries = 2
+    server.wait_log(r"upstream timed out .* while reading response header from upstream")
+
+
+def test_http_5xx_moves_on_only_when_listed(make_server, upstream):
+    bad = upstream(lambda req: response(503, b"busy"))
+    good = upstream(lambda req: response(200, b"fine"))
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["{bad.addr}", "{good.addr}"]
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/next"
+        proxy_pass = "http://backend"
+        proxy_next_upstream = ["error", "timeout", "http_503"]
+        [[server.location]]
+        path = "/pass"
+        proxy_pass = "http://{bad.addr}"
+        proxy_next_upstream = ["error", "http_503"]
+    '''))
+    for _ in range(4):
+        assert client.request(server.port, "GET", "/next").body == b"fine"
+    resp = client.request(server.port, "GET", "/pass")
+    assert (resp.status, resp.body) == (503, b"busy")   # the last such answer goes through
+
+
+def test_non_idempotent_requests_are_not_resent_to_the_next_peer(make_server, upstream):
+    async def drop(reader, writer, index):
+        await reader.read(65536)     # read the request, then close without answering
+
+    a = upstream(raw=drop)
+    b = upstream(raw=drop)
+    server = make_server(_config(f'''
+        [upstream.backend]
+        servers = ["127.0.0.1:{a.port}", "127.0.0.1:{b.port}"]
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+    '''))
+    assert client.request(server.port, "POST", "/", body=b"x").status == 502
+    assert a.connections + b.connections == 1
+    assert client.request(server.port, "GET", "/").status == 502
+    assert a.connections + b.connections == 3
+
+
+def test_function_balancer_tries_and_last_failure(make_server, upstream):
+    up = upstream()
+    dead = free_port()
+    server = make_server(_config(f'''
+        [upstream.dyn]
+        servers = ["0.0.0.1"]
+        balancer = "lb:pick"
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://dyn"
+        proxy_next_upstream_tries = 3
+    '''), {"lb.py": f'''
+        import logging
+        log = logging.getLogger("lb")
+        async def pick(r, b):
+            log.warning("pick tries=%s last=%s", b.tries, b.last_failure)
+            if b.tries == 0:
+                b.set_more_tries(5)
+                b.set_current_peer("127.0.0.1", {dead})
+            else:
+                b.set_current_peer("127.0.0.1", {up.port})
+    '''})
+    resp = client.request(server.port, "GET", "/f")
+    assert (resp.status, resp.body) == (200, b"GET /f")
+    server.wait_log(r"pick tries=0 last=None")
+    server.wait_log(r"pick tries=1 last=\('failed', 502\)")
+    server.wait_log(r"set_more_tries\(5\) would allow 6 tries; capped by proxy_next_upstream_tries = 3")
+
+
+def test_large_response_streams_and_filters_run(make_server, upstream):
+    big = b"x" * (3 * 1024 * 1024 + 17)
+    up = upstream(lambda req: response(200, big))
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://{up.addr}"
+        header_filter = "filters:head"
+        body_filter = "filters:body"
+    '''), {"filters.py": '''
+        def head(r):
+            r.headers_out["X-Filtered"] = str(r.status)
+        def body(r, chunk):
+            return chunk.upper() + (b"!" if r.eof else b"")
+    '''})
+    resp = client.request(server.port, "GET", "/", timeout=30)
+    assert resp.status == 200
+    assert resp.get("X-Filtered") == "200"
+    assert resp.body == big.upper() + b"!"
+
+
+def test_upstream_killed_mid_response_truncates_never_hangs(make_server, upstream):
+    async def half(req):
+        async def pieces():
+            yield b"HTTP/1.1 200 OK\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 300000
+            yield CLOSE
+        return pieces()
+
+    up = upstream(half)
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://{up.addr}"
+    '''))
+    began = time.monotonic()
+    raw = client.exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
+    assert time.monotonic() - began < 5
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"Content-Length: 1000000" in head
+    assert 0 < len(body) < 1000000
+    server.wait_log(r"upstream prematurely closed connection while reading upstream")
+    again = client.exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
+    assert again.startswith(b"HTTP/1.1 200 ")     # the worker still serves
+
+
+def test_request_bodies_reach_the_upstream(make_server, upstream):
+    up = upstream(lambda req: response(200, str(len(req.body)).encode()))
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        client_max_body_size = "4m"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://{up.addr}"
+    '''))
+    data = bytes(range(256)) * 8192
+    assert client.request(server.port, "PUT", "/", body=data, timeout=20).body == str(len(data)).encode()
+    assert up.seen[-1].body == data
+    raw = client.exchange(server.port, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+                          b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+    assert raw.endswith(b"\r\n\r\n5")
+    assert up.seen[-1].body == b"hello"
