@@ -6,6 +6,7 @@
     pyresty.shared                        dictionaries shared by every process
     pyresty.limit                         request rate, quota and concurrency limits
     pyresty.pipe / pyresty.shell          non-blocking child processes
+    pyresty.socket                        TCP cosockets with keepalive pools
     pyresty.<Name>Error                   what the API raises (see pyresty.errors)
 
 Lazy: ``import pyresty`` loads nothing else; each name is imported on first
@@ -42,6 +43,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "process": ("pyresty.runtime.process", None),
     "shared": ("pyresty.runtime.shared", "shared"),   # lmdb and redis: only when used
     "shell": ("pyresty.runtime.shell", None),
+    "socket": ("pyresty.runtime.cosocket", None),      # TCP cosockets (SPEC §8)
     "timer": ("pyresty.runtime.timer", None),
     "worker": ("pyresty.runtime.worker", None),
 }
@@ -63,6 +65,7 @@ if TYPE_CHECKING:
         SocketTimeout,
         TimerError,
     )
+    from pyresty.runtime import cosocket as socket
     from pyresty.runtime import limit, pipe, process, shell, timer, worker
     from pyresty.runtime.shared import shared
     from pyresty.server.request import Request

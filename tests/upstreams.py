@@ -152,6 +152,10 @@ class RawUpstream:
         self._ready.set()
         self.loop.run_forever()
 
+    def open_count(self) -> int:
+        """Connections the peer has not seen closed yet."""
+        return len(self._writers)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(writer)

@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import socket
+import ssl
 from collections import deque
 from typing import Any, Final
 
@@ -199,15 +200,18 @@ class Pools:
             return sock
         return None
 
-    async def connect(self, key: PoolKey, timeout: float) -> PooledSocket:
-        """A new connection to ``key``'s host and port; raises OSError or TimeoutError."""
+    async def connect(self, key: PoolKey, timeout: float,
+                      tls: ssl.SSLContext | None = None) -> PooledSocket:
+        """A new connection to ``key``'s host and port (over TLS with ``tls``);
+        raises OSError or TimeoutError."""
         if not self._registered:
             self._register()
         loop = asyncio.get_running_loop()
         self.counters(key).misses += 1
         sock = PooledSocket(self, key)
         host, port, _ = key
-        connecting = loop.create_connection(lambda: sock, host, port)
+        connecting = loop.create_connection(lambda: sock, host, port, ssl=tls,
+                                            server_hostname=host if tls is not None else None)
         try:
             await asyncio.wait_for(connecting, timeout)
         except BaseException:
