@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import socket
 import time
 
@@ -351,3 +352,106 @@ def test_request_bodies_reach_the_upstream(make_server, upstream):
                           b"Connection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
     assert raw.endswith(b"\r\n\r\n5")
     assert up.seen[-1].body == b"hello"
+
+
+def _rss_kb(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_1gib_response_to_a_slow_reader_keeps_rss_bounded(make_server, upstream):
+    """A 1 GiB upstream response read slowly by the client: the upstream is held
+    back (the proxy stops reading) and the worker's memory stays flat."""
+    sent = [0]
+    total = 1 << 30
+
+    async def huge(req):
+        async def pieces():
+            yield b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % total
+            block = b"z" * (1 << 20)
+            for _ in range(total >> 20):
+                sent[0] += len(block)
+                yield block
+        return pieces()
+
+    up = upstream(huge)
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://{up.addr}"
+    '''))
+    before = _rss_kb(server.pid)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+    sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    got = 0
+    peak = before
+    began = time.monotonic()
+    try:
+        while time.monotonic() - began < 3.0:      # a slow reader: 64 KiB every 10 ms
+            data = sock.recv(64 * 1024)
+            assert data
+            got += len(data)
+            peak = max(peak, _rss_kb(server.pid))
+            time.sleep(0.01)
+    finally:
+        sock.close()
+    assert got > 1 << 20                             # it did flow
+    assert sent[0] - got < 32 << 20                  # the upstream was held back
+    assert peak - before < 48 * 1024, (before, peak)  # KiB: no buffering of the body
+
+
+def _proxied_load(port: int, stop, counts: dict, lock) -> None:
+    conn = client.Connection(port, timeout=10)
+    while not stop.is_set():
+        try:
+            resp = conn.request("GET", "/p")
+            key = "ok" if resp.status == 200 and resp.body == b"GET /p" else f"status {resp.status}"
+            if resp.closes:
+                conn.close()
+                conn = client.Connection(port, timeout=10)
+        except (ConnectionError, OSError) as exc:
+            key = f"error {exc!r}"
+            conn.close()
+            conn = client.Connection(port, timeout=10)
+        with lock:
+            counts[key] = counts.get(key, 0) + 1
+    conn.close()
+
+
+def test_reloads_under_proxied_keepalive_load_lose_nothing(make_server, upstream):
+    import threading
+    up = upstream()
+    server = make_server(f'''
+        workers = 2
+        worker_shutdown_timeout = "5s"
+        [upstream.backend]
+        servers = ["{up.addr}"]
+        keepalive = 8
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+    ''', ready=r"\[notice\] .*generation (\d+) ready")
+    counts: dict = {}
+    lock = threading.Lock()
+    stop = threading.Event()
+    clients = [threading.Thread(target=_proxied_load, args=(server.port, stop, counts, lock))
+               for _ in range(6)]
+    for t in clients:
+        t.start()
+    try:
+        for generation in range(2, 6):
+            server.signal(signal.SIGHUP)
+            server.wait_log(rf"\[notice\] .*generation {generation} ready", timeout=20)
+    finally:
+        stop.set()
+        for t in clients:
+            t.join(15)
+    assert set(counts) == {"ok"}, counts
+    assert counts["ok"] > 200
+    # keepalive upstream connections: far fewer than requests
+    assert up.connections < counts["ok"] / 10
