@@ -53,6 +53,7 @@ class Stats:
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per limit zone: result -> n
     # upstream -> peer address -> figure -> n (upstream/balancer.py peer_stats)
     peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
+    upstreams: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # "pool peer" -> counter -> n
     shutdown_for: float | None = None            # seconds since its shutdown began
 
 

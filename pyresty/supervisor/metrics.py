@@ -50,6 +50,7 @@ class _RowsCollector:
         yield from _shared(workers)
         yield from _limits(workers)
         yield from _peers(rows)
+        yield from _upstreams(workers)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -120,6 +121,38 @@ def _peers(rows: Sequence[Row]) -> Iterator[Metric]:
         disabled.add_metric(at, peer.disabled)
         active.add_metric(at, peer.active)
     yield from (healthy, unhealthy, failed, down, disabled, active)
+# upstream counters (upstream/pool.py stats()): name -> (family, help, label of the key)
+_UPSTREAM_FAMILIES = {
+    "requests": ("pyresty_upstream_requests", "Tries sent to an upstream peer"),
+    "retries": ("pyresty_upstream_retries", "Tries that followed a failed one"),
+    "resends": ("pyresty_upstream_resends",
+                "Requests sent again on a new connection after a reused one failed"),
+    "pool_hits": ("pyresty_upstream_pool_hits", "Requests that got an idle kept-alive connection"),
+    "pool_misses": ("pyresty_upstream_pool_misses", "New upstream connections"),
+}
+
+
+def _upstreams(workers: Sequence[Row]) -> Iterator[Metric]:
+    """Per upstream (or cosocket pool) and peer, summed over the workers."""
+    totals: Counter[tuple[str, str, str]] = Counter()
+    for row in workers:
+        for key, counts in row.upstreams.items():
+            name, _, peer = key.partition(" ")
+            for counter, n in counts.items():
+                totals[(name, peer, counter)] += n
+    if not totals:
+        return
+    families = {counter: CounterMetricFamily(family, text, labels=["upstream", "peer"])
+                for counter, (family, text) in _UPSTREAM_FAMILIES.items()}
+    failures = CounterMetricFamily("pyresty_upstream_failures", "Failed tries by kind",
+                                   labels=["upstream", "peer", "kind"])
+    for (name, peer, counter), n in sorted(totals.items()):
+        if counter.startswith("failed_"):
+            failures.add_metric([name, peer, counter[len("failed_"):]], n)
+        elif counter in families:
+            families[counter].add_metric([name, peer], n)
+    yield from families.values()
+    yield failures
 
 
 def render(rows: Sequence[Row], draining: bool = False) -> bytes:

@@ -78,6 +78,7 @@ class Row:
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # zone -> result -> n
     peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # health
+    upstreams: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # "pool peer" -> counter -> n
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -106,7 +107,8 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                requests=server.get("requests", 0),
                active_requests=server.get("active_requests", 0),
                timers_pending=stats.timers_pending, timers_running=stats.timers_running,
-               shared=stats.shared, limits=stats.limits, peers=stats.peers)
+               shared=stats.shared, limits=stats.limits, peers=stats.peers,
+               upstreams=stats.upstreams)
 
 
 def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:

@@ -298,6 +298,7 @@ class WorkerProcess:
             limits=limits.stats() if (limits := sys.modules.get("pyresty.server.limits")) else {},
             peers=balancing.peer_stats(self.loop.time())
             if (balancing := sys.modules.get("pyresty.upstream.balancer")) else {},
+            upstreams=pool.stats() if (pool := sys.modules.get("pyresty.upstream.pool")) else {},
             shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
             if self.state == "shutting down" else None)
 

@@ -290,6 +290,28 @@ class Pools:
 
 
 _pools: Pools | None = None
+_counters: list[Any] = []     # other per-peer counters to report (proxy.stats)
+
+
+def report(source: Any) -> None:
+    """Add ``source()`` (a ``{"pool peer": {counter: n}}``) to what ``stats`` reports."""
+    if source not in _counters:
+        _counters.append(source)
+
+
+def stats() -> dict[str, dict[str, int]]:
+    """``{"pool peer": {counter: n}}``: pool hits and misses, and every reported source."""
+    out: dict[str, dict[str, int]] = {}
+    for source in _counters:
+        for key, figures in source().items():
+            out.setdefault(key, {}).update(figures)
+    if _pools is not None:
+        for (host, port, name), p in _pools.stats.items():
+            addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            figures = out.setdefault(f"{name} {addr}", {})
+            figures["pool_hits"] = p.hits
+            figures["pool_misses"] = p.misses
+    return out
 
 
 def pools() -> Pools:

@@ -55,6 +55,7 @@ from urllib.parse import quote
 from pyresty.http.client import ResponseParser, UpstreamError
 from pyresty.http.headers import Headers
 from pyresty.upstream import balancer as balancers
+from pyresty.upstream import pool
 from pyresty.upstream.pool import READ_LIMIT, PooledSocket, PoolKey, pools
 
 if TYPE_CHECKING:
@@ -112,18 +113,13 @@ def counters(upstream: str, addr: str) -> Counters:
 
 
 def stats() -> dict[str, dict[str, int]]:
-    """Per ``"upstream peer"``: requests, failures by kind, retries, pool hits/misses."""
+    """Per ``"upstream peer"``: tries, failures by kind (``failed_<kind>``), retries, resends."""
     out: dict[str, dict[str, int]] = {}
     for (name, addr), c in _counters.items():
         figures = {"requests": c.requests, "retries": c.retries, "resends": c.resends}
         for kind, n in c.failures.items():
             figures["failed_" + kind] = n
         out[f"{name} {addr}"] = figures
-    for (host, port, pool_name), p in pools().stats.items():
-        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        figures = out.setdefault(f"{pool_name} {addr}", {})
-        figures["pool_hits"] = p.hits
-        figures["pool_misses"] = p.misses
     return out
 
 
@@ -435,6 +431,7 @@ def balancer_for(upstream: Upstream) -> balancers.Balancer:
 def location_proxy(config: Config, location: Location,
                    resolve: Callable[..., Callable[..., Any]]) -> ProxyPlan:
     """The content handler of a ``proxy_pass`` location."""
+    pool.report(stats)
     return ProxyPlan(config, location, resolve)
 
 

@@ -455,3 +455,38 @@ def test_reloads_under_proxied_keepalive_load_lose_nothing(make_server, upstream
     assert counts["ok"] > 200
     # keepalive upstream connections: far fewer than requests
     assert up.connections < counts["ok"] / 10
+
+
+def test_metrics_count_tries_failures_and_pool_use(make_server, upstream):
+    up = upstream()
+    dead = free_port()
+    server = make_server(f'''
+        workers = 1
+        [status]
+        listen = "127.0.0.1:{{port2}}"
+        [upstream.backend]
+        servers = ["{up.addr}", "127.0.0.1:{dead}"]
+        max_fails = 0
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+    ''', ready=r"\[notice\] .*generation (\d+) ready")
+    with client.Connection(server.port) as conn:
+        for _ in range(6):
+            assert conn.request("GET", "/m").status == 200
+    peer = f'peer="{up.addr}",upstream="backend"'
+    dead_peer = f'peer="127.0.0.1:{dead}",upstream="backend"'
+
+    def metrics() -> str:
+        text = client.request(server.ports[1], "GET", "/metrics").body.decode()
+        return text if f"pyresty_upstream_requests_total{{{peer}}} 6.0" in text else ""
+
+    text = wait_for(metrics, 10, "upstream metrics")
+    # every try of the refused peer failed and moved the request on to the live one
+    failed = re.search(rf'pyresty_upstream_failures_total{{kind="error",{dead_peer}}} (\d+)', text)
+    retries = re.search(rf"pyresty_upstream_retries_total{{{peer}}} (\d+)", text)
+    assert failed and retries and failed.group(1) == retries.group(1) != "0"
+    assert f"pyresty_upstream_pool_misses_total{{{peer}}} 1.0" in text
+    assert f"pyresty_upstream_pool_hits_total{{{peer}}} 5.0" in text
