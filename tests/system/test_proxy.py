@@ -490,3 +490,18 @@ def test_metrics_count_tries_failures_and_pool_use(make_server, upstream):
     assert failed and retries and failed.group(1) == retries.group(1) != "0"
     assert f"pyresty_upstream_pool_misses_total{{{peer}}} 1.0" in text
     assert f"pyresty_upstream_pool_hits_total{{{peer}}} 5.0" in text
+
+
+def test_quickstart_proxied_location(make_server):
+    """SPEC §1: the quickstart shows a proxied location (served on free ports here)."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2] / "examples" / "quickstart"
+    config = (root / "pyresty.toml").read_text().replace("{", "{{").replace("}", "}}")
+    config = config.replace("8080", "{port}").replace("9145", "{port2}")
+    files = {str(p.relative_to(root)): p.read_text()
+             for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".txt")
+             and "logs" not in p.parts and "__pycache__" not in p.parts}
+    server = make_server(config, files, ready=r"\[notice\] .*generation (\d+) ready")
+    resp = client.request(server.port, "GET", "/api/hello?x=1")
+    assert resp.status == 200
+    assert resp.body == b"backend got GET /backend/hello?x=1 via pyresty quickstart for 127.0.0.1\n"
