@@ -21,6 +21,7 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 HOT_PATH = [
+    "pyresty/http/client.py",
     "pyresty/http/headers.py",
     "pyresty/http/parser.py",
     "pyresty/http/persistence.py",

@@ -330,10 +330,7 @@ class HttpConnection(Stream):
             raise ConnectionResetError("client closed the connection")
 
     async def wait_body(self, req: Exchange) -> None:
-        if persistence.continue_due(req.http_version == "1.1", req.header(b"expect"),
-                                    self.continue_sent, req.started):
-            self.continue_sent = True
-            self.write(response.CONTINUE)
+        self._continue(req)
         while not req.body_complete:
             if self.closed:
                 raise ConnectionResetError("client closed the connection")
@@ -341,6 +338,23 @@ class HttpConnection(Stream):
                 self.set_deadline(Deadline.BODY, self.server.client_body_timeout)
             self._body_waiter = self.loop.create_future()
             await self._body_waiter
+
+    async def wait_body_data(self, req: Exchange) -> None:
+        self._continue(req)
+        if req.body_complete or req.body_waiting:
+            return
+        if self.closed:
+            raise ConnectionResetError("client closed the connection")
+        if req is self.current:
+            self.set_deadline(Deadline.BODY, self.server.client_body_timeout)
+        self._body_waiter = self.loop.create_future()
+        await self._body_waiter
+
+    def _continue(self, req: Exchange) -> None:
+        if persistence.continue_due(req.http_version == "1.1", req.header(b"expect"),
+                                    self.continue_sent, req.started):
+            self.continue_sent = True
+            self.write(response.CONTINUE)
 
     def _wake_body(self) -> None:
         waiter = self._body_waiter

@@ -77,9 +77,23 @@ class Exchange:
     def end_body(self) -> None:
         self._body_done = True
 
+    def take_body(self) -> bytes:
+        """The request-body bytes received and not taken yet (streaming them on:
+        a proxied body sent as it arrives). ``read_body`` sees only what is left."""
+        body = self._body
+        if not body:
+            return b""
+        self._body = None
+        return body[0] if len(body) == 1 else b"".join(body)
+
     @property
     def body_complete(self) -> bool:
         return self._body_done
+
+    @property
+    def body_waiting(self) -> bool:
+        """Request-body bytes were received and not taken yet."""
+        return bool(self._body)
 
 
 class Stream:
@@ -102,6 +116,11 @@ class Stream:
 
     async def wait_body(self, x: Exchange) -> None:
         """Until the whole request body arrived (``100 Continue`` first if asked)."""
+        raise NotImplementedError
+
+    async def wait_body_data(self, x: Exchange) -> None:
+        """Until more request-body bytes arrived or the body ended (``100 Continue``
+        first if asked); for streaming a body on as it arrives."""
         raise NotImplementedError
 
     async def send_file(self, x: Exchange, file: BinaryIO, offset: int, count: int) -> None:

@@ -304,6 +304,8 @@ class ProxyPlan:
         self.pool_requests = upstream.keepalive_requests
         self.function: Callable[..., Any] | None = None
         self.balancer: balancers.Balancer | None = None
+        # id(PeerState) -> its pool key, address and counters (peers live as long as the plan)
+        self.peers: dict[int, tuple[PoolKey, str, Counters]] = {}
         if ":" in upstream.balancer and upstream.balancer not in ("round_robin", "least_conn", "hash"):
             self.function = resolve(upstream.balancer, phase="balancer")
         else:
@@ -445,7 +447,7 @@ class _Tries:
     def __init__(self) -> None:
         self.addrs: list[str] = []
         self.statuses: list[str] = []
-        self.times: list[str] = []
+        self.times: list[float] = []
         self.last_kind = ""
         self.last_status = 0
         self.sent = 0
@@ -455,25 +457,36 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
     loop = asyncio.get_running_loop()
     started = loop.time()
     body = b""
+    streaming = False
+    length: int | None = 0
     if r.header(b"content-length") is not None or r.header(b"transfer-encoding") is not None:
-        body = await r.read_body()
+        if plan.buffering or not plan.http11:
+            body = await r.read_body()
+            length = len(body)
+        else:
+            streaming = True     # proxy_request_buffering = false: on as it arrives
+            field = r.header(b"content-length")
+            length = int(field) if field is not None and r.header(b"transfer-encoding") is None \
+                else None
     target = plan.target(r)
-    head = plan.head(r, target, len(body))
+    head = plan.head(r, target, length)
     request = head + body if len(body) < 65536 else b""
     record = _Tries()
-    ex = await _try_all(plan, r, loop, started, head, body, request, record)
-    r.upstream_addr = ", ".join(record.addrs)
-    r.upstream_status = ", ".join(record.statuses)
+    ex = await _try_all(plan, r, loop, started, head, body, request, record,
+                        r if streaming else None)
+    r.upstream_addr = record.addrs[0] if len(record.addrs) == 1 else ", ".join(record.addrs)
+    r.upstream_status = record.statuses[0] if len(record.statuses) == 1 \
+        else ", ".join(record.statuses)
     if ex is None:
-        r.upstream_response_time = ", ".join(record.times)
+        r.upstream_response_time = ", ".join(f"{t:.3f}" for t in record.times)
         status = 504 if record.last_kind == "timeout" else 502
         r.exit(status)
     try_started = loop.time()
     try:
         await _respond(plan, r, ex)
     finally:
-        record.times[-1] = f"{float(record.times[-1]) + loop.time() - try_started:.3f}"
-        r.upstream_response_time = ", ".join(record.times)
+        record.times[-1] += loop.time() - try_started
+        r.upstream_response_time = ", ".join(f"{t:.3f}" for t in record.times)
         if ex.sock.owner is ex:
             if ex.clean:
                 pools().put(ex.sock, plan.pool_size, plan.pool_timeout, plan.pool_requests,
@@ -483,8 +496,10 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
 
 
 async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, started: float,
-                   head: bytes, body: bytes, request: bytes, record: _Tries) -> Exchange | None:
-    """Rules 1-4: the exchange whose response head is to be answered, or None (502/504)."""
+                   head: bytes, body: bytes, request: bytes, record: _Tries,
+                   source: Any) -> Exchange | None:
+    """Rules 1-4: the exchange whose response head is to be answered, or None (502/504).
+    ``source`` is the request when its body streams (it cannot be sent twice)."""
     tried: set[str] = set()
     call = BalancerCall(plan.name, plan.tries_cap) if plan.function is not None else None
     resent = False
@@ -510,11 +525,17 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
                 if n == 0:
                     log.error("no live upstreams while connecting to upstream \"%s\"", plan.name)
                 return None
-            host, port = peer.host, peer.port
             tried.add(peer.addr)
-        pool_key: PoolKey = (host, port, plan.name)
-        addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        count = counters(plan.name, addr)
+        info = plan.peers.get(id(peer)) if peer is not None else None
+        if info is None:
+            pool_key: PoolKey = (host, port, plan.name) if peer is None \
+                else (peer.host, peer.port, plan.name)
+            addr = f"[{pool_key[0]}]:{pool_key[1]}" if ":" in pool_key[0] \
+                else f"{pool_key[0]}:{pool_key[1]}"
+            info = (pool_key, addr, counters(plan.name, addr))
+            if peer is not None:
+                plan.peers[id(peer)] = info
+        pool_key, addr, count = info
         if n:
             count.retries += 1
         n += 1
@@ -526,15 +547,21 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
         fresh = False
         while True:
             try:
-                ex = await _send(plan, pool_key, fresh, r.method, head, body, request, loop)
+                ex = await _send(plan, pool_key, fresh, r.method, head, body, request, loop,
+                                 source)
                 record.sent += 1
-                await _wait_head(plan, ex)
+                while not ex.head:
+                    if ex.error is not None:
+                        raise ex.error
+                    await ex.wait(plan.read_timeout, "reading response header from upstream")
+                if ex.error is not None and not ex.ended:
+                    raise ex.error
             except Failure as exc:
                 if ex is not None:
                     ex.sock.close()
                 # rule 2: a kept-alive connection the peer had closed; once per request
                 if exc.kind == "error" and not exc.got_bytes and ex is not None \
-                        and ex.sock.reused and not resent:
+                        and ex.sock.reused and not resent and source is None:
                     log.info("upstream %s closed a kept-alive connection (%s); sending %s %s "
                              "again on a new connection", addr, exc.reason, r.method, r.uri)
                     resent = fresh = True
@@ -545,7 +572,7 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
             break
         now = loop.time()
         record.addrs.append(addr)
-        record.times.append(f"{now - try_start:.3f}")
+        record.times.append(now - try_start)
         count.requests += 1
         if failure is None and ex is not None:
             status_kind = _STATUS_KINDS.get(ex.status)
@@ -568,7 +595,8 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
             call.last_failure = ("next" if http_failure else "failed",
                                  ex.status if http_failure and ex is not None else
                                  (504 if failure.kind == "timeout" else 502))
-        more = _may_retry(plan, failure, idempotent, n, call, started, now, len(tried))
+        more = _may_retry(plan, failure, idempotent, n, call, started, now, len(tried)) \
+            and not (source is not None and failure.sent)
         if not http_failure or more:
             _log_failure(plan, r, addr, failure, more)
         if not more:
@@ -602,8 +630,10 @@ def _log_failure(plan: ProxyPlan, r: Any, addr: str, failure: Failure, more: boo
 
 
 async def _send(plan: ProxyPlan, key: PoolKey, fresh: bool, method: str, head: bytes,
-                body: bytes, request: bytes, loop: asyncio.AbstractEventLoop) -> Exchange:
-    """A connection (pooled unless ``fresh``) with the request written to it."""
+                body: bytes, request: bytes, loop: asyncio.AbstractEventLoop,
+                source: Any = None) -> Exchange:
+    """A connection (pooled unless ``fresh``) with the request written to it
+    (the body taken from ``source`` as it arrives when it streams)."""
     all_pools = pools()
     sock = None if fresh else all_pools.take(key, loop.time())
     if sock is None:
@@ -621,26 +651,44 @@ async def _send(plan: ProxyPlan, key: PoolKey, fresh: bool, method: str, head: b
     else:
         sock.write(head)
         sock.write(body)
-    if sock.write_blocked:
+    if source is not None:
         try:
-            await asyncio.wait_for(sock.drain(), plan.send_timeout)
-        except TimeoutError:
-            sock.close()
-            raise Failure("timeout", "upstream timed out (110: Connection timed out) while "
-                          "sending request to upstream", True) from None
-        except ConnectionError as exc:
-            sock.close()
-            raise Failure("error", f"{exc} while sending request to upstream", True) from None
+            await _stream_body(plan, sock, source)
+        except BaseException:
+            sock.close()        # the client failed (408, 499) or the upstream did
+            raise
+    elif sock.write_blocked:
+        await _drain(plan, sock)
     return ex
 
 
-async def _wait_head(plan: ProxyPlan, ex: Exchange) -> None:
-    while not ex.head:
-        if ex.error is not None:
-            raise ex.error
-        await ex.wait(plan.read_timeout, "reading response header from upstream")
-    if ex.error is not None and not ex.ended:
-        raise ex.error
+async def _drain(plan: ProxyPlan, sock: PooledSocket) -> None:
+    try:
+        await asyncio.wait_for(sock.drain(), plan.send_timeout)
+    except TimeoutError:
+        sock.close()
+        raise Failure("timeout", "upstream timed out (110: Connection timed out) while "
+                      "sending request to upstream", True) from None
+    except ConnectionError as exc:
+        sock.close()
+        raise Failure("error", f"{exc} while sending request to upstream", True) from None
+
+
+async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Any) -> None:
+    """proxy_request_buffering = false: the body goes on as the client sends it
+    (chunked when the client gave no length)."""
+    chunked = r.header(b"content-length") is None or r.header(b"transfer-encoding") is not None
+    while True:
+        data = r.take_body()
+        if data:
+            sock.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            if sock.write_blocked:
+                await _drain(plan, sock)
+        if r.body_complete and not r.body_waiting:
+            break
+        await r.stream.wait_body_data(r)
+    if chunked:
+        sock.write(b"0\r\n\r\n")
 
 
 async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:

@@ -505,3 +505,48 @@ def test_quickstart_proxied_location(make_server):
     resp = client.request(server.port, "GET", "/api/hello?x=1")
     assert resp.status == 200
     assert resp.body == b"backend got GET /backend/hello?x=1 via pyresty quickstart for 127.0.0.1\n"
+
+
+def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream):
+    """proxy_request_buffering = false: the upstream sees the first part of a body
+    before the client has sent the rest (chunked upstream: the client gave no length)."""
+    import threading
+    first_part = threading.Event()
+    received = {}
+
+    async def handle(reader, writer, index):
+        data = b""
+        while b"\r\n0\r\n\r\n" not in data:
+            more = await reader.read(65536)
+            if not more:
+                return
+            data += more
+            if b"hello" in data:
+                first_part.set()
+        received["raw"] = data
+        writer.write(response(200, b"got it"))
+        await writer.drain()
+
+    up = upstream(raw=handle)
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://127.0.0.1:{up.port}"
+        proxy_request_buffering = false
+    '''))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n")
+        assert first_part.wait(5), "the first chunk did not reach the upstream before the rest"
+        sock.sendall(b"6\r\n world\r\n0\r\n\r\n")
+        reply = b""
+        while b"got it" not in reply:
+            more = sock.recv(65536)
+            assert more
+            reply += more
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    head, _, body = received["raw"].partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head
+    assert body == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
