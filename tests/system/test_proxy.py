@@ -16,6 +16,15 @@ from upstreams import CLOSE, RawUpstream, Upstream, response
 pytestmark = pytest.mark.timeout(90)
 
 
+MODES = {"compiled": None, "interpreted": {"PYRESTY_PURE_PYTHON": "1"}}
+
+
+@pytest.fixture(params=sorted(MODES))
+def mode_env(request):
+    """The request path compiled and interpreted (README, Building)."""
+    return MODES[request.param]
+
+
 @pytest.fixture
 def upstream():
     started: list = []
@@ -38,7 +47,7 @@ def _config(body: str, workers: int = 0) -> str:
     '''
 
 
-def test_proxy_pass_forwards_request_and_response(make_server, upstream):
+def test_proxy_pass_forwards_request_and_response(make_server, upstream, mode_env):
     up = upstream(lambda req: response(201, b"made " + req.body,
                                        {"X-Up": "1", "Server": "up", "Keep-Alive": "timeout=5"}))
     server = make_server(_config(f'''
@@ -51,7 +60,7 @@ def test_proxy_pass_forwards_request_and_response(make_server, upstream):
         path = "/api/"
         proxy_pass = "http://backend"
         proxy_set_header = {{{{ X-Debug = "yes", User-Agent = "" }}}}
-    '''))
+    '''), env=mode_env)
     resp = client.request(server.port, "POST", "/api/x?a=1",
                           headers={"X-Forwarded-For": "10.0.0.1", "User-Agent": "t",
                                    "Connection": "keep-alive, X-Hop", "X-Hop": "h"},
@@ -117,7 +126,7 @@ def test_upstream_connections_are_kept_alive(make_server, upstream):
     assert up.connections == 1
 
 
-def test_seed004_upstream_closing_every_reused_connection_gets_502(make_server, upstream):
+def test_seed004_upstream_closing_every_reused_connection_gets_502(make_server, upstream, mode_env):
     """Seed 004: the upstream answers the first request, then closes every
     connection on every later request. The second client request gets 502
     within 2 s with at most 2 new upstream connections (nothing loops)."""
@@ -150,7 +159,7 @@ def test_seed004_upstream_closing_every_reused_connection_gets_502(make_server, 
     '''), {"lb.py": f'''
         async def pick(r, b):
             b.set_current_peer("127.0.0.1", {up.port})
-    '''})
+    '''}, env=mode_env)
     assert client.request(server.port, "GET", "/").status == 200
     assert up.connections == 1
     began = time.monotonic()
@@ -286,7 +295,7 @@ def test_function_balancer_tries_and_last_failure(make_server, upstream):
     server.wait_log(r"set_more_tries\(5\) would allow 6 tries; capped by proxy_next_upstream_tries = 3")
 
 
-def test_large_response_streams_and_filters_run(make_server, upstream):
+def test_large_response_streams_and_filters_run(make_server, upstream, mode_env):
     big = b"x" * (3 * 1024 * 1024 + 17)
     up = upstream(lambda req: response(200, big))
     server = make_server(_config(f'''
@@ -302,7 +311,7 @@ def test_large_response_streams_and_filters_run(make_server, upstream):
             r.headers_out["X-Filtered"] = str(r.status)
         def body(r, chunk):
             return chunk.upper() + (b"!" if r.eof else b"")
-    '''})
+    '''}, env=mode_env)
     resp = client.request(server.port, "GET", "/", timeout=30)
     assert resp.status == 200
     assert resp.get("X-Filtered") == "200"
@@ -507,7 +516,7 @@ def test_quickstart_proxied_location(make_server):
     assert resp.body == b"backend got GET /backend/hello?x=1 via pyresty quickstart for 127.0.0.1\n"
 
 
-def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream):
+def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream, mode_env):
     """proxy_request_buffering = false: the upstream sees the first part of a body
     before the client has sent the rest (chunked upstream: the client gave no length)."""
     import threading
@@ -535,7 +544,7 @@ def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream):
         path = "/"
         proxy_pass = "http://127.0.0.1:{up.port}"
         proxy_request_buffering = false
-    '''))
+    '''), env=mode_env)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"5\r\nhello\r\n")
