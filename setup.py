@@ -33,6 +33,8 @@ HOT_PATH = [
     "pyresty/server/server.py",
     "pyresty/server/state.py",
     "pyresty/server/stream.py",
+    "pyresty/upstream/pool.py",
+    "pyresty/upstream/proxy.py",
 ]
 
 

@@ -596,8 +596,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--reloads", type=int, default=20)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between reloads")
-    parser.add_argument("--only", default="hello,reload,spread,micro",
-                        help="comma-separated sections: hello, reload, micro, profile")
+    parser.add_argument("--only", default="hello,reload,spread,micro,proxy",
+                        help="comma-separated sections: hello, reload, spread, micro, proxy, "
+                             "profile")
     parser.add_argument("--profile", action="store_true",
                         help="also profile the pyresty worker under load with perf")
     parser.add_argument("--output", type=Path, default=BENCH / "results" / "latest.md")
@@ -612,7 +613,7 @@ def main() -> int:
     sections = {s.strip() for s in args.only.split(",") if s.strip()}
     if args.profile:
         sections.add("profile")
-    unknown = sections - {"hello", "reload", "spread", "micro", "profile"}
+    unknown = sections - {"hello", "reload", "spread", "micro", "proxy", "profile"}
     if unknown:
         parser.error(f"--only: unknown section {', '.join(sorted(unknown))}")
     if args.rounds < 1 or args.reloads < 1 or args.duration < 1:
@@ -641,6 +642,10 @@ def main() -> int:
             log("micro benchmarks")
             for name, text in bench_micro(args, scratch):
                 parts += ["", f"## bench/{name}", "", "```", text, "```"]
+        if "proxy" in sections:
+            log("reverse proxy (bench/proxy.py)")
+            parts += ["", "## Reverse proxy (bench/proxy.py)", "",
+                      run_script(BENCH / "proxy.py", args.quick, scratch / "proxy.log")]
         if "profile" in sections:
             log("profiling the pyresty worker")
             parts += ["", "## Where the pyresty worker spends CPU (perf)", "",

@@ -210,8 +210,10 @@ class Pools:
         self.counters(key).misses += 1
         sock = PooledSocket(self, key)
         host, port, _ = key
-        connecting = loop.create_connection(lambda: sock, host, port, ssl=tls,
-                                            server_hostname=host if tls is not None else None)
+        # PooledSocket has a Protocol's methods, not its base class (mypyc)
+        server_name = host if tls is not None else None
+        connecting = loop.create_connection(  # type: ignore[type-var]
+            lambda: sock, host, port, ssl=tls, server_hostname=server_name)
         try:
             await asyncio.wait_for(connecting, timeout)
         except BaseException:

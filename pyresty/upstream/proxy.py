@@ -226,6 +226,17 @@ class Exchange:
             timer.cancel()
             self.waiter = None
 
+    # read through calls where an await came in between: mypy (and so mypyc)
+    # would otherwise keep a narrowed attribute type across the await
+    def failure(self) -> Failure | None:
+        return self.error
+
+    def has_head(self) -> bool:
+        return self.head
+
+    def complete(self) -> bool:
+        return self.ended
+
     def take(self) -> list[bytes]:
         chunks = self.chunks
         self.chunks = []
@@ -260,7 +271,16 @@ class BalancerCall:
         self.cap = cap                     # proxy_next_upstream_tries (0: none)
         self.upstream = upstream
 
-    def set_current_peer(self, host: str, port: int) -> None:
+    def begin(self, tries: int) -> None:
+        """A new try: no peer chosen yet."""
+        self.tries = tries
+        self.peer = None
+
+    def chosen(self) -> tuple[str, int] | None:
+        """The peer ``pick`` set (a method: the call in between may set it)."""
+        return self.peer
+
+    def set_current_peer(self, host: object, port: object) -> None:
         """The peer of this try. Raises ValueError for a bad host or port."""
         if not isinstance(host, str) or not host:
             raise ValueError(f"set_current_peer: invalid host {host!r}")
@@ -268,7 +288,7 @@ class BalancerCall:
             raise ValueError(f"set_current_peer: invalid port {port!r}")
         self.peer = (host, port)
 
-    def set_more_tries(self, n: int) -> None:
+    def set_more_tries(self, n: object) -> None:
         """Allow ``n`` more tries for this request (capped by proxy_next_upstream_tries)."""
         if isinstance(n, bool) or not isinstance(n, int) or n < 0:
             raise ValueError(f"set_more_tries: invalid count {n!r}")
@@ -315,7 +335,7 @@ class ProxyPlan:
         sets = [(name.encode("latin-1"), value.encode("latin-1"))
                 for name, value in location.proxy_set_header]
         self.set_names = frozenset(name.lower() for name, _ in sets)
-        self.set_lines = b"".join(b"%s: %s\r\n" % (n, v) for n, v in sets if v)
+        self.set_lines = b"".join([b"%s: %s\r\n" % (n, v) for n, v in sets if v])
         if b"host" not in self.set_names:
             self.set_lines = b"Host: %s\r\n" % self.host + self.set_lines
         self.drop = _REQUEST_DROP | self.set_names
@@ -479,8 +499,8 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
         else ", ".join(record.statuses)
     if ex is None:
         r.upstream_response_time = ", ".join(f"{t:.3f}" for t in record.times)
-        status = 504 if record.last_kind == "timeout" else 502
-        r.exit(status)
+        r.exit(504 if record.last_kind == "timeout" else 502)
+        return
     try_started = loop.time()
     try:
         await _respond(plan, r, ex)
@@ -501,7 +521,9 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
     """Rules 1-4: the exchange whose response head is to be answered, or None (502/504).
     ``source`` is the request when its body streams (it cannot be sent twice)."""
     tried: set[str] = set()
-    call = BalancerCall(plan.name, plan.tries_cap) if plan.function is not None else None
+    call: BalancerCall | None = None
+    if plan.function is not None:
+        call = BalancerCall(plan.name, plan.tries_cap)
     resent = False
     n = 0
     balancer = plan.balancer
@@ -510,14 +532,14 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
     while True:
         peer: balancers.PeerState | None = None
         if call is not None:
-            call.tries = n
-            call.peer = None
+            call.begin(n)
             await plan.function(r, call)   # type: ignore[misc]
-            if call.peer is None:
+            chosen = call.chosen()
+            if chosen is None:
                 log.error("balancer %s set no peer (call b.set_current_peer) on %s %s",
                           plan.upstream.balancer, r.method, r.uri)
                 return None
-            host, port = call.peer
+            host, port = chosen
         else:
             assert balancer is not None
             peer = balancer.pick(loop.time(), tried, key)
@@ -550,12 +572,15 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
                 ex = await _send(plan, pool_key, fresh, r.method, head, body, request, loop,
                                  source)
                 record.sent += 1
-                while not ex.head:
-                    if ex.error is not None:
-                        raise ex.error
+                # ex.failure(), a call: the awaits in between change what it returns
+                while not ex.has_head():
+                    failed = ex.failure()
+                    if failed is not None:
+                        raise failed
                     await ex.wait(plan.read_timeout, "reading response header from upstream")
-                if ex.error is not None and not ex.ended:
-                    raise ex.error
+                failed = ex.failure()
+                if failed is not None and not ex.complete():
+                    raise failed
             except Failure as exc:
                 if ex is not None:
                     ex.sock.close()
@@ -712,10 +737,11 @@ async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:
         if chunks:
             r._out.extend(chunks)
         await r.flush()
-        if ex.ended:
+        if ex.complete():
             return
-        if ex.error is not None:
-            _cut(plan, r, ex, ex.error.reason)
+        failed = ex.failure()
+        if failed is not None:
+            _cut(plan, r, ex, failed.reason)
             return
         try:
             if not ex.chunks:

@@ -89,6 +89,6 @@ def test_set_more_tries_is_capped() -> None:
     assert b.more == 2
     b.set_current_peer("127.0.0.1", 80)
     assert b.peer == ("127.0.0.1", 80)
-    for bad in ((None, 80), ("h", 0), ("h", True)):
+    for bad in (("h", 0), ("h", 65536), ("", 80), (None, 80), ("h", "80"), ("h", True)):
         with pytest.raises(ValueError):
             b.set_current_peer(*bad)
