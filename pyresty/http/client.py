@@ -180,6 +180,7 @@ class ResponseParser:
         keep_alive = self._keeps_alive(version)
         framed = self._framing()
         if was_head or status in (204, 304):
+            self._parser = None           # it refers back to this object: no cycle left
             self.sink.on_response(status, version, self._fields,
                                   response_persists(keep_alive, False, framed == "close"))
             self.sink.on_end()
@@ -188,6 +189,7 @@ class ResponseParser:
         self.sink.on_response(status, version, self._fields,
                               response_persists(keep_alive, False, self._until_close))
         if self._message_done:            # Content-Length: 0: complete with its head
+            self._parser = None
             self.sink.on_end()
             return rest
         self._in_body = True
@@ -267,4 +269,7 @@ class ResponseParser:
         self._message_done = True
         if self._in_body:
             self._in_body = False
+            # httptools' parser holds this object: dropping it here leaves no
+            # reference cycle per response for the garbage collector to find
+            self._parser = None
             self.sink.on_end()

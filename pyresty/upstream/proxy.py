@@ -132,8 +132,9 @@ class Exchange:
 
     def __init__(self, sock: PooledSocket, method: str) -> None:
         self.sock = sock
-        self.parser = ResponseParser(self)
-        self.parser.expect(method)
+        parser = ResponseParser(self)
+        parser.expect(method)
+        self.parser: ResponseParser | None = parser
         self.waiter: asyncio.Future[None] | None = None
         self.status = 0
         self.fields: list[tuple[bytes, bytes]] = []
@@ -150,15 +151,20 @@ class Exchange:
     # the socket's owner interface
     def on_data(self, data: bytes) -> None:
         self.got_bytes = True
+        parser = self.parser
+        if parser is None:
+            return
         try:
-            self.parser.feed(data)
+            parser.feed(data)
         except UpstreamError as exc:
             kind = "error" if self.head else "invalid_header"
             self._fail(Failure(kind, f"upstream sent an invalid response: {exc}", True, True))
 
     def on_eof(self) -> None:
+        parser = self.parser
         try:
-            self.parser.eof()
+            if parser is not None:
+                parser.eof()
         except UpstreamError:
             pass
         if not self.ended:
@@ -246,11 +252,14 @@ class Exchange:
             self.sock.resume_reading()
         return chunks
 
-    @property
-    def clean(self) -> bool:
-        """Rule 6: the connection may be pooled."""
-        return (self.ended and self.error is None and self.keep_alive
-                and self.parser.idle and self.parser.reusable and not self.sock.closed)
+    def release(self) -> bool:
+        """The exchange is over: True when the connection may be pooled (rule 6).
+        Drops the parser, which refers back to this object (no cycle left for
+        the garbage collector)."""
+        parser = self.parser
+        self.parser = None
+        return (self.ended and self.error is None and self.keep_alive and parser is not None
+                and parser.idle and parser.reusable and not self.sock.closed)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -508,7 +517,7 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
         record.times[-1] += loop.time() - try_started
         r.upstream_response_time = ", ".join(f"{t:.3f}" for t in record.times)
         if ex.sock.owner is ex:
-            if ex.clean:
+            if ex.release():
                 pools().put(ex.sock, plan.pool_size, plan.pool_timeout, plan.pool_requests,
                             loop.time())
             else:
