@@ -320,6 +320,7 @@ class ProxyPlan:
         self.prefix = location.pattern if location.kind in ("", "^~") else None
         self.exact = location.kind == "="
         upstream = _find_upstream(config, authority)
+        named = upstream is not None
         if upstream is None:
             host, _, port = authority.rpartition(":")
             host = host.strip("[]")
@@ -337,8 +338,11 @@ class ProxyPlan:
         self.peers: dict[int, tuple[PoolKey, str, Counters]] = {}
         if ":" in upstream.balancer and upstream.balancer not in ("round_robin", "least_conn", "hash"):
             self.function = resolve(upstream.balancer, phase="balancer")
+        elif named:
+            # the process's registry: health checks (health.py) set these peers' health
+            self.balancer = balancers.balancers(config)[upstream.name]
         else:
-            self.balancer = balancer_for(upstream)
+            self.balancer = direct_balancer(upstream)
         self.hash_key = upstream.hash_key if upstream.balancer == "hash" else None
         self.host = authority.encode("latin-1")
         sets = [(name.encode("latin-1"), value.encode("latin-1"))
@@ -448,14 +452,15 @@ def _find_upstream(config: Config, name: str) -> Upstream | None:
     return None
 
 
-_balancers: dict[str, balancers.Balancer] = {}
+_direct: dict[str, balancers.Balancer] = {}
 
 
-def balancer_for(upstream: Upstream) -> balancers.Balancer:
-    """This process's balancer of ``upstream`` (one per upstream, shared by its locations)."""
-    found = _balancers.get(upstream.name)
+def direct_balancer(upstream: Upstream) -> balancers.Balancer:
+    """The one-peer balancer of a ``proxy_pass http://host:port`` (shared by the
+    locations that name the same address)."""
+    found = _direct.get(upstream.name)
     if found is None:
-        found = _balancers[upstream.name] = balancers.build(upstream)
+        found = _direct[upstream.name] = balancers.build(upstream)
     return found
 
 
