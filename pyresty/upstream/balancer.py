@@ -284,7 +284,9 @@ def build(upstream: Upstream) -> Balancer:
     return kind(upstream.name, peers)
 
 
-_registry: list[tuple[Config, dict[str, Balancer]]] = []    # at most one: this process's config
+# id(config) -> (config, its balancers); a worker serves one config (a reload is a
+# new generation of processes); in-process tests may hold several servers at once
+_registry: dict[int, tuple[Config, dict[str, Balancer]]] = {}
 
 
 def balancers(config: Config) -> dict[str, Balancer]:
@@ -292,13 +294,13 @@ def balancers(config: Config) -> dict[str, Balancer]:
 
     Every caller with the same config object gets the same ``Balancer`` (and
     ``PeerState``) objects: the proxy picks with them and the health refresh
-    sets their ``healthy`` flags. A process serves one config (a reload is a
-    new generation of processes), so another config replaces them.
+    sets their ``healthy`` flags.
     """
-    if _registry and _registry[0][0] is config:
-        return _registry[0][1]
+    entry = _registry.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
     found = {up.name: build(up) for up in config.upstreams}
-    _registry[:] = [(config, found)]
+    _registry[id(config)] = (config, found)
     return found
 
 
@@ -307,9 +309,7 @@ def peer_stats(now: float) -> dict[str, dict[str, dict[str, int]]]:
     ``healthy`` (active checks), ``check_fails`` (consecutive failed checks),
     ``down`` (passive health keeps it out now), ``disabled`` (times it did),
     ``active`` (requests in flight)."""
-    if not _registry:
-        return {}
     return {name: {p.addr: {"healthy": int(p.healthy), "check_fails": p.check_fails,
                             "down": int(p.down(now)), "disabled": p.disabled, "active": p.active}
                    for p in balancer.peers}
-            for name, balancer in _registry[0][1].items()}
+            for _, found in _registry.values() for name, balancer in found.items()}

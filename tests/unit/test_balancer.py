@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pyresty.config.model import Config, HealthCheck, Peer, Upstream
 from pyresty.upstream.balancer import (POINTS_PER_WEIGHT, ConsistentHash, LeastConn, PeerState,
-                                       RoundRobin, balancers, build)
+                                       RoundRobin, balancers, build, peer_stats)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -324,3 +324,20 @@ def test_balancers_are_shared_per_config() -> None:
     assert balancers(config) is first and balancers(config)["backend"] is first["backend"]
     other = Config(path="t.toml", prefix="/tmp", upstreams=config.upstreams)
     assert balancers(other)["backend"] is not first["backend"]
+    assert balancers(config) is first            # two servers in one process keep their own
+
+
+def test_peer_stats_report_what_status_shows() -> None:
+    config = Config(path="t.toml", prefix="/tmp", upstreams=(
+        Upstream(name="stats", servers=(Peer("10.9.0.1", 80), Peer("10.9.0.2", 80))),))
+    balancer = balancers(config)["stats"]
+    a, b = balancer.peers
+    b.healthy, b.check_fails = False, 4
+    balancer.started(a)
+    balancer.started(b)
+    balancer.finished(b, 100.0, failed=True)
+    assert peer_stats(105.0)["stats"] == {
+        "10.9.0.1:80": {"healthy": 1, "check_fails": 0, "down": 0, "disabled": 0, "active": 1},
+        "10.9.0.2:80": {"healthy": 0, "check_fails": 4, "down": 1, "disabled": 1, "active": 0},
+    }
+    assert peer_stats(110.0)["stats"]["10.9.0.2:80"]["down"] == 0
