@@ -46,9 +46,11 @@ from pyresty.config.model import HEALTH_DICT, Config, HealthCheck, Upstream
 from pyresty.errorlog import NOTICE
 from pyresty.http.client import ResponseParser, UpstreamError, request_head
 from pyresty.runtime import timer
+from pyresty.runtime.shared import SharedDict, shared
 from pyresty.upstream.balancer import Balancer, PeerState, balancers
 
-__all__ = ["Record", "check_peer", "key_of", "refresh", "start", "CheckFailed"]
+__all__ = ["CheckFailed", "Record", "check_peer", "check_upstream", "judge", "key_of", "refresh",
+           "start"]
 
 log = logging.getLogger("pyresty.upstream")
 
@@ -221,10 +223,8 @@ async def refresh(upstream: Upstream, balancer: Balancer) -> None:
         apply(peer, Record.loads(text) if text is not None else Record())
 
 
-def _store() -> Any:
-    from pyresty.runtime.shared import shared   # opened after fork, with the other dicts
-
-    return shared[HEALTH_DICT]
+def _store() -> SharedDict:
+    return shared[HEALTH_DICT]       # opened after fork, with the other dicts
 
 
 # --- wiring (rules 1 and 5) ---------------------------------------------------------
