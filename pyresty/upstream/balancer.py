@@ -115,6 +115,7 @@ class Balancer:
         self.primaries = [p for p in peers if not p.backup]
         self.backups = [p for p in peers if p.backup]
         self.peers: list[PeerState] = self.primaries + self.backups
+        self.all_down = False           # the last pick found no peer available (logged once)
 
     def pick(self, now: float, tried: set[str] | frozenset[str],
              key: str | None = None) -> PeerState | None:
@@ -123,15 +124,20 @@ class Balancer:
         candidates = [p for p in self.primaries
                       if p.healthy and now >= p.out_until and p.addr not in tried]
         if candidates:
+            self.all_down = False
             return self.choose(self.primaries, candidates, key)
         if self.backups:
             candidates = [p for p in self.backups
                           if p.healthy and now >= p.out_until and p.addr not in tried]
             if candidates:
+                self.all_down = False
                 return self.choose(self.backups, candidates, key)
         for tier in (self.primaries, self.backups):
             candidates = [p for p in tier if p.addr not in tried]
             if candidates:
+                if not self.all_down and not tried:
+                    self.all_down = True
+                    log.warning("upstream %s: no live peers; trying those marked down", self.name)
                 return self.choose(tier, candidates, key)
         return None
 

@@ -171,15 +171,22 @@ def test_a_failure_lowers_the_effective_weight_and_picks_restore_it() -> None:
     assert a.effective_weight == 4
 
 
-def test_an_unhealthy_peer_is_skipped_and_all_down_still_picks() -> None:
+def test_an_unhealthy_peer_is_skipped_and_all_down_still_picks(
+        caplog: pytest.LogCaptureFixture) -> None:
     a, b, c = peers(1, 1, 1)
     balancer = RoundRobin("up", [a, b, c])
     b.healthy = False
     assert {balancer.pick(0.0, set()).addr for _ in range(10)} == {a.addr, c.addr}  # type: ignore[union-attr]
     a.healthy = c.healthy = False
-    picked = {balancer.pick(0.0, set()).addr for _ in range(9)}  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, "pyresty.upstream"):
+        picked = {balancer.pick(0.0, set()).addr for _ in range(9)}  # type: ignore[union-attr]
     assert picked == {a.addr, b.addr, c.addr}
     assert balancer.pick(0.0, {a.addr, b.addr}) is c
+    # said once per spell, not once per request
+    assert caplog.text.count("upstream up: no live peers; trying those marked down") == 1
+    a.healthy = True
+    balancer.pick(0.0, set())
+    assert not balancer.all_down
 
 
 # --- least_conn ----------------------------------------------------------------
