@@ -24,8 +24,8 @@ Rules (each checked against nginx's ``ngx_http_upstream_round_robin.c``,
    available; when no peer at all is available, among every untried primary
    (then backup) regardless of health: trying a peer believed down beats
    failing every request while all look down (the issue's rule; nginx answers
-   "no live upstreams" once and then clears the failure counts). None when
-   every peer was tried.
+   "no live upstreams" once and then clears the failure counts); a warning
+   says so once per spell. None when every peer was tried.
 3. ``round_robin`` is nginx's smooth weighted round robin: each pick adds
    every candidate's ``effective_weight`` to its ``current_weight`` and
    takes the largest, which then loses the sum. Weights 5, 1, 1 give
