@@ -125,6 +125,8 @@ class HealthCheck:
     timeout: float = 1.0
     healthy: int = 2
     unhealthy: int = 3
+    valid_statuses: tuple[int, ...] = ()     # () : any 2xx or 3xx
+    host: str | None = None                  # the checks' Host; None: the peer's address
 
 
 @dataclass(frozen=True, slots=True)

@@ -175,6 +175,22 @@ def http_path(value: Any) -> str:
     return value
 
 
+def http_statuses(value: Any) -> tuple[int, ...]:
+    """A non-empty array of HTTP status codes (a health check's ``valid_statuses``)."""
+    if not isinstance(value, list) or not value or any(
+            isinstance(v, bool) or not isinstance(v, int) or not 100 <= v <= 599 for v in value):
+        raise invalid(value, "an array of status codes 100..599")
+    return tuple(dict.fromkeys(value))
+
+
+def host_header(value: Any) -> str:
+    """A ``Host`` field value sent as is: no space or control character."""
+    if not isinstance(value, str) or not value \
+            or any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7f for c in value):
+        raise invalid(value, "a host name, without spaces or control characters")
+    return value
+
+
 # --- addresses ---------------------------------------------------------------
 
 def listen(value: Any) -> Listen:
@@ -491,6 +507,8 @@ HEALTH_CHECK: dict[str, Validator] = {
     "timeout": _POSITIVE,
     "healthy": integer(1),
     "unhealthy": integer(1),
+    "valid_statuses": http_statuses,
+    "host": host_header,
 }
 
 STATUS: dict[str, Validator] = {"listen": listen}

@@ -24,8 +24,8 @@ Rules (each checked against nginx's ``ngx_http_upstream_round_robin.c``,
    available; when no peer at all is available, among every untried primary
    (then backup) regardless of health: trying a peer believed down beats
    failing every request while all look down (the issue's rule; nginx answers
-   "no live upstreams" once and then clears the failure counts). None when
-   every peer was tried.
+   "no live upstreams" once and then clears the failure counts); a warning
+   says so once per spell. None when every peer was tried.
 3. ``round_robin`` is nginx's smooth weighted round robin: each pick adds
    every candidate's ``effective_weight`` to its ``current_weight`` and
    takes the largest, which then loses the sum. Weights 5, 1, 1 give
@@ -115,6 +115,7 @@ class Balancer:
         self.primaries = [p for p in peers if not p.backup]
         self.backups = [p for p in peers if p.backup]
         self.peers: list[PeerState] = self.primaries + self.backups
+        self.all_down = False           # the last pick found no peer available (logged once)
 
     def pick(self, now: float, tried: set[str] | frozenset[str],
              key: str | None = None) -> PeerState | None:
@@ -123,15 +124,20 @@ class Balancer:
         candidates = [p for p in self.primaries
                       if p.healthy and now >= p.out_until and p.addr not in tried]
         if candidates:
+            self.all_down = False
             return self.choose(self.primaries, candidates, key)
         if self.backups:
             candidates = [p for p in self.backups
                           if p.healthy and now >= p.out_until and p.addr not in tried]
             if candidates:
+                self.all_down = False
                 return self.choose(self.backups, candidates, key)
         for tier in (self.primaries, self.backups):
             candidates = [p for p in tier if p.addr not in tried]
             if candidates:
+                if not self.all_down and not tried:
+                    self.all_down = True
+                    log.warning("upstream %s: no live peers; trying those marked down", self.name)
                 return self.choose(tier, candidates, key)
         return None
 
@@ -284,7 +290,9 @@ def build(upstream: Upstream) -> Balancer:
     return kind(upstream.name, peers)
 
 
-_registry: list[tuple[Config, dict[str, Balancer]]] = []    # at most one: this process's config
+# id(config) -> (config, its balancers); a worker serves one config (a reload is a
+# new generation of processes); in-process tests may hold several servers at once
+_registry: dict[int, tuple[Config, dict[str, Balancer]]] = {}
 
 
 def balancers(config: Config) -> dict[str, Balancer]:
@@ -292,13 +300,13 @@ def balancers(config: Config) -> dict[str, Balancer]:
 
     Every caller with the same config object gets the same ``Balancer`` (and
     ``PeerState``) objects: the proxy picks with them and the health refresh
-    sets their ``healthy`` flags. A process serves one config (a reload is a
-    new generation of processes), so another config replaces them.
+    sets their ``healthy`` flags.
     """
-    if _registry and _registry[0][0] is config:
-        return _registry[0][1]
+    entry = _registry.get(id(config))
+    if entry is not None and entry[0] is config:
+        return entry[1]
     found = {up.name: build(up) for up in config.upstreams}
-    _registry[:] = [(config, found)]
+    _registry[id(config)] = (config, found)
     return found
 
 
@@ -307,9 +315,7 @@ def peer_stats(now: float) -> dict[str, dict[str, dict[str, int]]]:
     ``healthy`` (active checks), ``check_fails`` (consecutive failed checks),
     ``down`` (passive health keeps it out now), ``disabled`` (times it did),
     ``active`` (requests in flight)."""
-    if not _registry:
-        return {}
     return {name: {p.addr: {"healthy": int(p.healthy), "check_fails": p.check_fails,
                             "down": int(p.down(now)), "disabled": p.disabled, "active": p.active}
                    for p in balancer.peers}
-            for name, balancer in _registry[0][1].items()}
+            for _, found in _registry.values() for name, balancer in found.items()}

@@ -9,11 +9,13 @@ Rules
    released by the old process's premature run at exit). Each upstream's job
    has a name of its own (``pyresty.upstream.health:check.<upstream>``), so
    each holds its own lock.
-2. A check is ``GET <path> HTTP/1.1`` with ``Host: <peer address>`` on a new
-   connection, written and read with the sans-IO client role
-   (``pyresty/http/client.py``). It passes when a response head with a 2xx or
-   3xx status arrives within ``timeout`` (nginx's ``health_check`` default
-   ``match``); anything else fails with a reason: ``connection refused``,
+2. A check is ``GET <path> HTTP/1.1`` with ``Host: <peer address>`` (or the
+   check's ``host``) on a new connection, written and read with the sans-IO
+   client role (``pyresty/http/client.py``). It passes when a response head
+   arrives within ``timeout`` with a status in ``valid_statuses``, or any 2xx
+   or 3xx without them (nginx's ``health_check`` default ``match``;
+   lua-resty-upstream-healthcheck names the list ``valid_statuses``);
+   anything else fails with a reason: ``connection refused``,
    ``timed out``, ``status 503``, ``invalid response: ...``. The peers of an
    upstream are checked concurrently; the connection is closed after the head.
 3. Verdicts. ``healthy`` consecutive passes mark a down peer up; ``unhealthy``
@@ -40,13 +42,15 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
-from pyresty.config.model import HEALTH_DICT, Config, Upstream
+from pyresty.config.model import HEALTH_DICT, Config, HealthCheck, Upstream
 from pyresty.errorlog import NOTICE
 from pyresty.http.client import ResponseParser, UpstreamError, request_head
 from pyresty.runtime import timer
+from pyresty.runtime.shared import SharedDict, shared
 from pyresty.upstream.balancer import Balancer, PeerState, balancers
 
-__all__ = ["Record", "check_peer", "key_of", "refresh", "start", "CheckFailed"]
+__all__ = ["CheckFailed", "Record", "check_peer", "check_upstream", "judge", "key_of", "refresh",
+           "start"]
 
 log = logging.getLogger("pyresty.upstream")
 
@@ -112,19 +116,26 @@ class _Head:
         pass
 
 
-async def check_peer(host: str, port: int, path: str, timeout: float) -> int:
-    """GET ``path`` from ``host:port``; the status of a 2xx/3xx answer within ``timeout``.
+async def check_peer(host: str, port: int, path: str, timeout: float, *,
+                     valid: tuple[int, ...] = (), host_header: str | None = None) -> int:
+    """GET ``path`` from ``host:port``; the status of a valid answer within ``timeout``
+    (one of ``valid``, or any 2xx/3xx when it is empty). ``Host`` is ``host_header``,
+    else the peer's address.
 
     Raises CheckFailed with the reason otherwise.
     """
     try:
         async with asyncio.timeout(timeout):
-            return await _probe(host, port, path)
+            status = await _probe(host, port, path, host_header)
     except TimeoutError:
         raise CheckFailed("timed out") from None
+    passed = status in valid if valid else 200 <= status < 400
+    if not passed:
+        raise CheckFailed(f"status {status}")
+    return status
 
 
-async def _probe(host: str, port: int, path: str) -> int:
+async def _probe(host: str, port: int, path: str, host_header: str | None) -> int:
     try:
         reader, writer = await asyncio.open_connection(host, port)
     except ConnectionRefusedError:
@@ -133,7 +144,7 @@ async def _probe(host: str, port: int, path: str) -> int:
         raise CheckFailed(f"cannot connect: {exc.strerror or exc}") from None
     sink = _Head()
     parser = ResponseParser(sink)
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    authority = host_header or (f"[{host}]:{port}" if ":" in host else f"{host}:{port}")
     try:
         head, _ = request_head("GET", path, authority, None, None)
         parser.expect("GET")
@@ -150,8 +161,6 @@ async def _probe(host: str, port: int, path: str) -> int:
         raise CheckFailed(f"connection error: {exc.strerror or exc}") from None
     finally:
         writer.close()
-    if not 200 <= sink.status < 400:
-        raise CheckFailed(f"status {sink.status}")
     return sink.status
 
 
@@ -177,7 +186,7 @@ async def check_upstream(upstream: Upstream, balancer: Balancer) -> None:
     hc = upstream.health_check
     assert hc is not None
     store = _store()
-    outcomes = await asyncio.gather(*(_outcome(peer, hc.path, hc.timeout) for peer in balancer.peers))
+    outcomes = await asyncio.gather(*(_outcome(peer, hc) for peer in balancer.peers))
     for peer, (passed, reason) in zip(balancer.peers, outcomes):
         key = key_of(upstream.name, peer)
         record = Record.loads(await store.get(key))
@@ -192,9 +201,10 @@ async def check_upstream(upstream: Upstream, balancer: Balancer) -> None:
         apply(peer, record)
 
 
-async def _outcome(peer: PeerState, path: str, timeout: float) -> tuple[bool, str]:
+async def _outcome(peer: PeerState, hc: HealthCheck) -> tuple[bool, str]:
     try:
-        await check_peer(peer.host, peer.port, path, timeout)
+        await check_peer(peer.host, peer.port, hc.path, hc.timeout, valid=hc.valid_statuses,
+                         host_header=hc.host)
     except CheckFailed as exc:
         return False, str(exc)
     return True, ""
@@ -213,10 +223,8 @@ async def refresh(upstream: Upstream, balancer: Balancer) -> None:
         apply(peer, Record.loads(text) if text is not None else Record())
 
 
-def _store() -> Any:
-    from pyresty.runtime.shared import shared   # opened after fork, with the other dicts
-
-    return shared[HEALTH_DICT]
+def _store() -> SharedDict:
+    return shared[HEALTH_DICT]       # opened after fork, with the other dicts
 
 
 # --- wiring (rules 1 and 5) ---------------------------------------------------------

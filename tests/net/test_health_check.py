@@ -10,6 +10,7 @@ import asyncio
 import socket
 import time
 from collections.abc import Awaitable, Callable
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,8 @@ pytestmark = pytest.mark.timeout(30)
 Serve = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def run_check(serve: Serve, path: str = "/healthz", timeout: float = 1.0) -> tuple[int | str, bytes]:
+def run_check(serve: Serve, path: str = "/healthz", timeout: float = 1.0,
+              **options: Any) -> tuple[int | str, bytes]:
     """Check a peer that runs ``serve`` per connection: (status or failure reason, request head)."""
     seen: list[bytes] = []
 
@@ -43,7 +45,7 @@ def run_check(serve: Serve, path: str = "/healthz", timeout: float = 1.0) -> tup
         port = server.sockets[0].getsockname()[1]
         async with server:
             try:
-                return await check_peer("127.0.0.1", port, path, timeout)
+                return await check_peer("127.0.0.1", port, path, timeout, **options)
             except CheckFailed as exc:
                 return str(exc)
 
@@ -83,6 +85,15 @@ def test_the_check_is_a_get_of_the_path_with_the_peer_as_host() -> None:
     lines = head.decode().split("\r\n")
     assert lines[0] == "GET /up?deep=1 HTTP/1.1"
     assert any(line.startswith("Host: 127.0.0.1:") for line in lines)
+
+
+def test_valid_statuses_and_host_replace_the_defaults() -> None:
+    teapot = answer(b"HTTP/1.1 418 Teapot\r\nContent-Length: 0\r\n\r\n")
+    assert run_check(teapot, valid=(200, 418))[0] == 418
+    ok = answer(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    result, head = run_check(ok, valid=(204,), host_header="api.internal")
+    assert result == "status 200"
+    assert b"\r\nHost: api.internal\r\n" in head
 
 
 def test_a_peer_that_never_answers_times_out_within_the_timeout() -> None:

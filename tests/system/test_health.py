@@ -184,6 +184,8 @@ def test_checks_run_in_one_process_and_a_verdict_survives_a_reload(make_server, 
     wait_view(server, a.addr, False)
     before = b.checks
     window_start = time.monotonic()
+    # the new config lists the servers in another order: verdicts follow addresses
+    server.write_config(config([b.addr, a.addr]))
     server.signal(signal.SIGHUP)
     server.wait_log(r"generation 2 ready")
 
@@ -229,3 +231,14 @@ def test_the_privileged_agent_runs_the_checks(make_server, upstreams):
     agent = [p for p in json.loads(http_get(server.ports[1], "/status")[2])["processes"]
              if p["role"] == "agent"]
     assert [p["pid"] for p in agent] == [pid]
+
+
+def test_a_single_process_checks_and_reports_by_itself(make_server, upstreams):
+    a, b = upstreams
+    text = config([a.addr, b.addr]).replace("workers = 2", "workers = 0")
+    server = make_server(text, {"app.py": APP}, ready=r"\[notice\] .*ready: single process")
+    a.status = 503
+    wait_view(server, a.addr, False, workers=1)
+    done = server.cli("status")
+    assert re.search(rf"backend\s+{re.escape(a.addr)}\s+down 1/1\s", done.stdout), done.stdout
+    assert http_get(server.port, "/")[0] == 200

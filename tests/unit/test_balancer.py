@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from pyresty.config.model import Config, HealthCheck, Peer, Upstream
 from pyresty.upstream.balancer import (POINTS_PER_WEIGHT, ConsistentHash, LeastConn, PeerState,
-                                       RoundRobin, balancers, build)
+                                       RoundRobin, balancers, build, peer_stats)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -171,15 +171,22 @@ def test_a_failure_lowers_the_effective_weight_and_picks_restore_it() -> None:
     assert a.effective_weight == 4
 
 
-def test_an_unhealthy_peer_is_skipped_and_all_down_still_picks() -> None:
+def test_an_unhealthy_peer_is_skipped_and_all_down_still_picks(
+        caplog: pytest.LogCaptureFixture) -> None:
     a, b, c = peers(1, 1, 1)
     balancer = RoundRobin("up", [a, b, c])
     b.healthy = False
     assert {balancer.pick(0.0, set()).addr for _ in range(10)} == {a.addr, c.addr}  # type: ignore[union-attr]
     a.healthy = c.healthy = False
-    picked = {balancer.pick(0.0, set()).addr for _ in range(9)}  # type: ignore[union-attr]
+    with caplog.at_level(logging.WARNING, "pyresty.upstream"):
+        picked = {balancer.pick(0.0, set()).addr for _ in range(9)}  # type: ignore[union-attr]
     assert picked == {a.addr, b.addr, c.addr}
     assert balancer.pick(0.0, {a.addr, b.addr}) is c
+    # said once per spell, not once per request
+    assert caplog.text.count("upstream up: no live peers; trying those marked down") == 1
+    a.healthy = True
+    balancer.pick(0.0, set())
+    assert not balancer.all_down
 
 
 # --- least_conn ----------------------------------------------------------------
@@ -324,3 +331,20 @@ def test_balancers_are_shared_per_config() -> None:
     assert balancers(config) is first and balancers(config)["backend"] is first["backend"]
     other = Config(path="t.toml", prefix="/tmp", upstreams=config.upstreams)
     assert balancers(other)["backend"] is not first["backend"]
+    assert balancers(config) is first            # two servers in one process keep their own
+
+
+def test_peer_stats_report_what_status_shows() -> None:
+    config = Config(path="t.toml", prefix="/tmp", upstreams=(
+        Upstream(name="stats", servers=(Peer("10.9.0.1", 80), Peer("10.9.0.2", 80))),))
+    balancer = balancers(config)["stats"]
+    a, b = balancer.peers
+    b.healthy, b.check_fails = False, 4
+    balancer.started(a)
+    balancer.started(b)
+    balancer.finished(b, 100.0, failed=True)
+    assert peer_stats(105.0)["stats"] == {
+        "10.9.0.1:80": {"healthy": 1, "check_fails": 0, "down": 0, "disabled": 0, "active": 1},
+        "10.9.0.2:80": {"healthy": 0, "check_fails": 4, "down": 1, "disabled": 1, "active": 0},
+    }
+    assert peer_stats(110.0)["stats"]["10.9.0.2:80"]["down"] == 0

@@ -191,6 +191,18 @@ def test_a_health_check_path_is_a_request_target(folder: Path, path: str) -> Non
                              'characters)')
 
 
+def test_a_health_check_may_name_its_statuses_and_host(folder: Path) -> None:
+    checked = UP + 'health_check = { valid_statuses = [200, 204, 200], host = "api.internal" }\n'
+    up = load(write(folder, checked + SERVER)).upstreams[0]
+    assert up.health_check == HealthCheck(valid_statuses=(200, 204), host="api.internal")
+    assert problems(folder, UP + "health_check = { valid_statuses = [200, 600] }\n" + SERVER) == [
+        "pyresty.toml: upstream.api.health_check.valid_statuses: invalid value [200, 600] "
+        "(expected an array of status codes 100..599)"]
+    assert problems(folder, UP + 'health_check = { host = "a b" }\n' + SERVER) == [
+        'pyresty.toml: upstream.api.health_check.host: invalid value "a b" '
+        "(expected a host name, without spaces or control characters)"]
+
+
 def test_config_is_frozen(folder: Path) -> None:
     config = load(write(folder, FULL))
     with pytest.raises(dataclasses.FrozenInstanceError):
