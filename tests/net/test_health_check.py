@@ -148,8 +148,8 @@ def test_a_record_round_trips() -> None:
 
 def test_a_round_of_checks_steers_every_workers_picks(tmp_path: Path) -> None:
     """The checker's verdicts reach a second process's balancer through the shared
-    dict, and its picks avoid the down peer (traffic avoidance at the Balancer level;
-    end to end it needs proxy_pass)."""
+    dict, and its picks avoid the down peer (end to end, through proxy_pass:
+    tests/system/test_health.py)."""
     async def main() -> None:
         async def ok(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await reader.readuntil(b"\r\n\r\n")

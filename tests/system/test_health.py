@@ -4,8 +4,7 @@ Each upstream is a small asyncio HTTP server in a thread of the test process
 whose health endpoint the test toggles (200 / 503) and which counts the
 checks it receives. What the workers believe is read where an operator reads
 it: ``pyresty status`` (the control socket), ``/status`` and ``/metrics``.
-Traffic avoiding a down peer is tested at the Balancer level
-(tests/unit/test_balancer.py) until proxy_pass lands.
+Proxied traffic follows the verdicts (``/proxied/`` passes to the upstream).
 """
 from __future__ import annotations
 
@@ -28,11 +27,13 @@ DEADLINE = 10.0
 
 
 class Upstream:
-    """An HTTP/1.1 server on 127.0.0.1 answering ``status`` to every request, counting them."""
+    """An HTTP/1.1 server on 127.0.0.1: ``GET /healthz`` gets ``status`` (and is counted),
+    anything else 200 with the server's port as its body."""
 
     def __init__(self) -> None:
         self.status = 200
         self.checks = 0
+        self.served = 0              # requests other than checks
         self.times: list[float] = []
         self.port = 0
         self.loop = asyncio.new_event_loop()
@@ -60,8 +61,11 @@ class Upstream:
             if head.startswith(b"GET /healthz "):
                 self.checks += 1
                 self.times.append(time.monotonic())
-            status = self.status
-            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: 2\r\n\r\nok" % status)
+                status, body = self.status, b"ok"
+            else:                    # proxied traffic: who answered
+                self.served += 1
+                status, body = 200, b"%d" % self.port
+            writer.write(b"HTTP/1.1 %d X\r\nContent-Length: %d\r\n\r\n%s" % (status, len(body), body))
             await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
@@ -100,6 +104,9 @@ listen = "127.0.0.1:{{port}}"
 [[server.location]]
 path = "/"
 content = "app:hello"
+[[server.location]]
+path = "/proxied/"
+proxy_pass = "http://backend"
 '''
 
 APP = '''
@@ -242,3 +249,26 @@ def test_a_single_process_checks_and_reports_by_itself(make_server, upstreams):
     done = server.cli("status")
     assert re.search(rf"backend\s+{re.escape(a.addr)}\s+down 1/1\s", done.stdout), done.stdout
     assert http_get(server.port, "/")[0] == 200
+
+
+def test_proxied_traffic_avoids_a_peer_the_checks_mark_down_and_returns(make_server, upstreams):
+    a, b = upstreams
+
+    def answers(count: int) -> set[str]:
+        found = set()
+        for _ in range(count):
+            code, _, body = http_get(server.port, "/proxied/x")
+            assert code == 200
+            found.add(body.decode())
+        return found
+
+    server = make_server(config([a.addr, b.addr]), {"app.py": APP})
+    wait_for(lambda: answers(6) == {str(a.port), str(b.port)}, DEADLINE, "both peers serving")
+    a.status = 503
+    wait_view(server, a.addr, False)
+    served = a.served
+    assert answers(20) == {str(b.port)}
+    assert a.served == served                      # not one request reached the down peer
+    a.status = 200
+    wait_view(server, a.addr, True)
+    assert answers(20) == {str(a.port), str(b.port)}
