@@ -272,3 +272,37 @@ def test_proxied_traffic_avoids_a_peer_the_checks_mark_down_and_returns(make_ser
     a.status = 200
     wait_view(server, a.addr, True)
     assert answers(20) == {str(a.port), str(b.port)}
+
+
+PASSIVE = '''
+workers = 1
+[status]
+listen = "127.0.0.1:{{port2}}"
+[upstream.backend]
+servers = ["{closed}", "{live}"]
+max_fails = 1
+fail_timeout = "30s"
+[[server]]
+listen = "127.0.0.1:{{port}}"
+[[server.location]]
+path = "/"
+proxy_pass = "http://backend"
+'''
+
+
+def test_passive_health_takes_a_refusing_peer_out_and_says_so(make_server, upstreams):
+    _, b = upstreams
+    closed = f"127.0.0.1:{free_port()}"
+    server = make_server(PASSIVE.format(closed=closed, live=b.addr))
+    for _ in range(6):                             # the refused try moves on to b
+        code, _, body = http_get(server.port, "/x")
+        assert (code, body) == (200, str(b.port).encode())
+    server.wait_log(r"\[warn\] .*upstream backend peer " + re.escape(closed)
+                    + r" temporarily disabled for 30s \(1 failure\)")
+    peer = wait_for(lambda: peers(server).get(closed, {}).get("down") == 1 and peers(server)[closed],
+                    DEADLINE, "the passive verdict in status")
+    assert peer["healthy"] is True and peer["disabled"] == 1     # no active checks here
+    _, _, metrics = http_get(server.ports[1], "/metrics")
+    assert f'pyresty_upstream_peer_down_workers{{peer="{closed}",upstream="backend"}} 1.0' \
+        in metrics.decode()
+    assert "pyresty.health" not in metrics.decode()              # no checks, no health dict
