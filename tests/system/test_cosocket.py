@@ -124,9 +124,10 @@ def test_cosocket_api_and_pool(make_server, peer):
 
     before = up.connections
     assert client.request(server.port, "GET", f"/leak?port={up.port}").body == b"left open"
-    # the request's task ended: its socket was closed (the peer sees EOF)
+    # the peer accepts on its own thread: wait until it saw the connection, then
+    # for its EOF (the request's task ended, so its socket was closed)
+    wait_for(lambda: up.connections == before + 1, 5, "the peer to accept the connection")
     wait_for(lambda: up.open_count() <= 1, 5, "the leaked socket to be closed")
-    assert up.connections == before + 1
 
     silent = peer(_silent)
     assert client.request(server.port, "GET", f"/timeout?port={silent.port}").body.startswith(

@@ -569,3 +569,31 @@ def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream, mo
     head, _, body = received["raw"].partition(b"\r\n\r\n")
     assert b"Transfer-Encoding: chunked" in head
     assert body == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
+
+
+def test_active_health_checks_steer_proxied_traffic(make_server, upstream):
+    """A peer whose health check fails stops getting proxied requests (issue 12 item 7,
+    end to end: the checks' verdicts reach the balancer the proxy picks with)."""
+    sick = upstream(lambda req: response(500 if req.target == "/healthz" else 200, b"sick"))
+    well = upstream(lambda req: response(200, b"well"))
+    server = make_server(f'''
+        workers = 1
+        [upstream.backend]
+        servers = ["{sick.addr}", "{well.addr}"]
+        health_check = {{{{ path = "/healthz", interval = "200ms", timeout = "1s", healthy = 1, unhealthy = 1 }}}}
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://backend"
+    ''', ready=r"\[notice\] .*generation (\d+) ready")
+
+    def only_well() -> bool:
+        with client.Connection(server.port) as conn:
+            return all(conn.request("GET", "/x").body == b"well" for _ in range(6))
+
+    wait_for(only_well, 15, "the failing peer to be avoided", interval=0.1)
+    served = sum(1 for req in sick.seen if req.target == "/x")
+    for _ in range(10):
+        assert client.request(server.port, "GET", "/x").body == b"well"
+    assert sum(1 for req in sick.seen if req.target == "/x") == served
