@@ -37,7 +37,7 @@ import binascii
 import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
@@ -247,8 +247,8 @@ class Session:
         self.close_code = int(CloseCode.ABNORMAL)
         return Closed(self.close_code, "", True)
 
-    def _on_message(self, event: Message) -> str | bytes | Closed | None:
-        data = event.data
+    def _on_message(self, event: Message[Any]) -> str | bytes | Closed | None:
+        data: str | bytes = event.data
         if not self._parts:
             self._text = isinstance(event, TextMessage)
         self._size += len(data)

@@ -91,10 +91,10 @@ async def accept(r: Request, subprotocols: Sequence[str] = (), *, compress: bool
         raise ResponseStarted("cannot accept a WebSocket: the response has started")
     if max_message_size <= 0:
         raise ValueError(f"max_message_size must be positive, not {max_message_size}")
-    for name, value in (("idle_timeout", idle_timeout), ("ping_interval", ping_interval),
-                        ("ping_timeout", ping_timeout)):
-        if value is not None and value <= 0:
-            raise ValueError(f"{name} must be positive, not {value}")
+    for what, seconds in (("idle_timeout", idle_timeout), ("ping_interval", ping_interval),
+                          ("ping_timeout", ping_timeout)):
+        if seconds is not None and seconds <= 0:
+            raise ValueError(f"{what} must be positive, not {seconds}")
     take_over = getattr(r.stream, "take_over", None)
     result = check_handshake(r.method, r.http_version, r.fields, subprotocols, compress)
     if take_over is None:    # an HTTP/2 stream (RFC 8441 is not implemented)

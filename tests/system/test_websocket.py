@@ -51,6 +51,16 @@ async def fails(r):
     await ws.receive()
     raise RuntimeError("boom")        # 1011
 
+async def idle(r):
+    ws = await pyresty.websocket.accept(r, idle_timeout=0.3)
+    async for message in ws:
+        await ws.send(message)
+
+async def pinger(r):
+    ws = await pyresty.websocket.accept(r, ping_interval=0.2, ping_timeout=0.4)
+    async for message in ws:
+        await ws.send(message)
+
 async def watch(r):
     """Tells the client when it sees going_away, then echoes until closed."""
     ws = await pyresty.websocket.accept(r)
@@ -94,6 +104,12 @@ content = "app:fails"
 [[server.location]]
 path = "= /watch"
 content = "app:watch"
+[[server.location]]
+path = "= /idle"
+content = "app:idle"
+[[server.location]]
+path = "= /pinger"
+content = "app:pinger"
 '''
 
 READY = r"\[notice\] .*generation (\d+) ready"
@@ -203,6 +219,27 @@ def test_handler_return_closes_1000_and_raise_closes_1011(server):
         ws.send("go")
         assert ws.receive_close().code == 1011
     server.wait_log(r"handler failed on GET /fails")
+
+
+def test_idle_timeout_closes_a_silent_socket(server):
+    with WsClient(server.port, "/idle") as ws:
+        ws.send("still here")
+        assert ws.receive() == "still here"
+        started = time.monotonic()
+        close = ws.receive_close(timeout=5)
+        assert (close.code, close.reason) == (1000, "idle timeout")
+        assert 0.25 <= time.monotonic() - started < 3
+
+
+def test_a_ping_without_pong_closes_with_1011_and_a_pong_keeps_the_socket(server):
+    from wsproto.events import Ping
+    with WsClient(server.port, "/pinger") as ws:
+        ping = ws.receive(timeout=5)
+        assert isinstance(ping, Ping)
+        ws.send_raw(frame(0xA, ping.payload))          # the pong
+        assert isinstance(ws.receive(timeout=5), Ping)  # the next one, unanswered
+        close = ws.receive_close(timeout=5)
+        assert (close.code, close.reason) == (1011, "keepalive ping timeout")
 
 
 def _handshake(path: str = "/echo", method: str = "GET", version: str = "1.1",
@@ -352,3 +389,33 @@ def test_bytes_after_an_upgrade_request_nobody_takes_are_the_next_request(server
                 break
             data += chunk
         assert data.count(b"HTTP/1.1 404") == 2, data
+
+
+def test_the_chat_example_spans_workers(make_server):
+    """examples/chat as shipped (its ports aside): two clients on two workers talk."""
+    from pathlib import Path
+    example = Path(__file__).resolve().parents[2] / "examples" / "chat"
+    config = (example / "pyresty.toml").read_text().replace("127.0.0.1:8081", "127.0.0.1:{port}") \
+        .replace("127.0.0.1:9146", "127.0.0.1:{port2}")
+    files = {str(p.relative_to(example)): p.read_text()
+             for p in example.rglob("*") if p.is_file() and p.suffix in (".py", ".html")}
+    srv = make_server(config, files, ready=READY)
+    code, _, page = http_get(srv.port, "/")
+    assert code == 200 and b"new WebSocket" in page
+    joined: set[str] = set()
+    clients = []
+    while len(joined) < 2 and len(clients) < 20:     # until the two joined different workers
+        c = WsClient(srv.port, f"/ws?name=c{len(clients)}")
+        clients.append(c)
+        text = json.loads(c.receive())["text"]
+        while not text.startswith(f"c{len(clients) - 1} joined"):
+            text = json.loads(c.receive())["text"]
+        joined.add(text.rsplit("(", 1)[1])
+    assert len(joined) == 2, joined
+    clients[0].send("hello room")
+    last = clients[-1]
+    wait_for(lambda: json.loads(last.receive())["text"] == "c0: hello room", 5,
+             "the message on the other worker")
+    for c in clients:
+        c.close()
+        c.shutdown()
