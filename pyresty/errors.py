@@ -13,7 +13,8 @@
     │                          (also a RuntimeError)
     ├── ClientBodyTimeout      the client sent its body slower than client_body_timeout
     │                          (also a TimeoutError; the request ends with 408)
-    └── WebSocketClosed        receive/send on a closed WebSocket (``code``, ``reason``)
+    └── WebSocketClosed        receive/send on a closed WebSocket (``code``, ``reason``;
+                               also a ConnectionError)
 
     Exit (a BaseException)     raised by ``Request.exit``/``redirect`` to end the request
 
@@ -76,7 +77,7 @@ class ClientBodyTimeout(PyrestyError, TimeoutError):
     """The client sent its request body slower than ``client_body_timeout``."""
 
 
-class WebSocketClosed(PyrestyError):
+class WebSocketClosed(PyrestyError, ConnectionError):
     """The WebSocket is closed: ``code`` and ``reason`` say why (1006: no close frame)."""
 
     def __init__(self, code: int, reason: str = "") -> None:

@@ -13,8 +13,8 @@ with a wsproto ``Session`` and hands complete messages to the handler.
 Rules
 -----
 1. A refused handshake is answered here (400 or 426, the reason in the
-   body), logged at info, counted (``ws_refused``), and ends the request by
-   raising ``pyresty.Exit``.
+   body; 503 while the server drains or shuts down), logged at info, counted
+   (``ws_refused``), and ends the request by raising ``pyresty.Exit``.
 2. The request's Task is the WebSocket's: when the handler returns, a socket
    still open is closed with 1000; when it raises, with 1011. The access log
    line is written then, at the end: status 101, the bytes sent to the client,
@@ -83,7 +83,8 @@ async def accept(r: Request, subprotocols: Sequence[str] = (), *, compress: bool
     client; ``ping_interval``: ping that often and close (1011) when no pong
     came back within ``ping_timeout``.
 
-    Raises ``pyresty.Exit`` after answering a bad handshake with 400 or 426,
+    Raises ``pyresty.Exit`` after answering a bad handshake with 400 or 426
+    (503 while the server drains or shuts down),
     ``ResponseStarted`` when the response already began, ``ValueError`` for a
     non-positive size or interval.
     """
@@ -101,6 +102,10 @@ async def accept(r: Request, subprotocols: Sequence[str] = (), *, compress: bool
         await _refuse(r, 400, "a WebSocket needs an HTTP/1.1 connection", ())
     if not isinstance(result, Accept):
         await _refuse(r, result.status, result.reason, result.fields)
+    if getattr(getattr(r.stream, "state", None), "draining", False):
+        # drain or shutdown: a socket opened now would only get 1001; the
+        # client's reconnect finds a server that stays (rule 1)
+        await _refuse(r, 503, "this server is draining; connect again", (("Retry-After", "1"),))
     fields = Headers()
     if headers:
         for name, value in (headers.items() if hasattr(headers, "items") else headers):

@@ -115,12 +115,14 @@ content = "app:pinger"
 READY = r"\[notice\] .*generation (\d+) ready"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
+@pytest.fixture(scope="module", params=["compiled", "interpreted"])
+def server(request, tmp_path_factory):
+    """One server for the conformance subset, on the compiled request path and
+    on its source (PYRESTY_PURE_PYTHON)."""
     from harness import Pyresty
     srv = Pyresty(tmp_path_factory.mktemp("ws"), CONFIG.format(workers=1, timeout="5s"),
                   {"app.py": APP})
-    srv.start(ready=READY)
+    srv.start(ready=READY, env={"PYRESTY_PURE_PYTHON": "1" if request.param == "interpreted" else ""})
     yield srv
     srv.stop()
 
@@ -209,6 +211,21 @@ def test_protocol_errors_close_with_1002(server, raw):
         ws.send_raw(raw)
         assert ws.receive_close().code == 1002
         assert ws.wait_eof()
+
+
+def test_a_message_then_close_ends_the_echo_loop_quietly(server):
+    """The sample handler (SPEC §8b) sends on a socket its client just closed:
+    WebSocketClosed ends the request as a normal WebSocket end, not a 500."""
+    for n in range(5):
+        with WsClient(server.port, "/echo", headers=(("User-Agent", f"last-words-{n}"),)) as ws:
+            ws.send_raw(frame(0x1, b"last words") + frame(0x8, b"\x03\xe8"))
+            ws.receive_close()
+    log_path = server.prefix / "logs" / "access.log"
+    lines = wait_for(lambda: [ln for ln in log_path.read_text().splitlines()
+                              if "last-words-" in ln] if log_path.read_text().count("last-words-")
+                     == 5 else None, 5, "five access log lines")
+    assert all(' 101 ' in ln for ln in lines)
+    assert "handler failed on GET /echo" not in server.log_text()
 
 
 def test_handler_return_closes_1000_and_raise_closes_1011(server):
@@ -374,6 +391,13 @@ def test_drain_closes_100_websockets_with_1001_and_exits_0(make_server):
     for c in clients:
         assert c.receive_close(timeout=5, answer=False).code == 1001
         c.shutdown()
+    with pytest.raises(Rejected) as refused:       # still draining: no new WebSocket
+        WsClient(srv.port, "/echo")
+    assert refused.value.status == 503 and b"draining" in refused.value.body
+    assert srv.cli("drain", "--cancel").returncode == 0
+    with WsClient(srv.port, "/echo") as again:
+        again.send("back")
+        assert again.receive() == "back"
 
 
 def test_bytes_after_an_upgrade_request_nobody_takes_are_the_next_request(server):
