@@ -400,6 +400,19 @@ def test_drain_closes_100_websockets_with_1001_and_exits_0(make_server):
         assert again.receive() == "back"
 
 
+def test_a_frame_sent_with_the_handshake_reaches_the_websocket(server):
+    """Bytes after the handshake, in the same packet as it (before the 101), are
+    the WebSocket's first frame, not a next HTTP request."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+        s.sendall(_handshake() + frame(0x1, b"early"))
+        data = b""
+        while not data.endswith(b"\x81\x05early"):
+            chunk = s.recv(65536)
+            assert chunk, data
+            data += chunk
+        assert data.startswith(b"HTTP/1.1 101 ")
+
+
 def test_bytes_after_an_upgrade_request_nobody_takes_are_the_next_request(server):
     """No handler switched (404): what followed the Upgrade request is parsed
     as HTTP once it was answered, and answered in order."""
