@@ -122,11 +122,11 @@ def _answer_exception(server: ServerState, r: Request, exc: BaseException) -> bo
         _log_request(server, r, 499)
         stream.done(r)
         return False
+    elif isinstance(exc, ConnectionError) and r.status == 101:
+        pass    # a WebSocket handler wrote to a socket its client had closed: its end
     elif isinstance(exc, (ConnectionError, TimeoutError)) and stream.closed:
         r.finished = True   # the client left: nothing to send; logged as 499
         r.status = 499
-    elif isinstance(exc, ConnectionError) and r.status == 101:
-        pass    # a WebSocket handler wrote to a socket its client had closed: its end
     elif isinstance(exc, ClientBodyTimeout) and not r.started:
         _exit_response(r, 408, None)
         r.keep_alive = False
