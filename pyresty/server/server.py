@@ -9,7 +9,8 @@ is created, with the methods named after SPEC §4's steps: begin exit runs
 
 Upgraded connections (WebSockets; proxied tunnels will be the same) are
 found through the connections that took them over (``conn.upgraded``): at
-the shutdown deadline, in the registry's outermost layer, each gets its
+the shutdown deadline, in the registry's outermost layer (``close_upgraded``,
+registered by the first WebSocket a process accepts), each gets its
 ``go_away`` (close frame 1001, between frames) and the closing handshakes get
 what is left of the cancel grace before the server's own deadline step aborts
 what remains; ``drain`` (``pyresty drain``) does the same at once.
@@ -60,8 +61,6 @@ class HttpServer(ServerState):
         self._sweeper: asyncio.TimerHandle | None = None
         lifecycle.register("http server", lifecycle.Layer.SERVER, begin_exit=self._begin_exit,
                            wait=self.wait_idle, deadline=self._at_deadline, close=self.close)
-        lifecycle.register("upgraded connections", lifecycle.Layer.UPGRADED,
-                           deadline=self.close_upgraded)
 
     # listening
     async def start(self, sockets: Sequence[tuple[Listen, socket.socket]]) -> None:

@@ -50,6 +50,7 @@ from pyresty.errors import Exit, ResponseStarted, WebSocketClosed
 from pyresty.http.headers import Headers
 from pyresty.http.websocket import (DEFAULT_MAX_MESSAGE, Accept, Closed, CloseCode, Session,
                                     check_handshake)
+from pyresty.runtime import lifecycle
 from pyresty.runtime.identity import current as identity
 
 if TYPE_CHECKING:
@@ -117,7 +118,16 @@ async def accept(r: Request, subprotocols: Sequence[str] = (), *, compress: bool
     r.status = 101
     take_over(r, fields, ws)
     COUNTS["accepted"] += 1
+    _register(r)
     return ws
+
+
+def _register(r: Request) -> None:
+    """The shutdown step of this process's WebSockets, at first use (rule 5;
+    again on later uses: the registry keeps one entry per name)."""
+    close_upgraded = getattr(getattr(r.stream, "state", None), "close_upgraded", None)
+    if close_upgraded is not None:
+        lifecycle.register("websockets", lifecycle.Layer.UPGRADED, deadline=close_upgraded)
 
 
 async def _refuse(r: Request, status: int, reason: str,
