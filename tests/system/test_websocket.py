@@ -51,6 +51,15 @@ async def fails(r):
     await ws.receive()
     raise RuntimeError("boom")        # 1011
 
+async def sink(r):
+    """Takes messages without answering (so it never sends into a closing socket)."""
+    ws = await pyresty.websocket.accept(r)
+    await ws.send("ready")
+    n = 0
+    async for message in ws:
+        n += 1
+    log.warning("sink ended with %s %r after %d messages", ws.close_code, ws.close_reason, n)
+
 async def idle(r):
     ws = await pyresty.websocket.accept(r, idle_timeout=0.3)
     async for message in ws:
@@ -107,6 +116,9 @@ content = "app:watch"
 [[server.location]]
 path = "= /idle"
 content = "app:idle"
+[[server.location]]
+path = "= /sink"
+content = "app:sink"
 [[server.location]]
 path = "= /pinger"
 content = "app:pinger"
@@ -456,3 +468,86 @@ def test_the_chat_example_spans_workers(make_server):
     for c in clients:
         c.close()
         c.shutdown()
+
+
+# -- proxied WebSockets (upstream/tunnel.py) --------------------------------------------
+
+PROXY = '''
+workers = 1
+worker_shutdown_timeout = "1s"
+[[server]]
+listen = "127.0.0.1:{{port}}"
+access_log = "logs/access.log"
+[[server.location]]
+path = "/"
+proxy_pass = "http://127.0.0.1:{upstream}"
+proxy_read_timeout = "{read_timeout}"
+'''
+
+
+def _proxied(make_server, read_timeout: str = "60s"):
+    upstream = make_server(CONFIG.format(workers=1, timeout="10s"), {"app.py": APP}, ready=READY)
+    proxy = make_server(PROXY.format(upstream=upstream.port, read_timeout=read_timeout),
+                        ready=READY)
+    return upstream, proxy
+
+
+def test_a_websocket_through_proxy_pass_is_a_tunnel(make_server):
+    upstream, proxy = _proxied(make_server)
+    with WsClient(proxy.port, "/echo", subprotocols=("chat",), compress=True,
+                  headers=(("User-Agent", "tunnel-test"),)) as ws:
+        assert ws.subprotocol == "chat" and ws.accepted.extensions   # the upstream's choices
+        for message in ["through", b"\x00" * 70000, "ü" * 1000]:
+            ws.send(message)
+            assert ws.receive() == message
+        ws.send_fragments(["a", "b", "c"])
+        assert ws.receive() == "abc"
+        ws.close()
+        assert ws.receive_close().code == 1000
+    line = wait_for(lambda: [ln for ln in (proxy.prefix / "logs" / "access.log").read_text()
+                             .splitlines() if "tunnel-test" in ln], 5, "the proxy's log line")[0]
+    assert '"GET /echo HTTP/1.1" 101 ' in line and f"127.0.0.1:{upstream.port} 101 " in line
+    with pytest.raises(Rejected) as refused:        # a non-101 answer is passed on as it is
+        WsClient(proxy.port, "/nowhere")
+    assert refused.value.status == 404
+
+
+def test_a_proxied_websocket_gets_1001_on_both_sides_at_the_reload_deadline(make_server):
+    """Both sides get a close frame 1001 between frames while the client keeps
+    sending; the old proxy worker is gone by worker_shutdown_timeout + 1 s."""
+    upstream, proxy = _proxied(make_server)
+    ws = WsClient(proxy.port, "/sink")
+    assert ws.receive() == "ready"
+    pid = [p for p in proxy.processes() if p != proxy.pid][0]
+    hup = time.monotonic()
+    proxy.signal(signal.SIGHUP)
+    deadline = hup + 5
+    sent = 0
+    close = None
+    while close is None and time.monotonic() < deadline:
+        ws.send(b"q" * 5000)          # whole frames, one after the other, until the 1001
+        sent += 1
+        try:
+            event = ws.receive(timeout=0.02)
+        except TimeoutError:
+            continue
+        assert isinstance(event, CloseConnection), event
+        close = event
+    assert close is not None and close.code == 1001, "no 1001 through the tunnel within 5 s"
+    assert sent > 1 and time.monotonic() - hup >= 0.9
+    # the upstream's side got its 1001 between two of the client's frames
+    upstream.wait_log(r"sink ended with 1001 'server going away' after \d+ messages")
+    wait_for(lambda: not os.path.exists(f"/proc/{pid}"), 5, "the old proxy worker to exit")
+    assert time.monotonic() - hup < 1.0 + 1.0 + 0.5
+    ws.shutdown()
+
+
+def test_proxy_read_timeout_closes_an_idle_tunnel(make_server):
+    upstream, proxy = _proxied(make_server, read_timeout="0.5s")
+    with WsClient(proxy.port, "/echo") as ws:
+        ws.send("x")
+        assert ws.receive() == "x"
+        started = time.monotonic()
+        assert ws.wait_eof(timeout=5)
+        assert 0.4 <= time.monotonic() - started < 3
+    proxy.wait_log(r"idle for .* \(proxy_read_timeout\): closing")
