@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # setup.py compiles the modules of its HOT_PATH with mypyc; a change rebuilds them
 COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
 
-.PHONY: run test bench clean
+.PHONY: run test bench conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+# the Autobahn TestSuite against a pyresty echo handler (minutes; needs Python 2.7)
+conformance: $(STAMP)
+	$(BIN)/python tests/conformance/autobahn.py
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info .autobahn
 	find . -path ./$(VENV) -prune -o -name '*.so' -print -delete

@@ -17,7 +17,7 @@
    socket errors, non-2xx and p99; the time from HUP until a fresh connection
    gets the new body; the time from HUP until the old workers are gone (under
    load, then on the idle server).
-3. micro: bench/timers.py and bench/shared_dict.py when present.
+3. micro: bench/timers.py, bench/shared_dict.py and bench/websocket.py when present.
 
 The summary is one Markdown document, printed and written to
 bench/results/latest.md. Every server and load generator runs in its own
@@ -470,7 +470,7 @@ def run_script(path: Path, quick: bool, out: Path) -> str:
 
 def bench_micro(args: argparse.Namespace, scratch: Path) -> list[tuple[str, str]]:
     found = []
-    for name in ("timers.py", "shared_dict.py"):
+    for name in ("timers.py", "shared_dict.py", "websocket.py"):
         path = BENCH / name
         if path.exists():
             log(f"  bench/{name}")

@@ -7,6 +7,7 @@
     pyresty.limit                         request rate, quota and concurrency limits
     pyresty.pipe / pyresty.shell          non-blocking child processes
     pyresty.socket                        TCP cosockets with keepalive pools
+    pyresty.websocket                     accept a WebSocket in a handler
     pyresty.<Name>Error                   what the API raises (see pyresty.errors)
 
 Lazy: ``import pyresty`` loads nothing else; each name is imported on first
@@ -37,6 +38,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "SocketError": ("pyresty.errors", "SocketError"),
     "SocketTimeout": ("pyresty.errors", "SocketTimeout"),
     "TimerError": ("pyresty.errors", "TimerError"),
+    "WebSocketClosed": ("pyresty.errors", "WebSocketClosed"),
     "Request": ("pyresty.server.request", "Request"),
     "limit": ("pyresty.runtime.limit", None),          # stands on the shared dicts: lazy too
     "pipe": ("pyresty.runtime.pipe", None),
@@ -45,6 +47,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "shell": ("pyresty.runtime.shell", None),
     "socket": ("pyresty.runtime.cosocket", None),      # TCP cosockets (SPEC §8)
     "timer": ("pyresty.runtime.timer", None),
+    "websocket": ("pyresty.server.websocket", None),
     "worker": ("pyresty.runtime.worker", None),
 }
 
@@ -64,10 +67,12 @@ if TYPE_CHECKING:
         SocketError,
         SocketTimeout,
         TimerError,
+        WebSocketClosed,
     )
     from pyresty.runtime import cosocket as socket
     from pyresty.runtime import limit, pipe, process, shell, timer, worker
     from pyresty.runtime.shared import shared
+    from pyresty.server import websocket
     from pyresty.server.request import Request
 
 

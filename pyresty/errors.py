@@ -11,8 +11,10 @@
     ├── HandlerError           a handler string that cannot be loaded
     ├── ResponseStarted        a header change or redirect after the response head was sent
     │                          (also a RuntimeError)
-    └── ClientBodyTimeout      the client sent its body slower than client_body_timeout
-                               (also a TimeoutError; the request ends with 408)
+    ├── ClientBodyTimeout      the client sent its body slower than client_body_timeout
+    │                          (also a TimeoutError; the request ends with 408)
+    └── WebSocketClosed        receive/send on a closed WebSocket (``code``, ``reason``;
+                               also a ConnectionError)
 
     Exit (a BaseException)     raised by ``Request.exit``/``redirect`` to end the request
 
@@ -73,6 +75,15 @@ class ResponseStarted(PyrestyError, RuntimeError):
 
 class ClientBodyTimeout(PyrestyError, TimeoutError):
     """The client sent its request body slower than ``client_body_timeout``."""
+
+
+class WebSocketClosed(PyrestyError, ConnectionError):
+    """The WebSocket is closed: ``code`` and ``reason`` say why (1006: no close frame)."""
+
+    def __init__(self, code: int, reason: str = "") -> None:
+        self.code = int(code)
+        self.reason = reason
+        super().__init__(f"WebSocket closed with {self.code}" + (f": {reason}" if reason else ""))
 
 
 class Exit(BaseException):

@@ -50,6 +50,7 @@ The request line, where llhttp and nginx differ (nginx 1.22's answers, checked):
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Final, Protocol
 
 from types import SimpleNamespace
@@ -103,6 +104,10 @@ class RequestSink(Protocol):
 
     def on_end(self) -> None: ...
 
+    # optional: ``on_upgrade(rest)`` takes the bytes after an Upgrade request's
+    # head (the connection holds them until it knows whether it switches
+    # protocols); a sink without it gets them parsed as the next request.
+
 
 class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
@@ -111,11 +116,13 @@ class RequestParser:
                  "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
                  "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
                  "_should_keep_alive", "_should_upgrade", "_on_head", "between_messages",
-                 "_fed_between", "_method_tail", "_lenient", "_fed_lenient", "_refeeds")
+                 "_fed_between", "_method_tail", "_lenient", "_fed_lenient", "_refeeds",
+                 "_on_upgrade")
 
     def __init__(self, sink: RequestSink) -> None:
         self._refeeds = 0   # nested feeds of re-encoded bytes (bounded by MAX_REFEEDS)
         self._on_head = sink.on_head
+        self._on_upgrade: Callable[[bytes], None] | None = getattr(sink, "on_upgrade", None)
         # httptools looks its callbacks up once, by name: body and message-end
         # events go straight to the sink, with no frame of ours in between.
         self._callbacks = SimpleNamespace(
@@ -177,12 +184,17 @@ class RequestParser:
         try:
             self._feed_data(data)
         except httptools.HttpParserUpgrade as exc:
-            # llhttp stops at a request asking for Upgrade (RFC 9110 §7.8). No
-            # handler switches protocols yet, so the connection stays HTTP/1.1:
-            # go on with a fresh parser from the first byte after that request.
-            again = data[exc.args[0]:] if exc.args else b""
+            # llhttp stops at a request asking for Upgrade (RFC 9110 §7.8). What
+            # follows is the new protocol's if a handler switches, else the next
+            # request: the sink holds it until it knows (on_upgrade); without
+            # one, go on with a fresh parser from the first byte after that request.
+            rest = data[exc.args[0]:] if exc.args else b""
             self._new_parser()
             self.between_messages = True
+            if self._on_upgrade is not None and rest:
+                self._on_upgrade(rest)
+            else:
+                again = rest
         except httptools.HttpParserCallbackError as exc:
             # httptools keeps what our callback raised as the context
             if isinstance(exc.__context__, HttpError):

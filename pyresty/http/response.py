@@ -140,6 +140,14 @@ def response_head(status: int, fields: Headers | None, length: int | None, http1
 LAST_CHUNK: Final = b"0\r\n\r\n"
 
 
+def switching_protocols_head(fields: Headers) -> bytes:
+    """The head of a 101 to a WebSocket upgrade (RFC 9110 §15.2.2, RFC 6455 §4.2.2):
+    ``Upgrade`` and ``Connection`` are ours; ``fields`` carry the rest.
+    Raises ValueError for a field with CR or LF."""
+    return b"".join((STATUS_LINES[101], _dates.lines, fields.encode(HOP_BY_HOP),
+                     b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"))
+
+
 def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 

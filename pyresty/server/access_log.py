@@ -4,6 +4,10 @@
     "$http_referer" "$http_user_agent" $request_time $upstream_addr
     $upstream_status $upstream_response_time
 
+A WebSocket's line (status 101) is written when it ends: ``$body_bytes_sent``
+counts the bytes sent after the 101, ``$request_time`` its whole life, and one
+more field at the end the bytes received from the client.
+
 Lines are buffered and written when the buffer passes ``FLUSH_AT`` bytes, on
 the server's sweep tick (at most a quarter second later), on reopen and at
 exit: one write per request would cost a syscall on the hot path.
@@ -24,6 +28,7 @@ class Logged(Protocol):
     uri: str
     http_version: str
     body_bytes_sent: int
+    body_size: int                          # request body; after a 101, the bytes received
     start_time: float
     upstream_addr: str | None              # one entry per try, ", "-separated (nginx)
     upstream_status: str | None
@@ -78,7 +83,8 @@ class AccessLog:
             f'{status} {r.body_bytes_sent} "{_quote(r.header(b"referer"))}" '
             f'"{_quote(r.header(b"user-agent"))}" {now - r.start_time:.3f} '
             f'{r.upstream_addr or "-"} {r.upstream_status or "-"} '
-            f'{r.upstream_response_time or "-"}\n'
+            f'{r.upstream_response_time or "-"}'
+            f'{f" {r.body_size}" if status == 101 else ""}\n'
         )
         self._buffer.append(line)
         self._size += len(line)

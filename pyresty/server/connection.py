@@ -30,6 +30,14 @@ Rules:
   response carry ``Connection: close``; an idle connection is closed only
   after a short linger and only when no request bytes are waiting in the
   socket, so a request already on its way gets an answer, not a reset.
+- Switching protocols (RFC 9110 §7.8, §15.2.2): the bytes after an Upgrade
+  request's head are held (``held``, reading paused) until that request is
+  answered; a handler that switches (``take_over``, for a WebSocket) gets
+  them, else they are parsed as the next request. Once upgraded, the
+  transport's protocol is the new one; the connection stays in the server's
+  set (counted, and aborted at the shutdown deadline) until the new protocol
+  hands ``connection_lost`` back, its deadlines no longer apply, and the
+  request's end (``done``, ``reset``) is the new protocol's to act on.
 """
 from __future__ import annotations
 
@@ -44,6 +52,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 
 from pyresty.errors import ClientBodyTimeout
 from pyresty.http import persistence, response
+from pyresty.http.headers import Headers
 from pyresty.http.parser import HttpError, RequestParser
 from pyresty.server.phases import start_request
 from pyresty.server.request import Request
@@ -77,7 +86,7 @@ class HttpConnection(Stream):
                  "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
                  "loop", "_reading_paused", "shared_listen", "half_closed", "refusal",
-                 "send", "discarded")
+                 "send", "discarded", "upgraded", "held")
 
     def __init__(self, state: ServerState, listen: Listen) -> None:
         self.state = state
@@ -111,6 +120,8 @@ class HttpConnection(Stream):
         self.deadline = INF
         self.deadline_kind = Deadline.NONE
         self.discarded = 0   # body bytes of an answered request, dropped
+        self.upgraded: Any = None   # the protocol that took the connection over (take_over)
+        self.held = b""             # bytes after an Upgrade request's head (module rules)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -203,6 +214,34 @@ class HttpConnection(Stream):
             # first): start it now.
             self._start_or_queue(req)
         # else: started by on_end, in the same feed, once the message is complete
+
+    def on_upgrade(self, rest: bytes) -> None:
+        """The bytes after an Upgrade request's head (module rules)."""
+        if self.upgraded is not None:     # switched already, within this feed
+            self.upgraded.data_received(rest)
+            return
+        self.held += rest
+        self.transport.pause_reading()
+
+    def take_over(self, x: Exchange, fields: Headers, protocol: Any) -> None:
+        """Answer ``x`` with ``101 Switching Protocols`` and ``fields``, then hand the
+        transport to ``protocol`` (an asyncio protocol): it gets
+        ``connection_made`` and any bytes already received after the request."""
+        head = response.switching_protocols_head(fields)
+        x.status = 101
+        x.started = x.finished = True
+        x.keep_alive = False
+        x.bytes_sent += len(head)
+        self.upgraded = protocol
+        self.clear_deadline()
+        self.send(head)
+        self.transport.set_protocol(protocol)
+        protocol.connection_made(self.transport)
+        rest, self.held = self.held, b""
+        if rest:
+            protocol.data_received(rest)
+        if not self._reading_paused:
+            self.transport.resume_reading()
 
     def _start_or_queue(self, req: Request) -> None:
         req.queued = True
@@ -311,6 +350,9 @@ class HttpConnection(Stream):
                 self.write(response.LAST_CHUNK)
 
     def reset(self) -> None:
+        if self.upgraded is not None:
+            self.upgraded.handler_failed()
+            return
         self.abort()
 
     def done(self, x: Exchange) -> None:
@@ -421,6 +463,16 @@ class HttpConnection(Stream):
         self.continue_sent = False
         if self.closed:
             return
+        if self.upgraded is not None:
+            self.upgraded.handler_done()
+            return
+        if self.held:
+            # the Upgrade request was answered over HTTP/1.1: what followed it
+            # is the next request (after this call: it may run inside a feed)
+            held, self.held = self.held, b""
+            if not self._reading_paused:
+                self.transport.resume_reading()
+            self.loop.call_soon(self._feed_held, held)
         if self.pending and (req.keep_alive or self.half_closed) and not self.closing:
             self._next_request()
         elif self.refusal and req.keep_alive and not self.closing:
@@ -432,6 +484,10 @@ class HttpConnection(Stream):
             self.deadline = self.state.now + self.server.keepalive_timeout
         else:
             self._wait_for_request()
+
+    def _feed_held(self, data: bytes) -> None:
+        if not self.closed and not self.closing:
+            self.data_received(data)
 
     def _next_request(self) -> None:
         if self.pending:
@@ -500,7 +556,8 @@ class HttpConnection(Stream):
 
     @property
     def idle(self) -> bool:
-        return self.current is None and not self.pending and not self.parser.in_head
+        return (self.current is None and not self.pending and not self.parser.in_head
+                and self.upgraded is None)
 
     def set_deadline(self, kind: Deadline, timeout: float) -> None:
         """Arm the deadline ``timeout`` from now, on the server's coarse clock

@@ -27,7 +27,9 @@ Rules
    ``CancelledError`` at its await point; the connection is aborted and the
    request logged as 499. A client that disconnects does not cancel the
    handler (OpenResty's default): its writes raise ``ConnectionResetError``
-   from ``flush()`` and ``read_body()``, and its output is dropped.
+   from ``flush()`` and ``read_body()``, and its output is dropped. A
+   WebSocket handler (status 101) that ends with ``WebSocketClosed`` (a
+   ConnectionError: it sent on a socket its client closed) ended normally.
 
 Rewrite may change ``r.path``: the location is matched again and the new
 location's rewrite runs, at most ``MAX_REMATCH`` times (nginx's limit of 10
@@ -120,6 +122,8 @@ def _answer_exception(server: ServerState, r: Request, exc: BaseException) -> bo
         _log_request(server, r, 499)
         stream.done(r)
         return False
+    elif isinstance(exc, ConnectionError) and r.status == 101:
+        pass    # a WebSocket handler wrote to a socket its client had closed: its end
     elif isinstance(exc, (ConnectionError, TimeoutError)) and stream.closed:
         r.finished = True   # the client left: nothing to send; logged as 499
         r.status = 499

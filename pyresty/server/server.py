@@ -6,6 +6,14 @@ server registers its shutdown with the process's lifecycle registry when it
 is created, with the methods named after SPEC §4's steps: begin exit runs
 ``stop_accepting`` (1) and ``stop_keepalive`` (2), then come ``wait_idle``
 (4), ``abort_all`` (5) and ``close``.
+
+Upgraded connections (WebSockets; proxied tunnels will be the same) are
+found through the connections that took them over (``conn.upgraded``): at
+the shutdown deadline, in the registry's outermost layer (``close_upgraded``,
+registered by the first WebSocket a process accepts), each gets its
+``go_away`` (close frame 1001, between frames) and the closing handshakes get
+what is left of the cancel grace before the server's own deadline step aborts
+what remains; ``drain`` (``pyresty drain``) does the same at once.
 """
 from __future__ import annotations
 
@@ -13,6 +21,7 @@ import asyncio
 import functools
 import logging
 import socket
+import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -77,6 +86,28 @@ class HttpServer(ServerState):
         for conn in list(self.connections):
             conn.stop_keepalive()
 
+    def drain(self) -> None:
+        """``pyresty drain``: stop keepalive, and every WebSocket gets 1001 now."""
+        self.stop_keepalive()
+        closing = [up for up in self._upgraded() if up.go_away()]
+        if closing:
+            log.info("drain: closing %d WebSockets with 1001", len(closing))
+
+    async def close_upgraded(self, grace: float) -> None:
+        """Shutdown step 5, first: 1001 to every upgraded connection, then their
+        closing handshakes get ``grace`` (the server's own step aborts the rest)."""
+        upgraded = self._upgraded()
+        if not upgraded:
+            return
+        log.info("worker_shutdown_timeout: closing %d WebSockets with 1001", len(upgraded))
+        for up in upgraded:
+            up.go_away(grace)
+        await asyncio.wait([asyncio.ensure_future(up.wait_closed()) for up in upgraded],
+                           timeout=grace)
+
+    def _upgraded(self) -> list[Any]:
+        return [c.upgraded for c in self.connections if c.upgraded is not None]
+
     def resume_keepalive(self) -> None:
         """End a drain (``pyresty drain --cancel``, a reload): new connections keep
         alive again; those already told to close do so after their answer."""
@@ -140,4 +171,12 @@ class HttpServer(ServerState):
             "requests": self.requests_total,
             "connections_total": self.connections_total,
             "refused": self.refused_total,
+            "websockets": sum(1 for c in self.connections if c.upgraded is not None),
+            **_websocket_counts(),
         }
+
+
+def _websocket_counts() -> dict[str, int]:
+    """The ``ws_*`` figures, once a handler has used ``pyresty.websocket``."""
+    module = sys.modules.get("pyresty.server.websocket")
+    return module.counts() if module is not None else {}

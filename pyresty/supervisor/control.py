@@ -268,7 +268,7 @@ def _no_master(config: Config, exc: OSError) -> int:
 
 
 COLUMNS = [("role", 6), ("id", 3), ("pid", 8), ("gen", 4), ("state", 24), ("conns", 6),
-           ("requests", 9), ("timers", 10), ("rss", 8)]
+           ("ws", 5), ("requests", 9), ("timers", 10), ("rss", 8)]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -276,7 +276,8 @@ def format_table(rows: list[Row]) -> str:
     for row in rows:
         serves = row.connections is not None
         cells = [row.role, "-" if row.id is None else row.id, row.pid, row.generation, row.state,
-                 row.connections if serves else "-", row.requests if serves else "-",
+                 row.connections if serves else "-", row.websockets or 0 if serves else "-",
+                 row.requests if serves else "-",
                  f"{row.timers_pending}/{row.timers_running}" if serves else "-",
                  f"{row.rss / 1048576:.1f}M"]
         lines.append(" ".join(str(c).ljust(w) for c, (_, w) in zip(cells, COLUMNS)).rstrip())
@@ -312,7 +313,8 @@ def print_status(config: Config) -> int:
 
 
 def drain(config: Config, timeout: float) -> int:
-    """preStop: stop keepalive everywhere, then wait until no connection is left."""
+    """preStop: stop keepalive everywhere, close WebSockets with 1001, then wait
+    until no connection is left."""
     deadline = time.monotonic() + timeout
     try:
         ask(config, "drain")
@@ -326,7 +328,9 @@ def drain(config: Config, timeout: float) -> int:
             print("active connections: 0 (the master is gone)")
             return EXIT_OK
         active = sum(row.connections or 0 for row in rows)
-        print(f"active connections: {active}", flush=True)
+        websockets = sum(row.websockets or 0 for row in rows)
+        print(f"active connections: {active}" + (f" (websockets: {websockets})" if websockets else ""),
+              flush=True)
         if active == 0 and zero_seen:
             return EXIT_OK
         # workers report every 0.5 s: a zero counts once a second report confirms it

@@ -51,6 +51,7 @@ class _RowsCollector:
         yield from _limits(workers)
         yield from _peers(rows)
         yield from _upstreams(workers)
+        yield from _websockets(workers)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -153,6 +154,42 @@ def _upstreams(workers: Sequence[Row]) -> Iterator[Metric]:
             families[counter].add_metric([name, peer], n)
     yield from families.values()
     yield failures
+
+
+# the ws_* counters that have families of their own; the rest count server closes
+_WS_FAMILIES = ("ws_messages_in", "ws_messages_out", "ws_bytes_in", "ws_bytes_out",
+                "ws_accepted", "ws_refused")
+
+
+def _websockets(workers: Sequence[Row]) -> Iterator[Metric]:
+    """Open WebSockets per worker; messages, bytes, handshakes and closes summed."""
+    open_ = GaugeMetricFamily("pyresty_websockets", "Open WebSockets", labels=["worker", "generation"])
+    for row in workers:
+        if row.websockets is not None:
+            open_.add_metric([str(row.id) if row.id is not None else "agent", str(row.generation)],
+                             row.websockets)
+    yield open_
+    totals: Counter[str] = Counter()
+    for row in workers:
+        totals.update(row.websocket)
+    messages = CounterMetricFamily("pyresty_websocket_messages", "WebSocket messages",
+                                   labels=["direction"])
+    sizes = CounterMetricFamily("pyresty_websocket_bytes", "WebSocket bytes on the wire",
+                                labels=["direction"])
+    handshakes = CounterMetricFamily("pyresty_websocket_handshakes", "WebSocket handshakes",
+                                     labels=["result"])
+    closes = CounterMetricFamily("pyresty_websocket_server_closes",
+                                 "WebSockets closed by the server for a reason",
+                                 labels=["reason"])
+    for direction in ("in", "out"):
+        messages.add_metric([direction], totals[f"ws_messages_{direction}"])
+        sizes.add_metric([direction], totals[f"ws_bytes_{direction}"])
+    for result in ("accepted", "refused"):
+        handshakes.add_metric([result], totals[f"ws_{result}"])
+    for key, n in sorted(totals.items()):
+        if key not in _WS_FAMILIES:
+            closes.add_metric([key[3:]], n)
+    yield from (messages, sizes, handshakes, closes)
 
 
 def render(rows: Sequence[Row], draining: bool = False) -> bytes:

@@ -112,7 +112,7 @@ class SingleProcess(WorkerProcess):
 
     def drain(self) -> None:
         if self.server is not None:
-            self.server.stop_keepalive()
+            self.server.drain()
         if not self.draining:
             log.log(errorlog.NOTICE, "draining: keepalive off, /status answers 503")
         self.draining = True

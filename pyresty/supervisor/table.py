@@ -57,7 +57,8 @@ class Child:
         return f"worker #{self.worker_id} (pid {self.pid}, generation {self.generation})"
 
 
-FIGURES = ("connections", "requests", "active_requests", "timers_pending", "timers_running")
+FIGURES = ("connections", "requests", "active_requests", "websockets", "timers_pending",
+           "timers_running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,12 +74,14 @@ class Row:
     connections: int | None = None       # None: not a process that serves (the master)
     requests: int | None = None
     active_requests: int | None = None
+    websockets: int | None = None        # open WebSockets (counted in connections too)
     timers_pending: int | None = None
     timers_running: int | None = None
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # zone -> result -> n
     peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # health
     upstreams: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # "pool peer" -> counter -> n
+    websocket: Mapping[str, int] = field(default_factory=dict)   # ws_* counters: /metrics only
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -106,6 +109,8 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                rss=rss_of(pid), connections=server.get("connections", 0),
                requests=server.get("requests", 0),
                active_requests=server.get("active_requests", 0),
+               websockets=server.get("websockets", 0),
+               websocket={k: v for k, v in server.items() if k.startswith("ws_")},
                timers_pending=stats.timers_pending, timers_running=stats.timers_running,
                shared=stats.shared, limits=stats.limits, peers=stats.peers,
                upstreams=stats.upstreams)

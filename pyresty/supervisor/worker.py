@@ -269,7 +269,7 @@ class WorkerProcess:
             if self.server is None:
                 continue
             if isinstance(message, Drain):
-                self.server.stop_keepalive()
+                self.server.drain()
             elif isinstance(message, Resume) and self.stop_kind is None:
                 self.server.resume_keepalive()
 

@@ -488,6 +488,11 @@ class _Tries:
 
 
 async def proxy(plan: ProxyPlan, r: Any) -> None:
+    if r.upgrade and plan.http11:
+        from pyresty.upstream import tunnel
+        if tunnel.wants_websocket(r):     # a WebSocket: a tunnel (tunnel.py)
+            await tunnel.proxy_websocket(plan, r)
+            return
     loop = asyncio.get_running_loop()
     started = loop.time()
     body = b""

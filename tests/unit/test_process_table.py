@@ -62,13 +62,14 @@ def test_serving_rows_of_the_draining_generation_say_draining(channel) -> None:
 def test_rows_survive_json_and_the_status_table() -> None:
     master = Row("master", None, 100, 1, "serving", rss=1 << 20)
     worker = Row("worker", 0, 101, 1, "serving", rss=2 << 20, connections=1, requests=2,
-                 active_requests=0, timers_pending=3, timers_running=0)
+                 active_requests=0, websockets=1, timers_pending=3, timers_running=0)
     assert "connections" not in master.to_json()
     assert [Row.from_json(r.to_json()) for r in (master, worker)] == [master, worker]
     lines = format_table([master, worker]).splitlines()
     assert lines[0].split()[:5] == ["ROLE", "ID", "PID", "GEN", "STATE"]
-    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "1.0M"]
-    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "1", "2", "3/0", "2.0M"]
+    assert lines[0].split()[5:7] == ["CONNS", "WS"]
+    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "-", "1.0M"]
+    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "1", "1", "2", "3/0", "2.0M"]
 
 
 def test_metrics_render_the_rows_they_are_given() -> None:

@@ -1,0 +1,421 @@
+"""Proxied WebSockets: an ``Upgrade: websocket`` request to a ``proxy_pass``
+location becomes a tunnel that follows frame boundaries (SPEC §8, §4 step 5).
+
+Theory of operation
+-------------------
+``proxy_websocket(plan, r)`` picks a peer with the location's balancer,
+opens a new connection (an upgraded connection never returns to a pool),
+sends the request with ``Upgrade: websocket`` and ``Connection: Upgrade``
+and reads the answer's head. A 101 whose ``Sec-WebSocket-Accept`` matches
+the client's key is passed on (``HttpConnection.take_over``) and the
+``Tunnel`` carries bytes both ways; any other answer goes to the client as
+a normal response.
+
+Rules
+-----
+1. One try, on a new connection: a failure to connect, a timeout
+   (``proxy_connect_timeout``, ``proxy_read_timeout`` for the head) or an
+   invalid answer is logged and answered 502 (504 after a timeout).
+2. A 101 with a wrong or missing ``Sec-WebSocket-Accept`` is a 502: the
+   upstream did not speak WebSocket to this client (RFC 6455 §4.1).
+3. Payloads pass untouched; a ``FrameTracker`` per direction follows the
+   frame headers (http/wsframes.py).
+4. ``go_away`` (drain, the shutdown deadline): each side gets a close frame
+   1001 at its next frame boundary (at once when it is at one): to the
+   client unmasked, to the upstream masked (RFC 6455 §5.3). From then on the
+   frames that follow in that direction are dropped; once both sides
+   answered with their close frame, or after the timeout, both connections
+   close.
+5. ``proxy_read_timeout`` applies to an idle tunnel: nothing in either
+   direction for that long closes both connections (as nginx does).
+6. Backpressure: a side that cannot take more stops the other side's reading.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+from typing import Any, Final, NoReturn
+
+from pyresty.errors import Exit
+from pyresty.http.client import ResponseParser, UpstreamError
+from pyresty.http.headers import Headers
+from pyresty.http.wsframes import FrameTracker
+from pyresty.runtime import lifecycle
+from pyresty.upstream.pool import pools
+
+log = logging.getLogger("pyresty.upstream")
+
+MAX_HEAD: Final = 16 * 1024     # the upstream's answer head (nginx: proxy_buffer_size, 4-8 KiB)
+MAX_BODY: Final = 1024 * 1024   # a non-101 answer's body, passed on whole
+CLOSE_TIMEOUT: Final = 5.0      # how long both sides have to answer a 1001
+_GOING_AWAY: Final = struct.pack("!H", 1001) + b"server going away"
+_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
+                         "transfer-encoding", "upgrade", "date", "server"})
+
+
+def wants_websocket(r: Any) -> bool:
+    """An HTTP/1.1 GET asking for ``Upgrade: websocket`` with a key."""
+    if not r.upgrade or r.method != "GET" or r.http_version != "1.1":
+        return False
+    upgrade = r.header(b"upgrade")
+    return upgrade is not None and b"websocket" in upgrade.lower() \
+        and r.header(b"sec-websocket-key") is not None and hasattr(r.stream, "take_over")
+
+
+def _frame(payload: bytes, masked: bool) -> bytes:
+    """A close frame (RFC 6455 §5.5.1) carrying ``payload``."""
+    if not masked:
+        return bytes([0x88, len(payload)]) + payload
+    mask = os.urandom(4)
+    return bytes([0x88, 0x80 | len(payload)]) + mask + \
+        bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+class _Head:
+    """The upstream's answer, as the socket's owner until the head is read."""
+
+    def __init__(self) -> None:
+        self.data = b""
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.eof = False
+
+    def on_data(self, data: bytes) -> None:
+        self.data += data
+        if b"\r\n\r\n" in self.data or len(self.data) > MAX_HEAD:
+            self._wake()
+
+    def on_eof(self) -> None:
+        self.eof = True
+        self._wake()
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+
+class _Body:
+    """ResponseParser's sink for a non-101 answer: read it whole (bounded)."""
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.fields: list[tuple[bytes, bytes]] = []
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.ended = False
+        self.news: asyncio.Future[None] | None = None
+
+    def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        pass
+
+    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+                    keep_alive: bool) -> None:
+        self.status, self.fields = status, fields
+
+    def on_body(self, data: bytes) -> None:
+        self.chunks.append(data)
+        self.size += len(data)
+
+    def on_end(self) -> None:
+        self.ended = True
+
+    def on_upgrade(self, rest: bytes) -> None:
+        raise UpstreamError("switched protocols twice")
+
+
+async def proxy_websocket(plan: Any, r: Any) -> None:
+    """Rules 1-2, then the tunnel until it closes."""
+    loop = asyncio.get_running_loop()
+    balancer = plan.balancer
+    peer = balancer.pick(loop.time(), set(), plan.hash_value(r)) if balancer is not None else None
+    if peer is None:
+        log.error("no live upstreams while connecting to upstream \"%s\" (WebSocket)", plan.name)
+        raise Exit(502)
+    key = (peer.host, peer.port, plan.name)
+    addr = f"{peer.host}:{peer.port}"
+    r.upstream_addr = addr
+    started = loop.time()
+    try:
+        sock = await pools().connect(key, plan.connect_timeout)
+    except (OSError, TimeoutError) as exc:
+        _fail(r, addr, f"connect() failed ({exc}) while connecting to upstream",
+              504 if isinstance(exc, TimeoutError) else 502)
+    head = plan.head(r, plan.target(r), 0)
+    head = head[:-2] + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+    reader = _Head()
+    sock.owner = reader
+    sock.write(head)
+    try:
+        await asyncio.wait_for(asyncio.shield(reader.done), plan.read_timeout)
+    except TimeoutError:
+        sock.close()
+        _fail(r, addr, "upstream timed out (110: Connection timed out) while reading response "
+              "header from upstream", 504)
+    end = reader.data.find(b"\r\n\r\n")
+    if end < 0:
+        sock.close()
+        _fail(r, addr, "upstream prematurely closed connection while reading response header "
+              "from upstream" if reader.eof else "upstream sent too big a header", 502)
+    raw, rest = reader.data[:end + 4], reader.data[end + 4:]
+    r.upstream_response_time = f"{loop.time() - started:.3f}"
+    status_line = raw.split(b"\r\n", 1)[0].split(b" ", 2)
+    if len(status_line) >= 2 and status_line[1] == b"101":
+        await _switch(plan, r, sock, raw, rest, addr)
+    else:
+        await _answer(plan, r, sock, raw + rest, reader, addr)
+
+
+def _fail(r: Any, addr: str, reason: str, status: int) -> NoReturn:
+    log.error('%s, client: %s, request: "%s %s HTTP/%s", upstream: "http://%s%s"', reason,
+              r.client_addr, r.method, r.uri, r.http_version, addr, r.uri)
+    r.upstream_status = str(status)
+    raise Exit(status)
+
+
+async def _answer(plan: Any, r: Any, sock: Any, data: bytes, reader: _Head, addr: str) -> None:
+    """Not a 101: the upstream's answer goes to the client as it is (bounded)."""
+    body = _Body()
+    parser = ResponseParser(body)
+    parser.expect(r.method)
+    loop = asyncio.get_running_loop()
+    ended = loop.create_future()
+
+    class Owner:
+        def on_data(self, more: bytes) -> None:
+            try:
+                parser.feed(more)
+            except UpstreamError:
+                pass
+            if (body.ended or body.size > MAX_BODY) and not ended.done():
+                ended.set_result(None)
+
+        def on_eof(self) -> None:
+            try:
+                parser.eof()
+            except UpstreamError:
+                pass
+            if not ended.done():
+                ended.set_result(None)
+
+        def on_lost(self, exc: Exception | None) -> None:
+            self.on_eof()
+
+    sock.owner = Owner()
+    try:
+        sock.owner.on_data(data)
+        if reader.eof:
+            sock.owner.on_eof()
+        if not ended.done():
+            await asyncio.wait_for(asyncio.shield(ended), plan.read_timeout)
+    except (TimeoutError, UpstreamError):
+        pass
+    finally:
+        sock.close()
+    if not body.status or not body.ended:
+        _fail(r, addr, "upstream sent an invalid or incomplete answer to a WebSocket upgrade", 502)
+    r.upstream_status = str(body.status)
+    r.status = body.status
+    out = Headers()
+    for name, value in body.fields:
+        if name.lower() not in (b"content-length", *(h.encode() for h in _HOP)):
+            out.add(name.decode("latin-1"), value.decode("latin-1"))
+    r.fields_out = out
+    await r.print(b"".join(body.chunks))
+
+
+async def _switch(plan: Any, r: Any, sock: Any, raw: bytes, rest: bytes, addr: str) -> None:
+    """A 101: check it (rule 2), answer the client and run the tunnel."""
+    from wsproto.utilities import generate_accept_token
+    fields = Headers()
+    accept = None
+    for line in raw.split(b"\r\n")[1:]:
+        name, colon, value = line.partition(b":")
+        if not colon:
+            continue
+        text = name.strip().decode("latin-1")
+        if text.lower() == "sec-websocket-accept":
+            accept = value.strip()
+        if text.lower() not in _HOP:
+            fields.add(text, value.strip().decode("latin-1"))
+    key = r.header(b"sec-websocket-key") or b""
+    if accept != generate_accept_token(key.strip()):
+        sock.close()
+        _fail(r, addr, "upstream sent a 101 without the right Sec-WebSocket-Accept", 502)
+    r.upstream_status = "101"
+    tunnel = Tunnel(r, sock, plan.read_timeout)
+    r.stream.take_over(r, fields, tunnel)
+    close_upgraded = getattr(getattr(r.stream, "state", None), "close_upgraded", None)
+    if close_upgraded is not None:       # as server/websocket.py does: rule 5 there
+        lifecycle.register("websockets", lifecycle.Layer.UPGRADED, deadline=close_upgraded)
+    if rest:
+        tunnel.on_data(rest)
+    await tunnel.wait_closed()
+
+
+class Tunnel:
+    """The client connection's protocol and the upstream socket's owner (rules 3-6)."""
+
+    def __init__(self, r: Any, sock: Any, idle_timeout: float) -> None:
+        self._r = r
+        self._conn: Any = r.stream
+        self._sock = sock
+        sock.owner = self
+        self._client: asyncio.Transport | None = None
+        self._loop = asyncio.get_running_loop()
+        self._to_client = FrameTracker()
+        self._to_upstream = FrameTracker()
+        self._closing_client = False      # our 1001 went (or waits) to the client
+        self._closing_upstream = False
+        self._client_close_sent = False
+        self._upstream_close_sent = False
+        self._gone: asyncio.Future[None] = self._loop.create_future()
+        self._idle_timeout = idle_timeout
+        self._last = self._loop.time()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(idle_timeout, self._idle)
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.going_away = False
+
+    # the client side (asyncio protocol, after take_over)
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._client = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._last = self._loop.time()
+        self._r.body_size += len(data)
+        tracker = self._to_upstream
+        if self._upstream_close_sent:
+            tracker.consume(data)            # frames after our 1001 are dropped (rule 4)
+            self._maybe_done()
+            return
+        if self._closing_upstream:
+            n = tracker.consume(data, stop_at_boundary=True)
+            self._sock.write(data[:n])
+            if tracker.at_boundary:
+                self._send_upstream_close()
+                tracker.consume(data[n:])
+            self._maybe_done()
+            return
+        tracker.consume(data)
+        self._sock.write(data)
+        if self._sock.write_blocked and self._client is not None:
+            self._client.pause_reading()
+            self._loop.create_task(self._resume_client())
+
+    async def _resume_client(self) -> None:
+        try:
+            await self._sock.drain()
+        except ConnectionError:
+            return
+        if self._client is not None and not self._gone.done():
+            self._client.resume_reading()
+
+    def eof_received(self) -> bool:
+        self.close()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._gone.done():
+            self._gone.set_result(None)
+        for timer in (self._timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._sock.close()
+        self._conn.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._sock.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._sock.resume_reading()
+
+    # the upstream side (the pooled socket's owner)
+    def on_data(self, data: bytes) -> None:
+        self._last = self._loop.time()
+        tracker = self._to_client
+        if self._client_close_sent:
+            tracker.consume(data)
+            self._maybe_done()
+            return
+        if self._closing_client:
+            n = tracker.consume(data, stop_at_boundary=True)
+            self._write_client(data[:n])
+            if tracker.at_boundary:
+                self._send_client_close()
+                tracker.consume(data[n:])
+            self._maybe_done()
+            return
+        tracker.consume(data)
+        self._write_client(data)
+
+    def on_eof(self) -> None:
+        self.close()
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.close()
+
+    # the server's side (as server/websocket.py's WebSocket)
+    def go_away(self, timeout: float = CLOSE_TIMEOUT) -> bool:
+        """Rule 4; True if close frames are on their way."""
+        self.going_away = True
+        if self._gone.done() or self._closing_client:
+            return False
+        self._closing_client = self._closing_upstream = True
+        if self._to_client.at_boundary:
+            self._send_client_close()
+        if self._to_upstream.at_boundary:
+            self._send_upstream_close()
+        self._close_timer = self._loop.call_later(timeout, self.close)
+        return True
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._gone)
+
+    def handler_done(self) -> None:
+        self.close()
+
+    def handler_failed(self) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+        if self._client is not None and not self._gone.done():
+            self._client.close()
+
+    # internals
+    def _write_client(self, data: bytes) -> None:
+        if data and self._client is not None and not self._gone.done():
+            self._r.body_bytes_sent += len(data)
+            self._client.write(data)
+
+    def _send_client_close(self) -> None:
+        if not self._client_close_sent and not self._to_client.close_seen:
+            self._write_client(_frame(_GOING_AWAY, masked=False))
+        self._client_close_sent = True
+
+    def _send_upstream_close(self) -> None:
+        if not self._upstream_close_sent and not self._to_upstream.close_seen:
+            self._sock.write(_frame(_GOING_AWAY, masked=True))
+        self._upstream_close_sent = True
+
+    def _maybe_done(self) -> None:
+        """Both sides answered our 1001 with their close frame: close both."""
+        if self._client_close_sent and self._upstream_close_sent \
+                and self._to_client.close_seen and self._to_upstream.close_seen:
+            self.close()
+
+    def _idle(self) -> None:
+        """Rule 5."""
+        if self._gone.done():
+            return
+        idle = self._loop.time() - self._last
+        if idle >= self._idle_timeout:
+            log.info("WebSocket tunnel to %s idle for %.1f s (proxy_read_timeout): closing",
+                     self._sock.peer, idle)
+            self.close()
+            return
+        self._timer = self._loop.call_later(self._idle_timeout - idle, self._idle)
