@@ -11,14 +11,26 @@ more field at the end the bytes received from the client.
 Lines are buffered and written when the buffer passes ``FLUSH_AT`` bytes, on
 the server's sweep tick (at most a quarter second later), on reopen and at
 exit: one write per request would cost a syscall on the hot path.
+
+A write that fails (a full disk, ``ENOSPC``; an I/O error) drops the lines it
+carried, is counted (``errors``, in ``/metrics`` as
+``pyresty_access_log_errors_total``) and is reported in the error log at
+``[alert]`` with the file and the errno, as nginx reports it, at most once a
+second (``runtime/throttle.py``); the server keeps serving.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 from typing import Protocol
 
+from pyresty.errorlog import ALERT
+from pyresty.runtime.throttle import LogThrottle
+
 FLUSH_AT = 32 * 1024
+
+log = logging.getLogger("pyresty.http")
 
 
 class Logged(Protocol):
@@ -76,6 +88,12 @@ class AccessLog:
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self._buffer: list[str] = []
         self._size = 0
+        self._failures = LogThrottle(log, ALERT)
+
+    @property
+    def errors(self) -> int:
+        """Writes that failed since the log was opened (their lines were lost)."""
+        return self._failures.total
 
     def write(self, r: Logged, status: int, now: float) -> None:
         line = (
@@ -102,12 +120,19 @@ class AccessLog:
     def flush(self) -> None:
         if self._buffer:
             data = "".join(self._buffer).encode("utf-8", "backslashreplace")
+            lines = len(self._buffer)
             self._buffer = []
             self._size = 0
             try:
-                os.write(self._fd, data)
-            except OSError:
-                pass  # a full disk must not take the worker down; the error log says more
+                written = os.write(self._fd, data)
+            except OSError as exc:
+                # a full disk must not take the worker down, nor go unnoticed
+                self._failures.report('write() to "%s" failed (%d: %s), %d lines lost',
+                                      self.path, exc.errno, exc.strerror, lines)
+                return
+            if written < len(data):
+                self._failures.report('write() to "%s" was incomplete: %d of %d bytes',
+                                      self.path, written, len(data))
 
     def reopen(self) -> None:
         if self._fd < 0:

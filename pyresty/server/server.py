@@ -173,6 +173,7 @@ class HttpServer(ServerState):
             "refused": self.refused_total,
             "websockets": sum(1 for c in self.connections if c.upgraded is not None),
             **_websocket_counts(),
+            "access_log_errors": sum(a.errors for a in self.access_logs.values()),
         }
 
 

@@ -55,6 +55,7 @@ class Stats:
     peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)
     upstreams: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # "pool peer" -> counter -> n
     shutdown_for: float | None = None            # seconds since its shutdown began
+    counters: Mapping[str, float] = field(default_factory=dict)  # process faults (table.COUNTERS)
 
 
 @dataclass(frozen=True, slots=True)

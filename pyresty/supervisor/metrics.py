@@ -52,6 +52,7 @@ class _RowsCollector:
         yield from _peers(rows)
         yield from _upstreams(workers)
         yield from _websockets(workers)
+        yield from _counters(workers)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -154,6 +155,27 @@ def _upstreams(workers: Sequence[Row]) -> Iterator[Metric]:
             families[counter].add_metric([name, peer], n)
     yield from families.values()
     yield failures
+
+# table.COUNTERS: (metric name, help, counter or gauge)
+COUNTERS: dict[str, tuple[str, str, bool]] = {
+    "access_log_errors": ("pyresty_access_log_errors", "Access-log writes that failed (lines lost)",
+                          True),
+}
+
+
+def _counters(workers: Sequence[Row]) -> Iterator[Metric]:
+    """Fault counters and gauges per process (only those some process reported)."""
+    for name, (metric, help_text, is_counter) in COUNTERS.items():
+        kind = CounterMetricFamily if is_counter else GaugeMetricFamily
+        family = kind(metric, help_text, labels=["worker", "generation"])
+        seen = False
+        for row in workers:
+            if name in row.counters:
+                seen = True
+                family.add_metric([str(row.id) if row.id is not None else "agent",
+                                   str(row.generation)], row.counters[name])
+        if seen:
+            yield family
 
 
 # the ws_* counters that have families of their own; the rest count server closes

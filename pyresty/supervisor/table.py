@@ -59,6 +59,9 @@ class Child:
 
 FIGURES = ("connections", "requests", "active_requests", "websockets", "timers_pending",
            "timers_running")
+# Fault counters and gauges a process reports (``Stats.server`` and ``Stats.counters``),
+# shown in /metrics (metrics.COUNTERS says how) and in /status under "counters".
+COUNTERS = ("access_log_errors",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Row:
     peers: Mapping[str, Mapping[str, Mapping[str, int]]] = field(default_factory=dict)  # health
     upstreams: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # "pool peer" -> counter -> n
     websocket: Mapping[str, int] = field(default_factory=dict)   # ws_* counters: /metrics only
+    counters: Mapping[str, float] = field(default_factory=dict)   # COUNTERS -> value
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -92,12 +96,14 @@ class Row:
             value = getattr(self, name)
             if value is not None:
                 obj[name] = value
+        if self.counters:
+            obj["counters"] = dict(self.counters)
         return obj
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Row:
         return cls(role=obj["role"], id=obj["id"], pid=obj["pid"], generation=obj["generation"],
-                   state=obj["state"], rss=obj.get("rss", 0),
+                   state=obj["state"], rss=obj.get("rss", 0), counters=obj.get("counters", {}),
                    **{name: obj[name] for name in FIGURES if name in obj})
 
 
@@ -113,7 +119,9 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                websocket={k: v for k, v in server.items() if k.startswith("ws_")},
                timers_pending=stats.timers_pending, timers_running=stats.timers_running,
                shared=stats.shared, limits=stats.limits, peers=stats.peers,
-               upstreams=stats.upstreams)
+               upstreams=stats.upstreams,
+               counters={name: value for name, value in {**server, **stats.counters}.items()
+                         if name in COUNTERS})
 
 
 def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:
