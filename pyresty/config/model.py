@@ -175,6 +175,9 @@ class Config:
     code_path: tuple[str, ...] = (".",)
     max_pending_timers: int = 1024
     max_running_timers: int = 256
+    worker_connections: int = 10240          # client connections per worker (nginx's name)
+    worker_rlimit_nofile: int | None = None  # None: raise the soft fd limit to the hard one
+    loop_block_warn: float = 1.0             # s the event loop may stall before a [warn]; 0 = off
     hooks: Hooks = field(default_factory=Hooks)
     shared: tuple[SharedDictSpec, ...] = ()
     upstreams: tuple[Upstream, ...] = ()

@@ -464,6 +464,9 @@ TOP: dict[str, Validator] = {
     "code_path": strings(min_items=0),
     "max_pending_timers": integer(1),
     "max_running_timers": integer(1),
+    "worker_connections": integer(1),
+    "worker_rlimit_nofile": integer(16),
+    "loop_block_warn": duration(positive=False),   # 0 turns the watchdog off
     "hooks": NESTED,
     "shared": NESTED,
     "upstream": NESTED,

@@ -25,10 +25,10 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from pyresty.config.model import BACKLOG
 from pyresty.http.response import refresh_date
 from pyresty.runtime import lifecycle
 from pyresty.server.access_log import AccessLog
+from pyresty.server.acceptor import Acceptor, Limits
 from pyresty.server.connection import HttpConnection
 from pyresty.server.state import ServerState, open_access_logs
 
@@ -57,7 +57,8 @@ class HttpServer(ServerState):
                  resolve: Callable[..., Callable[..., Any]],
                  access_logs: dict[str, AccessLog] | None = None) -> None:
         super().__init__(config, loop, resolve, access_logs)
-        self._listeners: list[asyncio.AbstractServer] = []
+        self._listeners: list[Acceptor] = []
+        self.limits = Limits(config.worker_connections, self.connections)
         self._sweeper: asyncio.TimerHandle | None = None
         lifecycle.register("http server", lifecycle.Layer.SERVER, begin_exit=self._begin_exit,
                            wait=self.wait_idle, deadline=self._at_deadline, close=self.close)
@@ -67,11 +68,10 @@ class HttpServer(ServerState):
         """Serve on already-bound listening sockets."""
         refresh_date()   # the cached Date is as old as the fork otherwise, until the first sweep
         for listen, sock in sockets:
-            # HttpConnection has a Protocol's methods, not its base class (mypyc)
-            server = await self.loop.create_server(
-                functools.partial(HttpConnection, self, listen),  # type: ignore[arg-type]
-                sock=sock, backlog=BACKLOG)
-            self._listeners.append(server)
+            # our own accept path, not loop.create_server: acceptor.py says why
+            self._listeners.append(Acceptor(self.loop, sock,
+                                            functools.partial(HttpConnection, self, listen),
+                                            self.limits))
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop_accepting(self) -> None:
@@ -173,6 +173,7 @@ class HttpServer(ServerState):
             "refused": self.refused_total,
             "websockets": sum(1 for c in self.connections if c.upgraded is not None),
             **_websocket_counts(),
+            **self.limits.counters(),
             "access_log_errors": sum(a.errors for a in self.access_logs.values()),
         }
 

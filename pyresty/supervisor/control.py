@@ -268,7 +268,7 @@ def _no_master(config: Config, exc: OSError) -> int:
 
 
 COLUMNS = [("role", 6), ("id", 3), ("pid", 8), ("gen", 4), ("state", 24), ("conns", 6),
-           ("ws", 5), ("requests", 9), ("timers", 10), ("rss", 8)]
+           ("ws", 5), ("requests", 9), ("timers", 10), ("rss", 8), ("stall", 6)]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -279,7 +279,7 @@ def format_table(rows: list[Row]) -> str:
                  row.connections if serves else "-", row.websockets or 0 if serves else "-",
                  row.requests if serves else "-",
                  f"{row.timers_pending}/{row.timers_running}" if serves else "-",
-                 f"{row.rss / 1048576:.1f}M"]
+                 f"{row.rss / 1048576:.1f}M", _stall(row)]
         lines.append(" ".join(str(c).ljust(w) for c, (_, w) in zip(cells, COLUMNS)).rstrip())
     return "\n".join(lines)
 
@@ -297,6 +297,12 @@ def format_peers(peers: list[PeerRow]) -> str:
                  f"{peer.down}/{peer.workers}", peer.active]
         lines.append(" ".join(str(c).ljust(w) for c, (_, w) in zip(cells, PEER_COLUMNS)).rstrip())
     return "\n".join(lines)
+
+
+def _stall(row: Row) -> str:
+    """The longest recent event-loop stall (runtime/watchdog.py), or "-"."""
+    longest = row.counters.get("loop_stall_longest_recent")
+    return f"{longest:.1f}s" if longest else "-"
 
 
 def print_status(config: Config) -> int:

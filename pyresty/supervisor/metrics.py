@@ -160,6 +160,15 @@ def _upstreams(workers: Sequence[Row]) -> Iterator[Metric]:
 COUNTERS: dict[str, tuple[str, str, bool]] = {
     "access_log_errors": ("pyresty_access_log_errors", "Access-log writes that failed (lines lost)",
                           True),
+    "accept_errors": ("pyresty_accept_errors", "accept() failures for want of file descriptors "
+                      "(EMFILE/ENFILE)", True),
+    "worker_connections_full": ("pyresty_worker_connections_full", "Times accepting paused: "
+                                "worker_connections reached and no idle connection to close", True),
+    "idle_closed_for_room": ("pyresty_idle_closed_for_room", "Idle keepalive connections closed "
+                             "to make room (worker_connections or descriptors)", True),
+    "loop_stalls": ("pyresty_loop_stalls", "Event-loop stalls longer than loop_block_warn", True),
+    "loop_stall_longest_recent": ("pyresty_loop_stall_longest_seconds",
+                                  "Longest event-loop stall of the last 5 minutes", False),
 }
 
 

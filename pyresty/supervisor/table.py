@@ -61,7 +61,8 @@ FIGURES = ("connections", "requests", "active_requests", "websockets", "timers_p
            "timers_running")
 # Fault counters and gauges a process reports (``Stats.server`` and ``Stats.counters``),
 # shown in /metrics (metrics.COUNTERS says how) and in /status under "counters".
-COUNTERS = ("access_log_errors",)
+COUNTERS = ("access_log_errors", "accept_errors", "worker_connections_full", "idle_closed_for_room",
+            "loop_stalls", "loop_stall_longest_recent")
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,9 +46,11 @@ from pyresty.runtime import context, identity, lifecycle, loader
 from pyresty.runtime import timer as timers
 from pyresty.runtime.identity import Role
 from pyresty.runtime.lifecycle import SHUTDOWN
+from pyresty.runtime.watchdog import Watchdog
 from pyresty.supervisor.channel import (BootFailed, Drain, LineReader, Message, Ready, Resume,
                                        Stats, encode)
 from pyresty.supervisor.exitcodes import WORKER_BOOT_ERROR
+from pyresty.supervisor.fdlimit import apply_nofile
 
 log = logging.getLogger("pyresty.process")
 
@@ -113,6 +115,7 @@ class WorkerProcess:
         self.shutdown_started = 0.0
         self.access_logs: dict[str, Any] = {}
         self.lifecycle = lifecycle.Registry(SHUTDOWN)
+        self.watchdog: Watchdog | None = None
 
     # entry point
     def run(self) -> int:
@@ -122,6 +125,7 @@ class WorkerProcess:
         identity.become(self.role, self.worker_id, max(self.config.workers, 1), self.generation,
                         self.master_pid, self.config.prefix)
         setproctitle.setproctitle(title_for(self.role, self.worker_id))
+        apply_nofile(self.config)
         if self.role is not Role.AGENT:
             try:
                 self.access_logs = self.http.open_access_logs(self.config)
@@ -179,6 +183,9 @@ class WorkerProcess:
     async def _boot(self) -> None:
         config = self.config
         self._install_signals()
+        if config.loop_block_warn > 0:      # before user code: an init_worker may block too
+            self.watchdog = Watchdog(self.loop, config.loop_block_warn)
+            self.watchdog.start()
         context.capture_base()        # before user code: what every request copies
         errorlog.capture_print()      # print() in user code goes to the error log
         loader.install(config.code_path)
@@ -300,7 +307,8 @@ class WorkerProcess:
             if (balancing := sys.modules.get("pyresty.upstream.balancer")) else {},
             upstreams=pool.stats() if (pool := sys.modules.get("pyresty.upstream.pool")) else {},
             shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
-            if self.state == "shutting down" else None)
+            if self.state == "shutting down" else None,
+            counters=self.watchdog.counters() if self.watchdog is not None else {})
 
     def _report(self) -> None:
         self._send(self.stats())
@@ -348,4 +356,6 @@ class WorkerProcess:
 
     def _close_runtime(self) -> None:
         self.state = "exited"
+        if self.watchdog is not None:
+            self.watchdog.stop()
         self.lifecycle.close()

@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from client import Connection
 from harness import http_get, wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -60,3 +61,131 @@ def test_access_log_on_a_full_disk_is_an_alert_once_a_second(make_server):
     lines = re.findall(alert, server.log_text())
     assert 1 <= len(lines) <= elapsed + 2, lines          # once a second at most
     assert "more since the last report" in server.log_text()
+
+
+LIMITED = '''
+workers = 1
+worker_connections = 4
+[status]
+listen = "127.0.0.1:{port2}"
+[[server]]
+listen = "127.0.0.1:{port}"
+keepalive_timeout = "60s"
+[[server.location]]
+path = "/"
+content = "app:hello"
+'''
+
+
+def test_worker_connections_close_idle_keepalive_connections_to_make_room(make_server):
+    """At ``worker_connections``, a new client gets in by closing the keepalive
+    connection idle longest (nginx's "reusing connections")."""
+    server = make_server(LIMITED, {"app.py": APP})
+    idle = [Connection(server.port) for _ in range(4)]
+    for conn in idle:
+        assert conn.request("GET", "/").status == 200        # now idle, kept alive
+    with Connection(server.port) as fifth:
+        assert fifth.request("GET", "/").status == 200
+    assert idle[0].closed_by_server(5), "the connection idle longest was not closed"
+    server.wait_log(r"\[warn\] .*4 worker_connections are not enough, reusing connections")
+    wait_for(lambda: metric(server, "pyresty_idle_closed_for_room_total") >= 1, 5, "the count")
+    for conn in idle:
+        conn.close()
+
+
+def test_worker_connections_with_none_idle_stop_accepting_for_a_moment(make_server):
+    """With every slot busy (a request head on its way), the worker stops accepting:
+    the new client waits in the backlog, nothing is reset, an [alert] says why,
+    and the client is served as soon as a slot frees."""
+    alert = r"\[alert\] .*4 worker_connections are not enough, not accepting"
+    server = make_server(LIMITED, {"app.py": APP}, expect_log=(alert,))
+    busy = [Connection(server.port) for _ in range(4)]
+    for conn in busy:
+        conn.send(b"GET / HTTP/1.1\r\nHost: x\r\n")          # a head half sent: not idle
+    waiting = Connection(server.port)                          # the kernel completes the handshake
+    waiting.send_request("GET", "/")
+    server.wait_log(alert)
+    wait_for(lambda: metric(server, "pyresty_worker_connections_full_total") >= 1, 5, "the count")
+    busy[0].close()                                            # a slot frees
+    assert waiting.read_response().status == 200
+    for conn in [*busy, waiting]:
+        conn.close()
+
+
+OUT_OF_FILES = '''
+workers = 1
+worker_rlimit_nofile = 64
+[status]
+listen = "127.0.0.1:{port2}"
+[[server]]
+listen = "127.0.0.1:{port}"
+[[server.location]]
+path = "/"
+content = "app:hello"
+'''
+
+
+def test_running_out_of_file_descriptors_is_a_crit_and_serving_resumes(make_server):
+    """accept() failing with EMFILE is logged at [crit] with the counts (uvloop's
+    own listener would close itself in silence: server/acceptor.py), and the
+    worker accepts again once descriptors are free."""
+    crit = (r"\[crit\] .*accept4\(\) failed \(24: Too many open files\): \d+ connections open, "
+            r"\d+ file descriptors in use of 64")
+    server = make_server(OUT_OF_FILES, {"app.py": APP}, expect_log=(crit,))
+    server.wait_log(r"\[info\] .*open file limit 64 ")
+    held = []
+    try:
+        for _ in range(80):                                    # more than the worker can hold
+            conn = Connection(server.port)
+            conn.send(b"GET / HTTP/1.1\r\n")                   # a head on its way: kept open
+            held.append(conn)
+        server.wait_log(crit)
+    finally:
+        for conn in held:
+            conn.close()
+    wait_for(lambda: metric(server, "pyresty_accept_errors_total") >= 1, 5, "the count")
+    wait_for(lambda: http_get(server.port, "/", timeout=2)[0] == 200, 10, "serving again")
+
+
+BLOCKING = '''
+workers = 1
+loop_block_warn = "300ms"
+[status]
+listen = "127.0.0.1:{port2}"
+[[server]]
+listen = "127.0.0.1:{port}"
+[[server.location]]
+path = "= /block"
+content = "app:block"
+[[server.location]]
+path = "/"
+content = "app:hello"
+'''
+
+BLOCKING_APP = '''
+import time
+
+async def hello(r):
+    await r.say("hello")
+
+async def block(r):
+    time.sleep(1.5)                  # the mistake the watchdog is for
+    await r.say("done")
+'''
+
+
+def test_a_blocked_event_loop_is_logged_once_with_the_handlers_line(make_server):
+    """``time.sleep`` in a handler stops the worker's loop: one [warn] names the
+    handler's file and line, /metrics counts the stall, ``pyresty status`` shows it."""
+    server = make_server(BLOCKING, {"app.py": BLOCKING_APP})
+    assert http_get(server.port, "/block")[2] == b"done\n"
+    server.wait_log(r"\[warn\] .*event loop blocked for [\d.]+ s \(loop_block_warn 0.3s\)")
+    server.wait_log(r"\[info\] .*event loop turned again after a 1\.\d+ s stall")
+    text = server.log_text()
+    assert re.search(r'File ".*app\.py", line 8, in block\n\s+time\.sleep\(1\.5\)', text), text
+    assert text.count("event loop blocked for") == 1            # once per stall
+    wait_for(lambda: metric(server, "pyresty_loop_stalls_total") == 1, 5, "the stall in /metrics")
+    assert 1.4 < metric(server, "pyresty_loop_stall_longest_seconds") < 5
+    table = server.cli("status").stdout
+    assert re.search(r"worker .* 1\.\ds$", table, re.M), table
+    assert http_get(server.port, "/")[0] == 200                 # and it serves on

@@ -68,8 +68,18 @@ def test_rows_survive_json_and_the_status_table() -> None:
     lines = format_table([master, worker]).splitlines()
     assert lines[0].split()[:5] == ["ROLE", "ID", "PID", "GEN", "STATE"]
     assert lines[0].split()[5:7] == ["CONNS", "WS"]
-    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "-", "1.0M"]
-    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "1", "1", "2", "3/0", "2.0M"]
+    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "-", "1.0M",
+                                "-"]
+    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "1", "1", "2", "3/0", "2.0M",
+                                "-"]
+
+
+def test_the_status_table_shows_the_longest_recent_loop_stall() -> None:
+    worker = Row("worker", 0, 101, 1, "serving", rss=2 << 20, connections=1, requests=2,
+                 active_requests=0, timers_pending=0, timers_running=0,
+                 counters={"loop_stalls": 2, "loop_stall_longest_recent": 5.04})
+    assert Row.from_json(worker.to_json()) == worker
+    assert format_table([worker]).splitlines()[1].split()[-1] == "5.0s"
 
 
 def test_metrics_render_the_rows_they_are_given() -> None:
