@@ -214,11 +214,14 @@ class _Loader:
         )
 
     def paths(self, values: dict[str, Any]) -> dict[str, Any]:
-        """Pop pid, error_log and code_path from ``values``, resolved (defaults included)."""
+        """Pop the paths (pid, error_log, code_path, client_body_temp_path) from ``values``,
+        resolved (defaults included)."""
         pid = values.pop("pid", None) or _default(Config, "pid")
         error_log = values.pop("error_log", None) or _default(Config, "error_log")
         code_path = values.pop("code_path", _default(Config, "code_path")) or ()
+        body_temp = values.pop("client_body_temp_path", None) or _default(Config, "client_body_temp_path")
         return {
+            "client_body_temp_path": self.resolve(body_temp),
             "pid": self.resolve(pid),
             "error_log": error_log if error_log == "stderr" else self.resolve(error_log),
             "code_path": tuple(self.resolve(folder) for folder in code_path),

@@ -72,6 +72,7 @@ class Location:
     root: str | None = None
     index: tuple[str, ...] = ("index.html",)
     client_max_body_size: int | None = None  # None: inherit the server's
+    client_body_buffer_size: int | None = None   # None: inherit the server's
     limit_req: tuple[LimitUse, ...] = ()
     limit_conn: tuple[LimitUse, ...] = ()
     limit_count: tuple[LimitUse, ...] = ()
@@ -94,6 +95,7 @@ class Server:
     keepalive_timeout: float = 75.0
     keepalive_requests: int = 1000
     client_max_body_size: int = 1024 * 1024
+    client_body_buffer_size: int = 16 * 1024   # larger bodies go to client_body_temp_path
     client_header_timeout: float = 60.0
     client_body_timeout: float = 60.0
     send_timeout: float = 60.0
@@ -177,6 +179,8 @@ class Config:
     max_running_timers: int = 256
     worker_connections: int = 10240          # client connections per worker (nginx's name)
     worker_rlimit_nofile: int | None = None  # None: raise the soft fd limit to the hard one
+    client_body_temp_path: str = "client_body_temp"   # resolved against the prefix
+    worker_max_rss: int = 0                  # bytes; a worker above is replaced (0 = off)
     loop_block_warn: float = 1.0             # s the event loop may stall before a [warn]; 0 = off
     hooks: Hooks = field(default_factory=Hooks)
     shared: tuple[SharedDictSpec, ...] = ()

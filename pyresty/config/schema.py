@@ -466,6 +466,8 @@ TOP: dict[str, Validator] = {
     "max_running_timers": integer(1),
     "worker_connections": integer(1),
     "worker_rlimit_nofile": integer(16),
+    "client_body_temp_path": text,
+    "worker_max_rss": size(),                      # 0 turns the guard off
     "loop_block_warn": duration(positive=False),   # 0 turns the watchdog off
     "hooks": NESTED,
     "shared": NESTED,
@@ -523,6 +525,7 @@ SERVER: dict[str, Validator] = {
     "keepalive_timeout": duration(positive=False),  # 0 turns keepalive off, as in nginx
     "keepalive_requests": integer(1),
     "client_max_body_size": size(),  # 0 turns the check off, as in nginx
+    "client_body_buffer_size": size(1, "1"),
     "client_header_timeout": _POSITIVE,
     "client_body_timeout": _POSITIVE,
     "send_timeout": _POSITIVE,
@@ -545,6 +548,7 @@ LOCATION: dict[str, Validator] = {
     "root": text,
     "index": strings(min_items=1),
     "client_max_body_size": size(),
+    "client_body_buffer_size": size(1, "1"),
     "limit_req": NESTED,
     "limit_conn": NESTED,
     "limit_count": NESTED,

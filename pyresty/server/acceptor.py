@@ -78,6 +78,11 @@ class Limits:
             except OSError:
                 self._reserve = -1
 
+    def close(self) -> None:
+        if self._reserve >= 0:
+            os.close(self._reserve)
+            self._reserve = -1
+
     def counters(self) -> dict[str, int]:
         return {"accept_errors": self.fd_failures.total,
                 "worker_connections_full": self.full.total,

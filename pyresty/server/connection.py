@@ -26,6 +26,15 @@ Rules:
   (body or next request?). nginx bounds discarding by time only
   (``lingering_time`` 30 s); here the rest must arrive within
   ``client_header_timeout`` of its first byte.
+- An answer that leaves request bytes unread (an early 413, a response sent
+  before a large body was read) ends with a lingering close (``linger``, as
+  nginx's ``ngx_http_lingering_close``): our FIN first, then the client's
+  bytes are read and dropped for up to ``LINGERING_TIME`` (``LINGERING_TIMEOUT``
+  between reads), so a client that sends everything before reading sees the
+  answer instead of a reset.
+- A handler streaming the body (``body_chunks``) pauses reading while it is
+  behind (``pause_reading``); body bytes past ``client_body_buffer_size`` go
+  to a file (``body_spool.py``).
 - Graceful shutdown (SPEC §4 step 2): ``stop_keepalive`` makes every later
   response carry ``Connection: close``; an idle connection is closed only
   after a short linger and only when no request bytes are waiting in the
@@ -67,6 +76,10 @@ log = logging.getLogger("pyresty.http")
 
 MAX_PIPELINED: Final = 16
 INF: Final = float("inf")
+# nginx's lingering_time and lingering_timeout: how long an answered client may
+# go on sending a body nobody reads, in all and between two reads
+LINGERING_TIME: Final = 30.0
+LINGERING_TIMEOUT: Final = 5.0
 
 
 class Deadline(enum.Enum):
@@ -76,6 +89,7 @@ class Deadline(enum.Enum):
     BODY = 3          # client_body_timeout: the waiting handler gets 408
     SEND = 4          # send_timeout: close
     LINGER = 5        # shutdown: close if still idle
+    DISCARD = 6       # lingering close: the client stopped sending (or took too long)
 
 
 class HttpConnection(Stream):
@@ -86,7 +100,7 @@ class HttpConnection(Stream):
                  "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
                  "loop", "_reading_paused", "shared_listen", "half_closed", "refusal",
-                 "send", "discarded", "upgraded", "held")
+                 "send", "discarded", "upgraded", "held", "lingering", "linger_until")
 
     def __init__(self, state: ServerState, listen: Listen) -> None:
         self.state = state
@@ -122,6 +136,8 @@ class HttpConnection(Stream):
         self.discarded = 0   # body bytes of an answered request, dropped
         self.upgraded: Any = None   # the protocol that took the connection over (take_over)
         self.held = b""             # bytes after an Upgrade request's head (module rules)
+        self.lingering = False       # answered and closing: reading to drop (linger)
+        self.linger_until = 0.0
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -148,6 +164,9 @@ class HttpConnection(Stream):
     def data_received(self, data: bytes) -> None:
         if self.refusal:
             return
+        if self.lingering:   # read and dropped (linger)
+            self.deadline = min(self.state.now + LINGERING_TIMEOUT, self.linger_until)
+            return
         if self.deadline_kind is Deadline.IDLE:
             self.deadline_kind = Deadline.HEAD
             self.deadline = self.state.now + self.default.client_header_timeout
@@ -164,6 +183,9 @@ class HttpConnection(Stream):
         # The client half-closed (RFC 9112 §9.6 allows it after its last request):
         # answer everything already received, then close.
         self.half_closed = True
+        if self.lingering:
+            self.close()
+            return False
         if self.current is None and not self.pending:
             self.close()
             return False
@@ -263,7 +285,7 @@ class HttpConnection(Stream):
             # A 413 now would be a second response to one request (RFC 9112 §9.3).
             self.discarded += len(data)
             if self.discarded > persistence.DISCARD_MAX:
-                self.close()
+                self.linger()   # no longer worth keeping: drop the rest, then close
             return
         limit = req.route.client_max_body_size
         if req.body_size + len(data) > limit > 0:
@@ -381,6 +403,16 @@ class HttpConnection(Stream):
             self._body_waiter = self.loop.create_future()
             await self._body_waiter
 
+    def pause_reading(self) -> None:
+        if not self._reading_paused and not self.closed:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and len(self.pending) < MAX_PIPELINED // 2 and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
     async def wait_body_data(self, req: Exchange) -> None:
         self._continue(req)
         if req.body_complete or req.body_waiting:
@@ -478,7 +510,10 @@ class HttpConnection(Stream):
         elif self.refusal and req.keep_alive and not self.closing:
             self._send_refusal(self.refusal)   # after every earlier answer
         elif not req.keep_alive or self.closing or self.half_closed:
-            self.close()
+            if not req.body_complete and not self.half_closed and not self.closing:
+                self.linger()   # an early answer: the client may still be sending
+            else:
+                self.close()
         elif not self.state.draining and not self.parser._in_head:  # the common case
             self.deadline_kind = Deadline.IDLE
             self.deadline = self.state.now + self.server.keepalive_timeout
@@ -542,7 +577,32 @@ class HttpConnection(Stream):
     def _send_refusal(self, status: int) -> None:
         self.write(response.error_response(status))
         self.state.log_refused(self.default, self.peer_host, status, len(response.error_body(status)))
-        self.close()
+        if self.parsing is not None and not self.parsing.body_complete:
+            self.linger()      # a 413 before the body: let the client see it
+        else:
+            self.close()
+
+    def linger(self) -> None:
+        """nginx's lingering close: after an answer that leaves request bytes
+        unread, send our FIN, then read and drop what the client still sends
+        (for at most ``LINGERING_TIME``, ``LINGERING_TIMEOUT`` between reads)
+        before closing. Closing with unread bytes would make the kernel send a
+        reset, which destroys the answer in the client's receive buffer: a
+        client that sends its whole body before reading would never see its 413."""
+        if self.closed or self.lingering:
+            return
+        self.closing = True
+        self.lingering = True
+        self.linger_until = self.state.now + LINGERING_TIME
+        if self._reading_paused:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        try:
+            self.transport.write_eof()
+        except (OSError, RuntimeError):   # already closing
+            self.close()
+            return
+        self.set_deadline(Deadline.DISCARD, LINGERING_TIMEOUT)
 
     def close(self) -> None:
         if not self.closed:
@@ -586,6 +646,8 @@ class HttpConnection(Stream):
                 self.close()
         elif kind is Deadline.LINGER:
             self.close_if_idle()
+        elif kind is Deadline.DISCARD:
+            self.abort()   # lingering close over: nothing more is read
         elif kind is Deadline.SEND:
             # The client stopped reading: close() would wait for the write
             # buffer to drain, i.e. forever, with the handler parked in drain().

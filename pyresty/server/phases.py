@@ -104,6 +104,8 @@ async def run(server: ServerState, r: Request) -> None:
     finally:
         if held is not None:
             held.release()          # limit_conn slots, at request cleanup as in nginx
+        if r._sink is not None:
+            r.release_body()        # the spool file of a large body (body_spool.py)
         task = r.task
         if task is not None:
             server.tasks.discard(task)

@@ -19,13 +19,14 @@ chunk being filtered and all later output are dropped and the response ends
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from typing import TYPE_CHECKING, Any, BinaryIO, Final, NoReturn
 from urllib.parse import parse_qs, unquote
 
 from pyresty.errors import Exit, ResponseStarted
 from pyresty.http import response
 from pyresty.http.headers import Headers
+from pyresty.server.body_spool import BodyChunks
 from pyresty.server.stream import Exchange, Stream
 
 if TYPE_CHECKING:
@@ -148,7 +149,41 @@ class Request(Exchange):
         """
         if not self._body_done:
             await self.stream.wait_body(self)
+        sink = self._sink
+        if sink is not None:
+            if sink.path is None:
+                raise RuntimeError("the request body was consumed by body_chunks()")
+            return sink.read()     # spooled: read back (use body_file for a large body)
         return b"".join(self._body) if self._body else b""
+
+    def body_buffer(self) -> tuple[int, str]:
+        route = self.route
+        return route.client_body_buffer_size, route.client_body_temp_path
+
+    async def spool_body(self) -> str | None:
+        """Wait for the whole request body; return ``body_file``.
+
+        A body larger than ``client_body_buffer_size`` is in a temporary file
+        (its path is returned; removed when the request ends), so it costs no
+        memory; a smaller one is in memory (None is returned; ``read_body()``
+        gives it). Raises as ``read_body`` does.
+        """
+        if not self._body_done:
+            await self.stream.wait_body(self)
+        return self.body_file
+
+    @property
+    def body_file(self) -> str | None:
+        """The temporary file holding the request body, when it was larger than
+        ``client_body_buffer_size`` (complete once ``spool_body()`` returned)."""
+        sink = self._sink
+        return sink.path if sink is not None else None
+
+    def body_chunks(self) -> AsyncIterator[bytes]:
+        """``async for chunk in r.body_chunks()``: the request body as it arrives,
+        never buffered whole (reading pauses while the handler is behind by more
+        than ``client_body_buffer_size``). Raises as ``read_body`` does."""
+        return BodyChunks(self)
 
     # response side
     async def say(self, *parts: Any) -> None:

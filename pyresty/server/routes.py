@@ -28,10 +28,13 @@ class Route:
     """A location with its handlers resolved to callables."""
 
     __slots__ = ("location", "rewrite", "access", "content", "header_filter", "body_filter",
-                 "log", "client_max_body_size", "static_root", "warned", "limits")
+                 "log", "client_max_body_size", "static_root", "warned", "limits",
+                 "client_body_buffer_size", "client_body_temp_path")
 
     def __init__(self, location: Location | None, handlers: dict[str, Callable[..., Any]],
-                 client_max_body_size: int, limits: Any = None) -> None:
+                 client_max_body_size: int, limits: Any = None,
+                 client_body_buffer_size: int = 16 * 1024,
+                 client_body_temp_path: str = "client_body_temp") -> None:
         self.location = location
         self.rewrite = handlers.get("rewrite")
         self.access = handlers.get("access")
@@ -44,6 +47,9 @@ class Route:
         self.warned: set[str] = set()   # phases whose returned value was logged (phases.py rule 5)
         # limit_req/limit_conn/limit_count (pyresty.server.limits.LocationLimits)
         self.limits: Any = limits
+        # a larger body goes to a file in client_body_temp_path (body_spool.py)
+        self.client_body_buffer_size = client_body_buffer_size
+        self.client_body_temp_path = client_body_temp_path
 
 
 class VirtualServer:
@@ -65,7 +71,8 @@ class VirtualServer:
         self.send_timeout = config.send_timeout
         self.client_max_body_size = config.client_max_body_size
         self.routes: LocationTable[Route] = LocationTable(config.locations, routes)
-        self.fallback = Route(None, {}, FALLBACK_BODY_LIMIT)
+        # no location: a 404 whose body (at most the limit) is never spooled
+        self.fallback = Route(None, {}, FALLBACK_BODY_LIMIT, None, FALLBACK_BODY_LIMIT)
         self.cache: dict[str, Route] = {}
 
     def route_for(self, path: str) -> Route:
@@ -111,4 +118,7 @@ def _route(config: Config, server: Server, loc: Location,
     if loc.limited and make_limits is not None:
         limits = make_limits(config, loc, resolve)
     limit = loc.client_max_body_size
-    return Route(loc, handlers, server.client_max_body_size if limit is None else limit, limits)
+    buffer = loc.client_body_buffer_size
+    return Route(loc, handlers, server.client_max_body_size if limit is None else limit, limits,
+                 server.client_body_buffer_size if buffer is None else buffer,
+                 config.client_body_temp_path)

@@ -143,6 +143,7 @@ class HttpServer(ServerState):
     def close(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
+        self.limits.close()
         for access_log in self.access_logs.values():
             access_log.close()
 

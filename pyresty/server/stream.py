@@ -32,9 +32,10 @@ that compiled calls through them are native.
 """
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from pyresty.http.headers import Headers
+from pyresty.server.body_spool import FileSpool
 
 
 class Exchange:
@@ -59,6 +60,10 @@ class Exchange:
     body_size = 0               # request body bytes received
     _body: list[bytes] | None = None
     _body_done = False
+    # where body bytes go instead of _body: a FileSpool past client_body_buffer_size,
+    # or the ChunkQueue of a handler iterating body_chunks() (body_spool.py)
+    _sink: Any = None
+    _buffered = 0               # body bytes in _body (what take_body has not taken)
 
     def header(self, name: bytes) -> bytes | None:
         """One raw request field (lowercase ``name``), without building Headers."""
@@ -69,10 +74,30 @@ class Exchange:
 
     # called by the stream as request-body bytes arrive
     def feed_body(self, data: bytes) -> None:
+        self.body_size += len(data)
+        sink = self._sink
+        if sink is not None:
+            sink.feed(data)
+            return
         if self._body is None:
             self._body = []
         self._body.append(data)
-        self.body_size += len(data)
+        self._buffered += len(data)
+        limit, folder = self.body_buffer()
+        if self._buffered > limit:
+            self._sink = FileSpool(folder, self._body)
+            self._body = None
+
+    def body_buffer(self) -> tuple[int, str]:
+        """(client_body_buffer_size, client_body_temp_path): past the size, the
+        body goes to a file in the folder (``Request`` answers from its route)."""
+        return 16 * 1024, "client_body_temp"
+
+    def release_body(self) -> None:
+        """The request is over: remove its spool file, drop what is queued."""
+        sink = self._sink
+        if sink is not None:
+            sink.close()
 
     def end_body(self) -> None:
         self._body_done = True
@@ -80,10 +105,14 @@ class Exchange:
     def take_body(self) -> bytes:
         """The request-body bytes received and not taken yet (streaming them on:
         a proxied body sent as it arrives). ``read_body`` sees only what is left."""
+        sink = self._sink
+        if sink is not None:
+            return sink.take() or b""   # spooled while the peer was slower than the client
         body = self._body
         if not body:
             return b""
         self._body = None
+        self._buffered = 0
         return body[0] if len(body) == 1 else b"".join(body)
 
     @property
@@ -93,6 +122,9 @@ class Exchange:
     @property
     def body_waiting(self) -> bool:
         """Request-body bytes were received and not taken yet."""
+        sink = self._sink
+        if sink is not None:
+            return bool(sink.waiting)
         return bool(self._body)
 
 
@@ -121,6 +153,13 @@ class Stream:
     async def wait_body_data(self, x: Exchange) -> None:
         """Until more request-body bytes arrived or the body ended (``100 Continue``
         first if asked); for streaming a body on as it arrives."""
+        raise NotImplementedError
+
+    def pause_reading(self) -> None:
+        """Stop reading from the peer (a handler streaming the body is behind)."""
+        raise NotImplementedError
+
+    def resume_reading(self) -> None:
         raise NotImplementedError
 
     async def send_file(self, x: Exchange, file: BinaryIO, offset: int, count: int) -> None:

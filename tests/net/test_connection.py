@@ -93,6 +93,7 @@ class Transport:
         self.closed = False
         self.aborted = False
         self.reading = True
+        self.eof_sent = False
 
     def write(self, data: bytes) -> None:
         assert not self.closed, "write after close"
@@ -109,6 +110,9 @@ class Transport:
 
     def close(self) -> None:
         self.closed = True
+
+    def write_eof(self) -> None:
+        self.eof_sent = True
 
     def abort(self) -> None:
         self.closed = self.aborted = True
@@ -319,8 +323,15 @@ def test_a_body_over_the_limit_declared_up_front_is_413(served: tuple[HttpServer
     c = Client(server, loop)
     try:
         c.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 2000000\r\n\r\n")
-        c.run_until(lambda: c.transport.closed)
+        c.run_until(lambda: c.transport.eof_sent)
         assert parse(bytes(c.transport.out))[0][0] == 413
+        # a lingering close: the body that follows is read and dropped, not reset
+        assert not c.transport.closed
+        answered = bytes(c.transport.out)
+        c.send(b"x" * 100_000)
+        assert bytes(c.transport.out) == answered
+        c.conn.eof_received()                     # the client is done: now close
+        assert c.transport.closed and not c.transport.aborted
     finally:
         c.close()
 

@@ -128,6 +128,7 @@ def test_full_spec_example(folder: Path) -> None:
         privileged_agent=False,
         user="nobody",
         pid=f"{base}/logs/pyresty.pid",
+        client_body_temp_path=f"{base}/client_body_temp",
         error_log=f"{base}/logs/error.log",
         error_log_level="info",
         code_path=(base,),
@@ -337,9 +338,10 @@ BAD: list[tuple[str, str]] = [
     ("max_running_timers = false\n" + SERVER, "max_running_timers: invalid value false (expected an integer >= 1)"),
     ("servers = 1\n" + SERVER, 'servers: unknown key (did you mean "server"?)'),
     ("worker = 1\n" + SERVER, 'worker: unknown key (did you mean "workers"?)'),
-    ("colour = 1\n" + SERVER, "colour: unknown key (known: code_path, error_log, error_log_level, hooks, "
-     "limit_conn, limit_count, limit_req, max_pending_timers, max_running_timers, pid, privileged_agent, server, shared, status, upstream, user, "
-     "worker_shutdown_timeout, workers)"),
+    ("colour = 1\n" + SERVER, "colour: unknown key (known: client_body_temp_path, code_path, error_log, "
+     "error_log_level, hooks, limit_conn, limit_count, limit_req, loop_block_warn, max_pending_timers, "
+     "max_running_timers, pid, privileged_agent, server, shared, status, upstream, user, "
+     "worker_connections, worker_max_rss, worker_rlimit_nofile, worker_shutdown_timeout, workers)"),
     ("workers = 1\n", "server: at least one [[server]] is required"),
     ("server = []\n", "server: at least one [[server]] is required"),
     ("server = 1\n", "server: invalid value 1 (expected [[server]] tables)"),
