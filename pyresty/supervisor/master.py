@@ -52,6 +52,7 @@ from pyresty.supervisor.channel import BootFailed, Drain, Message, Ready, Resume
 from pyresty.supervisor.control import ControlServer, StatusServer
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
 from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
+from pyresty.supervisor.rss_guard import RssGuard
 from pyresty.supervisor.signals import CAUGHT, handler_name
 from pyresty.supervisor.table import Child, Row, State, child_rows, rss_of
 from pyresty.supervisor.worker import HttpLayer, WorkerProcess
@@ -95,6 +96,7 @@ class Master:
         self.exit_code = EXIT_OK
         self.control: ControlServer | None = None
         self.status_server: StatusServer | None = None
+        self.rss_guard = RssGuard()                 # worker_max_rss (rss_guard.py)
         self._wake_r, self._wake_w = os.pipe()
 
     # main loop
@@ -445,6 +447,8 @@ class Master:
             self.exit_code = EXIT_FAILURE
             self.handle_term()
             return
+        if self.rss_guard.exited(child):
+            return
         if self.current is not None and child.generation == self.current.number:
             if boot_error and child.state is State.STARTING:
                 # A respawn that cannot boot (its code changed on disk since the
@@ -482,6 +486,10 @@ class Master:
         if isinstance(message, Ready):
             if child.state is State.STARTING:
                 child.state = State.SERVING
+            replaced = self.rss_guard.ready(child)
+            if replaced is not None:
+                log.log(errorlog.NOTICE, "%s replaces %s", child.label, replaced.label)
+                self.stop_child(replaced)
             if self.pending is not None and self._generation_ready(self.pending):
                 self._promote(self.pending)
         elif isinstance(message, Stats):
@@ -505,12 +513,23 @@ class Master:
                 current = self.current
                 if current is not None and current.number == generation and self.stopping is None:
                     self.spawn_worker(current, role, worker_id)
+        if self.config.worker_max_rss and self.current is not None and self.pending is None \
+                and self.stopping is None:
+            self._replace_large_workers(self.current, now)
         if self.stopping == "fast" and now > self.fast_deadline:
             for child in list(self.children.values()):
                 self._kill(child, signal.SIGKILL)
         if self.pending is not None and self.current is not None and \
                 now - self.pending_since > READY_TIMEOUT:
             self._abandon_pending(f"the new workers were not ready within {READY_TIMEOUT:.0f} s")
+
+    def _replace_large_workers(self, gen: Generation, now: float) -> None:
+        """worker_max_rss: a new worker with the same id first, then the old one stops."""
+        limit = self.config.worker_max_rss
+        for child, rss in self.rss_guard.over_limit(self.children.values(), gen.number, limit, now):
+            log.warning("%s: RSS %.1f MiB is above worker_max_rss (%.1f MiB); replacing it",
+                        child.label, rss / 1048576, limit / 1048576)
+            self.rss_guard.replace(self.spawn_worker(gen, child.role, child.worker_id), child)
 
     # control (control.Supervised)
     def _tell(self, child: Child, message: Message) -> None:

@@ -4,13 +4,15 @@ worker keeps serving (issue 17).
 """
 from __future__ import annotations
 
+import os
 import re
+import threading
 import time
 
 import pytest
 
 from client import Connection
-from harness import http_get, wait_for
+from harness import http_get, proc_title, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -189,3 +191,89 @@ def test_a_blocked_event_loop_is_logged_once_with_the_handlers_line(make_server)
     table = server.cli("status").stdout
     assert re.search(r"worker .* 1\.\ds$", table, re.M), table
     assert http_get(server.port, "/")[0] == 200                 # and it serves on
+
+
+LEAKING = '''
+workers = 1
+worker_max_rss = "{limit}"
+worker_shutdown_timeout = "5s"
+[[server]]
+listen = "127.0.0.1:{port}"
+keepalive_timeout = "30s"
+[[server.location]]
+path = "= /leak"
+content = "app:leak"
+[[server.location]]
+path = "/"
+content = "app:who"
+'''
+
+LEAKING_APP = '''
+import os
+import pyresty
+
+kept = []
+
+async def leak(r):
+    kept.append(bytearray(8 * 1024 * 1024))       # a cache without a bound
+    await r.say(len(kept))
+
+async def who(r):
+    await r.say(pyresty.worker.id(), " ", os.getpid())
+'''
+
+
+def test_a_worker_above_worker_max_rss_is_replaced_without_a_failed_request(make_server):
+    """worker_max_rss: the master starts a new worker #0, then stops the old one
+    gracefully; keepalive clients hammering the server never see an error."""
+    probe = make_server(LEAKING.replace("{limit}", "0"), {"app.py": LEAKING_APP})
+    baseline = rss_of_worker(probe)
+    probe.stop()
+    limit = baseline + 40 * 1024 * 1024
+    server = make_server(LEAKING.replace("{limit}", str(limit)), {"app.py": LEAKING_APP})
+    first = http_get(server.port, "/")[2].split()
+    failures: list[str] = []
+    served: list[bytes] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        conn = Connection(server.port)
+        while not stop.is_set():
+            try:
+                resp = conn.request("GET", "/")
+                served.append(resp.body)
+                if resp.closes:
+                    conn.close()
+                    conn = Connection(server.port)
+            except Exception as exc:    # any failure is the test's failure
+                failures.append(repr(exc))
+                conn.close()
+                conn = Connection(server.port)
+        conn.close()
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        while not re.search(r"replacing it", server.log_text()):
+            assert http_get(server.port, "/leak")[0] == 200
+        server.wait_log(r"\[warn\] .*worker #0 \(pid \d+, generation 1\): RSS [\d.]+ MiB is above "
+                        r"worker_max_rss \([\d.]+ MiB\); replacing it")
+        server.wait_log(r"\[notice\] .*worker #0 \(pid \d+, generation 1\) replaces worker #0")
+        server.wait_log(rf"worker #0 \(pid {int(first[1])}, generation 1\) exited with code 0")
+        wait_for(lambda: http_get(server.port, "/")[2].split()[1] != first[1], 10, "the new worker")
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(10)
+    assert not failures, failures[:5]
+    assert len(served) > 10
+    new = http_get(server.port, "/")[2].split()
+    assert new[0] == b"0" and new[1] != first[1]          # same id, another process
+
+
+def rss_of_worker(server) -> int:
+    pid = wait_for(lambda: next((p for p in server.processes()
+                                 if "worker process #0" in proc_title(p)), None), 10, "the worker")
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
