@@ -64,7 +64,7 @@ Checking a config
 -----------------
 ``check_config`` installs ``code_path`` and resolves every handler string of a
 config, returning one line per problem (``file: key: reason``).
-``check_config_in_child`` runs the same check in a fresh interpreter, so the
+``check_config_in_child`` runs the same check in a forked child, so the
 master, which must never import user code, learns the result as JSON on the
 child's stdout (fd 1 is duplicated for the result and then pointed at stderr,
 so user code that prints at import cannot corrupt it). The child reports each
@@ -81,9 +81,10 @@ import inspect
 import json
 import logging
 import os
+import selectors
 import signal
-import subprocess
 import sys
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -388,12 +389,6 @@ def check_config(config: Any, *, on_check: Callable[[str, str], None] | None = N
     return problems
 
 
-_CHILD_CODE = (
-    "import sys; sys.path.append({root!r}); "
-    "from pyresty.runtime.loader import _check_main; _check_main()"
-)
-
-
 def check_config_in_child(
     config_path: str,
     prefix: str | None = None,
@@ -410,34 +405,81 @@ def check_config_in_child(
     child that dies yields one problem naming the handler it was importing.
     Never raises for anything the child does.
     """
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    argv = [sys.executable, "-P", "-c", _CHILD_CODE.format(root=root),
-            config_path, prefix or "", load]
-    child = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, start_new_session=True)
-    try:
-        out, err = child.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        # Straight to SIGKILL: the child only imports, it has nothing to save,
-        # and a module stuck at import may well ignore SIGTERM.
-        out, err = _kill(child)
+    status, out, err, finished = _forked(config_path, prefix or "", load, timeout)
+    if not finished:
         return [_failure(config_path, out, f"did not finish within {timeout:g} s")]
-    return _result(config_path, child.returncode, out, err)
+    return _result(config_path, status, out, err)
 
 
-def _kill(child: subprocess.Popen[bytes]) -> tuple[bytes, bytes]:
-    """SIGKILL the child's process group and collect what it wrote."""
-    try:
-        os.killpg(child.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    try:
-        return child.communicate(timeout=_REAP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        # A grandchild that left the group still holds the pipes: stop reading.
-        child.kill()
-        child.wait()
-        return b"", b""
+def _forked(config_path: str, prefix: str, load: str, timeout: float
+            ) -> tuple[int, bytes, bytes, bool]:
+    """Run ``_check_main`` in a forked child of this process, in a session of
+    its own: (exit status, stdout, stderr, finished in time).
+
+    A fork, not a fresh interpreter: the command line that asks (``-t``,
+    ``-s reload``) has pyresty imported already, and the user code it checks
+    is imported in the child only. Starting a second interpreter and importing
+    pyresty again cost a reload more than everything else it does (issue 17).
+    A child that does not finish within ``timeout`` is SIGKILLed with its
+    process group: it only imports, it has nothing to save, and a module stuck
+    at import may well ignore SIGTERM."""
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    pid = os.fork()
+    if pid == 0:    # the child: never returns
+        try:
+            os.setsid()
+            os.close(out_r)
+            os.close(err_r)
+            os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            # Python's own streams onto the new descriptors (the parent's may
+            # be anything: a terminal, a test's capture)
+            sys.stdout = open(1, "w", closefd=False, buffering=1)
+            sys.stderr = open(2, "w", closefd=False, buffering=1)
+            sys.argv = ["pyresty-check", config_path, prefix, load]
+            _check_main()
+        finally:
+            os._exit(1)
+    os.close(out_w)
+    os.close(err_w)
+    output = {out_r: bytearray(), err_r: bytearray()}
+    finished = _read_until_eof(output, time.monotonic() + timeout)
+    if not finished:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        # a grandchild that left the group may still hold the pipes: bounded
+        _read_until_eof(output, time.monotonic() + _REAP_TIMEOUT)
+    for fd in output:
+        os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+    return code, bytes(output[out_r]), bytes(output[err_r]), finished
+
+
+def _read_until_eof(output: dict[int, bytearray], deadline: float) -> bool:
+    """Read every pipe of ``output`` to EOF; False when ``deadline`` came first."""
+    with selectors.DefaultSelector() as selector:
+        for fd in output:
+            selector.register(fd, selectors.EVENT_READ)
+        open_fds = len(output)
+        while open_fds:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            for key, _ in selector.select(left):
+                data = os.read(key.fd, 65536)
+                if data:
+                    output[key.fd] += data
+                else:
+                    selector.unregister(key.fd)
+                    open_fds -= 1
+    return True
 
 
 def _result(config_path: str, status: int, out: bytes, err: bytes) -> list[str]:

@@ -460,9 +460,11 @@ class HttpConnection(Stream):
         return True
 
     async def send_file(self, x: Exchange, file: BinaryIO, offset: int, count: int) -> None:
-        """Send a file region: zero-copy ``os.sendfile`` while the kernel takes it
-        and nothing is queued in the transport; once the socket is full, the rest
-        goes through the transport's own buffered write path with ``drain``."""
+        """Send a file region: zero-copy ``os.sendfile`` whenever nothing is queued
+        in the transport; when the socket is full, wait until it is writable
+        again (a slow reader holds no copy of the file). Only a region begun
+        behind queued bytes goes through the transport's buffered write path
+        with ``drain``."""
         sock = self.transport.get_extra_info("socket")
         end = offset + count
         if sock is not None and self.transport.get_write_buffer_size() == 0:
@@ -471,7 +473,12 @@ class HttpConnection(Stream):
                 try:
                     sent = os.sendfile(fd, file.fileno(), offset, end - offset)
                 except (BlockingIOError, InterruptedError):
-                    break
+                    # The socket is full: wait until it takes more, holding no
+                    # copy of the file (a slow reader costs no memory, as in nginx)
+                    if not await _writable(self.loop, fd, self.settings.send_timeout):
+                        self.abort()   # send_timeout: the client reads nothing
+                        break
+                    continue
                 except OSError:
                     break
                 if sent == 0:
@@ -669,6 +676,29 @@ class HttpConnection(Stream):
         """Shutdown step 2 for this connection."""
         if self.idle:
             self.set_deadline(Deadline.LINGER, self.state.linger)
+
+
+async def _writable(loop: asyncio.AbstractEventLoop, fd: int, timeout: float) -> bool:
+    """Until the socket ``fd`` can take more bytes (True), or ``timeout`` (False).
+
+    Watched through a duplicate descriptor: uvloop refuses a watcher on a
+    descriptor its transport owns, and epoll tells the two apart."""
+    probe = os.dup(fd)
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def ready() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    loop.add_writer(probe, ready)
+    try:
+        await asyncio.wait_for(waiter, timeout)
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_writer(probe)
+        os.close(probe)
 
 
 def _not_connected(data: bytes) -> None:

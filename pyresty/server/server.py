@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyresty.http")
 
 SWEEP_INTERVAL: Final = 0.25   # how often connection deadlines are checked (s)
+EXPIRE_BATCH: Final = 32       # expired connections closed per turn of the loop
 
 __all__ = ["HttpServer", "open_access_logs", "start_upstreams"]
 
@@ -154,7 +155,8 @@ class HttpServer(ServerState):
     def _sweep(self) -> None:
         self.now = now = self.loop.time()
         refresh_date()
-        for conn in [c for c in self.connections if c.deadline <= now]:
+        due = [c for c in self.connections if c.deadline <= now]
+        for conn in due[:EXPIRE_BATCH]:
             try:
                 conn.expire()
             except Exception:
@@ -162,7 +164,11 @@ class HttpServer(ServerState):
                 conn.abort()
         for access_log in self.access_logs.values():
             access_log.flush()
-        self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
+        # More due than one batch (a slowloris of 1,000 connections expiring
+        # together): the rest on the next turn of the loop, after the I/O that
+        # is ready, rather than one stall of every client of this worker.
+        delay = 0.0 if len(due) > EXPIRE_BATCH else SWEEP_INTERVAL
+        self._sweeper = self.loop.call_later(delay, self._sweep)
 
     # figures for status and metrics
     def stats(self) -> dict[str, int]:

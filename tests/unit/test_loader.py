@@ -446,7 +446,8 @@ FACTORY = """\
 def child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
     """check_config_in_child with a test loader: config JSON in, problem lines out."""
     write(tmp_path, {"factory/testcfg.py": FACTORY, "code/hello.py": HELLO})
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "factory"))
+    # the check runs in a fork of this process: the test loader is found on its sys.path
+    monkeypatch.syspath_prepend(str(tmp_path / "factory"))
 
     def check(spec: dict[str, Any], timeout: float = 30.0) -> list[str]:
         path = tmp_path / "pyresty.json"
