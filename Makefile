@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # setup.py compiles the modules of its HOT_PATH with mypyc; a change rebuilds them
 COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
 
-.PHONY: run test bench conformance clean
+.PHONY: run test bench bench-faults conformance clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,9 @@ bench: $(STAMP)
 # the Autobahn TestSuite against a pyresty echo handler (minutes; needs Python 2.7)
 conformance: $(STAMP)
 	$(BIN)/python tests/conformance/autobahn.py
+# issue 17's table: idle connections, slow readers, uploads, slowloris, respawn, reload
+bench-faults: $(STAMP)
+	$(BIN)/python bench/faults.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .autobahn

@@ -165,7 +165,9 @@ def http_layer() -> HttpLayer:
     pyresty's serving modules loaded: a reload costs a fork, not an import.
     User code is never imported in the master."""
     import pyresty.server.static  # noqa: F401  (loaded on a static file's first request otherwise)
+    from pyresty.runtime import loader
     from pyresty.server import server
+    loader.prepare()   # what is loaded now is recorded once, not in every worker's boot
     return server
 
 

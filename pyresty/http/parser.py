@@ -113,7 +113,7 @@ class RequestParser:
     """Feeds bytes to httptools and turns its callbacks into sink calls."""
 
     __slots__ = ("_parser", "_target", "_fields",
-                 "_in_head", "_head_bytes", "_callbacks", "content_length", "chunked", "hosts",
+                 "_in_head", "_head_bytes", "_sink", "content_length", "chunked", "hosts",
                  "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
                  "_should_keep_alive", "_should_upgrade", "_on_head", "between_messages",
                  "_fed_between", "_method_tail", "_lenient", "_fed_lenient", "_refeeds",
@@ -123,12 +123,7 @@ class RequestParser:
         self._refeeds = 0   # nested feeds of re-encoded bytes (bounded by MAX_REFEEDS)
         self._on_head = sink.on_head
         self._on_upgrade: Callable[[bytes], None] | None = getattr(sink, "on_upgrade", None)
-        # httptools looks its callbacks up once, by name: body and message-end
-        # events go straight to the sink, with no frame of ours in between.
-        self._callbacks = SimpleNamespace(
-            on_message_begin=self.on_message_begin, on_url=self.on_url,
-            on_header=self.on_header, on_headers_complete=self.on_headers_complete,
-            on_body=sink.on_body, on_message_complete=sink.on_end)
+        self._sink = sink
         self._new_parser()
         self._target = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -150,7 +145,14 @@ class RequestParser:
 
     def _new_parser(self, lenient: bool = False) -> None:
         # bound once: a method looked up by name on every request is measurable
-        parser = self._parser = httptools.HttpRequestParser(self._callbacks)
+        # httptools looks its callbacks up once, by name, and keeps them: body and
+        # message-end events go straight to the sink, with no frame of ours in
+        # between; the namespace itself is not kept (memory per connection)
+        sink = self._sink
+        parser = self._parser = httptools.HttpRequestParser(SimpleNamespace(
+            on_message_begin=self.on_message_begin, on_url=self.on_url,
+            on_header=self.on_header, on_headers_complete=self.on_headers_complete,
+            on_body=sink.on_body, on_message_complete=sink.on_end))
         self._lenient = lenient
         if lenient:
             # HTTP/1.2 and the like, for one head (_reversion)

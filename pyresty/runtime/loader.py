@@ -142,6 +142,7 @@ class OneFileFinder(importlib.abc.MetaPathFinder):
     def __init__(self) -> None:
         self._files: dict[str, tuple[str, str]] = {}   # real path -> (name, origin)
         self._folders: dict[str, str] = {}             # folder -> its real path
+        self.seen: set[str] = set()                    # names record() was given
 
     def find_spec(
         self,
@@ -233,12 +234,34 @@ def install(code_path: Sequence[str]) -> None:
     _code_path = tuple(folders)
     if _finder is None:
         _finder = OneFileFinder()
-        for name, module in list(sys.modules.items()):
-            _finder.record(name, module)
+    _record_loaded(_finder)
     # Also drop finders left by an earlier copy of this module (a reload of it).
     sys.meta_path[:] = [f for f in sys.meta_path if not _is_one_file_finder(f)]
     sys.meta_path.insert(0, _finder)
     importlib.invalidate_caches()
+
+
+def prepare() -> None:
+    """Record the modules loaded so far, without installing anything.
+
+    The master calls it before it forks workers (it imports no user code, so
+    only pyresty's and the standard library's modules are recorded): a worker's
+    ``install`` then records only what was imported since, instead of finding
+    the file of every module again on each boot (a third of a respawn's time).
+    """
+    global _finder
+    if _finder is None:
+        _finder = OneFileFinder()
+    _record_loaded(_finder)
+
+
+def _record_loaded(finder: OneFileFinder) -> None:
+    """Record every module in sys.modules that ``finder`` has not seen yet."""
+    seen = finder.seen
+    for name, module in list(sys.modules.items()):
+        if name not in seen:
+            seen.add(name)
+            finder.record(name, module)
 
 
 def _is_one_file_finder(finder: object) -> bool:

@@ -35,6 +35,7 @@ import logging
 import os
 import resource
 import socket
+import ssl as ssl_module
 from collections.abc import Callable
 from typing import Any, Final
 
@@ -104,11 +105,13 @@ class Acceptor:
     """Accepts on one listening socket and hands connections to ``protocol_factory``."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol_factory: Callable[[], Any], limits: Limits) -> None:
+                 protocol_factory: Callable[[], Any], limits: Limits,
+                 ssl: ssl_module.SSLContext | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.factory = protocol_factory
         self.limits = limits
+        self.ssl = ssl      # a TLS listener: uvloop's SSLProtocol wraps the connection
         self.paused: asyncio.TimerHandle | None = None
         self.closed = False
         sock.setblocking(False)
@@ -150,7 +153,7 @@ class Acceptor:
 
     async def _connect(self, conn: socket.socket) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn)
+            await self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl)
         except OSError as exc:   # the client was gone before its transport was made
             log.info("cannot set up an accepted connection: %s", exc)
             conn.close()
