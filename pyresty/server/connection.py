@@ -480,7 +480,7 @@ class HttpConnection(Stream):
                 except (BlockingIOError, InterruptedError):
                     # The socket is full: wait until it takes more, holding no
                     # copy of the file (a slow reader costs no memory, as in nginx)
-                    if not await _writable(self.loop, fd, self.settings.send_timeout):
+                    if not await _writable(self.loop, fd, self.server.send_timeout):
                         self.abort()   # send_timeout: the client reads nothing
                         break
                     continue

@@ -156,6 +156,7 @@ def _upstreams(workers: Sequence[Row]) -> Iterator[Metric]:
     yield from families.values()
     yield failures
 
+
 # table.COUNTERS: (metric name, help, counter or gauge)
 COUNTERS: dict[str, tuple[str, str, bool]] = {
     "access_log_errors": ("pyresty_access_log_errors", "Access-log writes that failed (lines lost)",
