@@ -153,6 +153,10 @@ class WorkerProcess:
             self._send(BootFailed(str(exc)))
             return WORKER_BOOT_ERROR
         self.state = "serving"
+        if self.config.loop_block_warn > 0:
+            # from the first request on: a boot that imports slowly blocks no client
+            self.watchdog = Watchdog(self.loop, self.config.loop_block_warn)
+            self.watchdog.start()
         if self.role is Role.SINGLE:
             log.log(errorlog.NOTICE, "ready: single process serving")
         else:
@@ -183,9 +187,6 @@ class WorkerProcess:
     async def _boot(self) -> None:
         config = self.config
         self._install_signals()
-        if config.loop_block_warn > 0:      # before user code: an init_worker may block too
-            self.watchdog = Watchdog(self.loop, config.loop_block_warn)
-            self.watchdog.start()
         context.capture_base()        # before user code: what every request copies
         errorlog.capture_print()      # print() in user code goes to the error log
         loader.install(config.code_path)
