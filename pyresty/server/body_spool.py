@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 READ_CHUNK: Final = 64 * 1024     # a spooled body is read back in pieces this size
+TAKE_MAX: Final = 1024 * 1024     # at most this much of a spool taken at once (take)
 
 
 class FileSpool:
@@ -52,9 +53,11 @@ class FileSpool:
         return self.size - self.taken
 
     def take(self) -> bytes:
-        """What was spooled since the last take (``Exchange.take_body``)."""
-        data = b"".join(self._read(self.taken, self.size))
-        self.taken = self.size
+        """What was spooled since the last take, at most ``TAKE_MAX`` bytes
+        (``Exchange.take_body``: a body streamed on, to a peer slower than the client)."""
+        end = min(self.size, self.taken + TAKE_MAX)
+        data = b"".join(self._read(self.taken, end))
+        self.taken = end
         return data
 
     def feed(self, data: bytes) -> None:

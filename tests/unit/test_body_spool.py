@@ -38,3 +38,11 @@ def test_a_chunk_queue_pauses_past_the_high_water_mark_and_resumes_when_drained(
     queue.feed(b"y" * 20)
     queue.close()
     assert calls == ["pause", "resume", "pause", "resume"]
+
+
+def test_a_spool_taken_as_it_grows_gives_each_byte_once(tmp_path) -> None:
+    spool = FileSpool(str(tmp_path), [b"ab"])
+    assert spool.waiting == 2 and spool.take() == b"ab" and spool.waiting == 0
+    spool.feed(b"cd")
+    assert spool.take() == b"cd" and spool.take() == b""
+    spool.close()
