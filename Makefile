@@ -30,6 +30,7 @@ bench: $(STAMP)
 # the Autobahn TestSuite against a pyresty echo handler (minutes; needs Python 2.7)
 conformance: $(STAMP)
 	$(BIN)/python tests/conformance/autobahn.py
+
 # issue 17's table: idle connections, slow readers, uploads, slowloris, respawn, reload
 bench-faults: $(STAMP)
 	$(BIN)/python bench/faults.py
