@@ -9,6 +9,8 @@ Servers, each with 1 worker pinned to one CPU, the load pinned to the other:
 - nginx proxying ``/echo`` (``proxy_http_version 1.1``, ``Upgrade``) to that
   same pyresty echo: the row counts nginx's own CPU, i.e. what a proxy hop
   costs, and the pyresty behind it is pinned beside the load;
+- pyresty's ``proxy_pass`` to that same echo (a tunnel, upstream/tunnel.py),
+  counted the same way;
 - uvicorn + websockets (a raw ASGI echo app, uvloop), the Python peer.
 
 The load is ``C`` connections, each sending one masked text message of
@@ -121,6 +123,37 @@ class NginxProxy(Nginx):
         location = /hello"""))
 
 
+class PyrestyProxy(Pyresty):
+    """pyresty proxying WebSockets to ``backend`` (a tunnel; its CPU alone is counted)."""
+
+    name = "pyresty proxy"
+
+    def __init__(self, backend: Server) -> None:
+        super().__init__(1)
+        self.backend = backend
+
+    def write(self) -> None:
+        (self.dir / "hello.py").write_text("async def hello(r):\n    await r.say('hello')\n")
+        (self.dir / "pyresty.toml").write_text(f"""\
+workers = 1
+error_log = "logs/error.log"
+pid = "logs/pyresty.pid"
+
+[[server]]
+listen = "127.0.0.1:{self.port}"
+access_log = "off"
+
+[[server.location]]
+path = "= /hello"
+content = "hello:hello"
+
+[[server.location]]
+path = "= /echo"
+proxy_pass = "http://127.0.0.1:{self.backend.port}"
+proxy_read_timeout = "1h"
+""")
+
+
 class UvicornEcho(Uvicorn):
     name = "uvicorn + websockets"
 
@@ -212,17 +245,17 @@ def run_round(rows: dict[str, Row], cpus: bench.Cpus, args: argparse.Namespace,
         rate, cpu = measure(echo, cpus, args, scratch)
         rows["pyresty"].rates.append(rate)
         rows["pyresty"].cpu_us.append(cpu)
-        proxy = NginxProxy(echo)
-        proxy.start(cpus.server)
-        # the backend moves beside the load: the server CPU holds nginx alone
+        # the backend moves beside the load: the server CPU holds the proxy's alone
         for pid in echo.pids() if cpus.load is not None else []:
             subprocess.run(["taskset", "-a", "-p", "-c", cpus.load, str(pid)], capture_output=True)
-        try:
-            rate, cpu = measure(proxy, cpus, args, scratch)
-            rows["nginx"].rates.append(rate)
-            rows["nginx"].cpu_us.append(cpu)
-        finally:
-            proxy.stop()
+        for key, proxy in (("nginx", NginxProxy(echo)), ("tunnel", PyrestyProxy(echo))):
+            proxy.start(cpus.server)
+            try:
+                rate, cpu = measure(proxy, cpus, args, scratch)
+                rows[key].rates.append(rate)
+                rows[key].cpu_us.append(cpu)
+            finally:
+                proxy.stop()
     finally:
         echo.stop()
     uvi = UvicornEcho(1)
@@ -245,6 +278,7 @@ def table(rows: dict[str, Row], args: argparse.Namespace) -> str:
              "|---|---:|---:|---:|"]
     labels = {"pyresty": "pyresty (`pyresty.websocket`)",
               "nginx": "nginx proxy -> pyresty echo (nginx's CPU only)",
+              "tunnel": "pyresty proxy_pass -> pyresty echo (the tunnel's CPU only)",
               "uvicorn": "uvicorn + websockets (ASGI echo)"}
     for key, row in rows.items():
         cpu = statistics.median(row.cpu_us)
@@ -270,7 +304,7 @@ def main() -> int:
     cpus = bench.Cpus.pick()
     scratch = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-ws-{os.getpid()}"
     scratch.mkdir(parents=True, exist_ok=True)
-    rows = {key: Row(key) for key in ("pyresty", "nginx", "uvicorn")}
+    rows = {key: Row(key) for key in ("pyresty", "nginx", "tunnel", "uvicorn")}
     try:
         for n in range(args.rounds):
             print(f"round {n + 1}/{args.rounds}", flush=True)
