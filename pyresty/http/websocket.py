@@ -21,7 +21,10 @@ Rules
    offer with an unknown or invalid parameter is declined (RFC 7692 §7).
 3. Fragmented messages are reassembled; a message over ``max_message_size``
    (bytes of a binary message, characters of a text one) closes with 1009
-   as soon as its size passes the limit, without buffering the rest.
+   as soon as its size passes the limit, without buffering the rest. A
+   compressed message is inflated with that bound too (``BoundedDeflate``):
+   a small frame that would inflate past the limit (a deflate bomb: zlib
+   reaches ~1000:1) closes with 1009 after at most limit + 1 inflated bytes.
 4. A ping is answered (pong) as it is parsed, before later messages are
    handed on. A protocol error closes with the code wsproto reports (1002,
    1007 for bad UTF-8); after a close frame in either direction nothing
@@ -35,6 +38,7 @@ from __future__ import annotations
 import base64
 import binascii
 import enum
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -42,6 +46,7 @@ from typing import Any, Final
 from wsproto.connection import Connection, ConnectionState, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError, generate_accept_token
 
 __all__ = ["Accept", "Closed", "Refusal", "Session", "check_handshake", "CloseCode"]
@@ -131,7 +136,7 @@ def check_handshake(method: str, version: str, fields: Sequence[tuple[bytes, byt
                 continue
             if not _deflate_offer_valid(text):
                 continue
-            candidate = PerMessageDeflate()
+            candidate = BoundedDeflate()
             try:
                 params = candidate.accept(text)
             except ValueError:     # RFC 7692 §7: an invalid parameter value is declined
@@ -179,6 +184,51 @@ class Closed:
     by_peer: bool
 
 
+class BoundedDeflate(PerMessageDeflate):
+    """permessage-deflate whose inflation stops past ``limit`` bytes per
+    message (rule 3): wsproto's inflates whatever a frame holds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.limit = DEFAULT_MAX_MESSAGE
+        self._inflated = 0          # bytes of the current message so far
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        if not self._inbound_compressed or not self._inbound_is_compressible:
+            return data
+        assert self._decompressor is not None
+        return self._bounded(data)
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if not fin:
+            return None
+        compressed = self._inbound_compressed and self._inbound_is_compressible
+        self._inbound_compressed = None
+        if not compressed:
+            self._inflated = 0
+            return None
+        tail = self._bounded(b"\x00\x00\xff\xff")   # the empty block the sender dropped
+        self._inflated = 0
+        if proto.client:
+            no_context_takeover = self.server_no_context_takeover
+        else:
+            no_context_takeover = self.client_no_context_takeover
+        if no_context_takeover:
+            self._decompressor = None
+        return tail
+
+    def _bounded(self, data: bytes) -> bytes | CloseReason:
+        room = self.limit - self._inflated
+        try:
+            out = self._decompressor.decompress(data, room + 1)   # type: ignore[union-attr]
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(out)
+        if self._inflated > self.limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return out
+
+
 class Session:
     """The frame protocol of one server-side WebSocket (rules 3-5).
 
@@ -193,6 +243,8 @@ class Session:
 
     def __init__(self, deflate: PerMessageDeflate | None = None,
                  max_message_size: int = DEFAULT_MAX_MESSAGE) -> None:
+        if isinstance(deflate, BoundedDeflate):
+            deflate.limit = max_message_size
         self._conn = Connection(ConnectionType.SERVER, [deflate] if deflate is not None else None)
         self.max_message_size = max_message_size
         self._parts: list[str | bytes] = []

@@ -1,6 +1,8 @@
 """The sans-IO WebSocket layer (http/websocket.py): handshakes and the Session, as tables."""
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import BytesMessage, CloseConnection, Ping, TextMessage
@@ -115,3 +117,47 @@ def test_eof_without_a_close_frame_is_1006():
     session = Session()
     assert session.receive_eof() == Closed(1006, "", True)
     assert session.receive_eof() is None
+
+
+def _deflate_pair(max_message_size: int, offer: bytes = b"permessage-deflate"
+                  ) -> tuple[Session, Connection]:
+    """A session and a client that negotiated permessage-deflate."""
+    from wsproto.extensions import PerMessageDeflate
+    result = check_handshake("GET", "1.1", [*GOOD, (b"sec-websocket-extensions", offer)],
+                             compress=True)
+    assert isinstance(result, Accept) and result.deflate is not None
+    session = Session(result.deflate, max_message_size=max_message_size)
+    ours = PerMessageDeflate()
+    answer = dict(result.fields)["Sec-WebSocket-Extensions"]
+    ours.finalize(answer)
+    return session, Connection(ConnectionType.CLIENT, [ours])
+
+
+@pytest.mark.parametrize("offer", [b"permessage-deflate",
+                                   b"permessage-deflate; client_no_context_takeover"])
+def test_compressed_messages_inflate_one_after_another(offer):
+    session, client = _deflate_pair(1024, offer)
+    messages = ["hello " * 20, "hello " * 20 + "again", "x" * 1024]
+    for message in messages:          # the second one reuses the first's window
+        data = client.send(TextMessage(data=message))
+        assert len(data) < len(message)
+        assert session.receive(data) == [message]
+    fragmented = (client.send(BytesMessage(data=b"a" * 600, message_finished=False))
+                  + client.send(BytesMessage(data=b"b" * 400)))
+    assert session.receive(fragmented) == [b"a" * 600 + b"b" * 400]
+
+
+def test_a_deflate_bomb_closes_with_1009_without_inflating_it():
+    """64 MiB of zeros deflate to ~64 KiB: the session stops inflating past the limit."""
+    session, client = _deflate_pair(1024 * 1024)
+    bomb = client.send(BytesMessage(data=bytes(64 * 1024 * 1024)))
+    assert len(bomb) < 128 * 1024
+    tracemalloc.start()
+    try:
+        out = session.receive(bomb)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert out and isinstance(out[0], Closed) and out[0].code == 1009
+    assert peak < 8 * 1024 * 1024, f"inflating took {peak} bytes"   # 64 MiB unbounded
+    assert session.close_code == 1009 and not session.open
