@@ -30,6 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports: all bound at once while they are chosen
+    (one at a time, the kernel may hand out the same port twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
              interval: float = 0.02) -> Any:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout``."""
@@ -75,8 +88,8 @@ class Pyresty:
     def __init__(self, prefix: Path, config: str, files: dict[str, str] | None = None,
                  expect_log: tuple[str, ...] = ()) -> None:
         self.prefix = prefix
-        self.port = free_port()
-        self.ports = [self.port, free_port(), free_port()]
+        self.ports = free_ports(3)
+        self.port = self.ports[0]
         self.files = files or {}
         self.config_text = config
         self.expect_log = expect_log
