@@ -121,6 +121,10 @@ def _syntax_reason(message: str) -> str:
     return f"{where}: invalid TOML: {reason}"
 
 
+def _tls_versions(server: Server) -> tuple[tuple[str, ...], str]:
+    return server.ssl_protocols, server.ssl_ciphers
+
+
 def _default(cls: type, name: str) -> Any:
     """A dataclass field's default, so the model stays the one place defaults live."""
     for item in dataclasses.fields(cls):
@@ -435,6 +439,10 @@ class _Loader:
             for address in server.listen:
                 owner = first.setdefault(address, server)
                 seen = next(a for a in owner.listen if a == address)
+                if owner is not server and address.ssl and _tls_versions(owner) != _tls_versions(server):
+                    log.warning("%s: %s: ssl_protocols and ssl_ciphers of %s apply on %s, not "
+                                "these (they are chosen before SNI names the server)",
+                                self.problems.label, server.key, owner.key, address)
                 if seen.flags != address.flags:
                     reason = (f'"{address}{address.flags}" differs from "{seen}{seen.flags}" '
                               f"in {owner.key} (an address has one set of flags)")
