@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # setup.py compiles the modules of its HOT_PATH with mypyc; a change rebuilds them
-COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
+COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
 
 .PHONY: run test bench bench-faults conformance clean
 

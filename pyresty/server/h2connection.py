@@ -501,14 +501,15 @@ class Http2Connection:
         for a header block HPACK cannot decode, ENHANCE_YOUR_CALM for a
         CONTINUATION flood (h2 says PROTOCOL_ERROR for both)."""
         code = int(getattr(exc, "error_code", PROTOCOL_ERROR) or PROTOCOL_ERROR)
-        data = self.h2.data_to_send()
         if code == PROTOCOL_ERROR:
             if isinstance(exc.__cause__, HPACKError):
                 code = COMPRESSION_ERROR
             elif "continuation" in str(exc).lower():   # h2's frame_buffer.CONTINUATION_BACKLOG
                 code = ENHANCE_YOUR_CALM
-            if code != PROTOCOL_ERROR:
-                data = self.goaway_frame(code)
+        # h2 queued its GOAWAY for most errors but not for a bad preface: the
+        # connection ends here, so one GOAWAY of ours replaces whatever it queued
+        self.h2.data_to_send()
+        data = self.goaway_frame(code)
         if code == ENHANCE_YOUR_CALM:
             self.state.h2_floods_total += 1
             log.warning("client %s: HTTP/2 flood (%s): closing the connection (ENHANCE_YOUR_CALM)",
