@@ -148,3 +148,80 @@ def read_frames(sock: socket.socket, timeout: float = 10.0) -> list[Frame]:
         frames.append(frame)
         data = data[9 + length:]
     return frames
+
+
+class FrameClient:
+    """HTTP/2 from frames (hyperframe + hpack), for what h2's client state
+    machine refuses: it stops reading at a GOAWAY, where the streams the
+    GOAWAY keeps still have their answers to come (RFC 9113 §6.8)."""
+
+    PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+    def __init__(self, sock: socket.socket, name: str = "a.test") -> None:
+        from hpack import Decoder, Encoder
+        from hyperframe.frame import SettingsFrame
+        self.sock = sock
+        self.name = name
+        self.encoder, self.decoder = Encoder(), Decoder()
+        self.next_id = 1
+        self.buffer = b""
+        self.answers: dict[int, Answer] = {}
+        self.goaway: Any = None
+        self.closed = False
+        sock.sendall(self.PREFACE + SettingsFrame(0).serialize())
+
+    def request(self, path: str) -> int:
+        from hyperframe.frame import HeadersFrame
+        sid, self.next_id = self.next_id, self.next_id + 2
+        frame = HeadersFrame(sid)
+        frame.data = self.encoder.encode([(":method", "GET"), (":path", path),
+                                          (":scheme", "https"), (":authority", self.name)])
+        frame.flags.add("END_HEADERS")
+        frame.flags.add("END_STREAM")
+        self.answers[sid] = Answer()
+        self.sock.sendall(frame.serialize())
+        return sid
+
+    def read_once(self, timeout: float) -> None:
+        from hyperframe.frame import (DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame,
+                                      SettingsFrame)
+        self.sock.settimeout(timeout)
+        try:
+            data = self.sock.recv(65536)
+        except ConnectionResetError:
+            data = b""
+        if not data:
+            self.closed = True
+            return
+        self.buffer += data
+        while len(self.buffer) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(self.buffer[:9]))
+            if len(self.buffer) < 9 + length:
+                break
+            frame.parse_body(memoryview(self.buffer[9:9 + length]))
+            self.buffer = self.buffer[9 + length:]
+            answer = self.answers.get(frame.stream_id)
+            if isinstance(frame, HeadersFrame) and answer is not None:
+                answer.headers = dict(self.decoder.decode(frame.data, raw=True))
+                answer.status = int(answer.headers[b":status"])
+            elif isinstance(frame, DataFrame) and answer is not None:
+                answer.body += frame.data
+            elif isinstance(frame, RstStreamFrame) and answer is not None:
+                answer.reset = frame.error_code
+            elif isinstance(frame, GoAwayFrame):
+                self.goaway = frame
+            elif isinstance(frame, SettingsFrame) and "ACK" not in frame.flags:
+                self.sock.sendall(SettingsFrame(0, flags=["ACK"]).serialize())
+            if answer is not None and "END_STREAM" in frame.flags:
+                answer.ended = True
+
+    def wait(self, condition: Any, timeout: float = 10.0, what: str = "answers") -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            left = deadline - time.monotonic()
+            if left <= 0 or self.closed:
+                raise AssertionError(f"timed out (or closed) waiting for {what}")
+            try:
+                self.read_once(left)
+            except TimeoutError:
+                pass
