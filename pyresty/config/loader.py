@@ -473,7 +473,7 @@ class _Loader:
             missing = "ssl_certificate" if cert is None else "ssl_certificate_key"
             self.problems.add(join_key(server.key, missing),
                               'required by a "ssl" listen address')
-        if (cert is None) != (key is None):
+        elif (cert is None) != (key is None):
             given = "ssl_certificate" if key is None else "ssl_certificate_key"
             missing = "ssl_certificate_key" if key is None else "ssl_certificate"
             self.problems.add(join_key(server.key, missing), f"required with {given}")

@@ -227,10 +227,13 @@ def listen_with_flags(value: Any) -> Listen:
     if not isinstance(value, str) or " " not in value.strip():
         return listen(value)
     address, *flags = value.split()
+    try:
+        plain = listen(address)
+    except ValueError:
+        raise invalid(value, _LISTEN_EXPECTED) from None
     for flag in flags:
         if flag not in LISTEN_FLAGS:
             raise ValueError(f"unknown listen flag {show(flag)} (expected {' or '.join(LISTEN_FLAGS)})")
-    plain = listen(address)
     return Listen(plain.host, plain.port, ssl="ssl" in flags, http2="http2" in flags)
 
 
