@@ -664,6 +664,8 @@ def _response_headers(status: int, fields: Any, length: int | None) -> list[tupl
             raw = str(value).encode("latin-1")
             if b"\r" in raw or b"\n" in raw or b"\0" in raw:
                 raise ValueError(f"invalid character in header field {name!r}")
+            if not lowered or lowered[0] == ":" or " " in lowered or ":" in lowered:
+                raise ValueError(f"invalid header field name {name!r}")
             if lowered == "content-type":
                 has_type = True
             elif lowered == "content-length":
