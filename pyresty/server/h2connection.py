@@ -370,7 +370,7 @@ class Http2Connection:
             state.route_by_host(req, self.listen)
         else:
             req.server = self.server_conf
-            req.route = state.route_for(self.server_conf, req.path)
+            req.route = self.server_conf.route_for(req.path)
         if ended:
             req.end_body()
         else:
