@@ -56,6 +56,7 @@ from hpack import HPACKError
 from hyperframe.frame import GoAwayFrame
 
 from pyresty.http import response
+from pyresty.server.connection import Deadline
 from pyresty.server.phases import start_request
 from pyresty.server.request import Request
 from pyresty.server.stream import Exchange, Stream
@@ -253,7 +254,7 @@ class Http2Connection:
         self.going_away = False      # GOAWAY sent (rule 5)
         self.last_stream_id = 0
         self.deadline = INF
-        self.deadline_kind = "none"
+        self.deadline_kind = Deadline.NONE
         self.resets = Flood()
         self.pings = Flood()
         self.settings_frames = Flood()
@@ -283,7 +284,7 @@ class Http2Connection:
         self.flush()
         self.state.connection_opened(self)
         if not self.going_away:
-            self.set_deadline("head", self.server_conf.client_header_timeout)
+            self.set_deadline(Deadline.HEAD, self.server_conf.client_header_timeout)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -296,11 +297,11 @@ class Http2Connection:
 
     def pause_writing(self) -> None:
         self.write_paused = True
-        self.set_deadline("send", self.server_conf.send_timeout)
+        self.set_deadline(Deadline.SEND, self.server_conf.send_timeout)
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        if self.deadline_kind == "send":
+        if self.deadline_kind is Deadline.SEND:
             self.idle_or_clear()
         for stream in list(self.streams.values()):
             stream.wake()
@@ -356,7 +357,8 @@ class Http2Connection:
             if self.resets.hit(self.loop.time()):
                 self.calm("streams refused while their handlers run (rapid reset)")
             return
-        self.clear_deadline()
+        if self.deadline_kind is not Deadline.SEND:
+            self.clear_deadline()
         stream = H2Stream(self, stream_id)
         method, target, fields = _request_fields(headers)
         req = Request(stream, method, target, "2.0", fields, True, False)
@@ -484,7 +486,7 @@ class Http2Connection:
             if self.going_away:
                 self.close()
             elif not self.closed:
-                self.set_deadline("idle", self.server_conf.keepalive_timeout)
+                self.set_deadline(Deadline.IDLE, self.server_conf.keepalive_timeout)
 
     def reset_stream(self, stream: H2Stream, code: int) -> None:
         try:
@@ -583,27 +585,27 @@ class Http2Connection:
     def abort_after_write(self) -> None:
         # close() lets the GOAWAY out; the sweep aborts it if the client reads nothing
         self.close()
-        self.set_deadline("send", self.server_conf.send_timeout)
+        self.set_deadline(Deadline.SEND, self.server_conf.send_timeout)
 
-    def set_deadline(self, kind: str, timeout: float) -> None:
+    def set_deadline(self, kind: Deadline, timeout: float) -> None:
         self.deadline_kind = kind
         self.deadline = self.state.now + timeout
 
     def clear_deadline(self) -> None:
-        self.deadline_kind = "none"
+        self.deadline_kind = Deadline.NONE
         self.deadline = INF
 
     def idle_or_clear(self) -> None:
         if self.streams:
             self.clear_deadline()
         else:
-            self.set_deadline("idle", self.server_conf.keepalive_timeout)
+            self.set_deadline(Deadline.IDLE, self.server_conf.keepalive_timeout)
 
     def expire(self) -> None:
         """The sweeper found this connection's deadline passed (rule 6)."""
         kind = self.deadline_kind
         self.clear_deadline()
-        if kind == "idle" or kind == "head":
+        if kind is Deadline.IDLE or kind is Deadline.HEAD:
             if not self.going_away:
                 self.go_away()
             self.close()
