@@ -34,7 +34,9 @@ Rules
    that id complete, later ones are refused with ``REFUSED_STREAM`` (the
    client may retry them elsewhere), and the connection closes when the last
    one is done, or at ``worker_shutdown_timeout`` with everything else.
-6. Deadlines, checked by the server's sweep as for HTTP/1.1:
+6. Deadlines, checked by the server's sweep as for HTTP/1.1 (and a
+   handler waiting for body bytes gets ``ClientBodyTimeout`` after
+   ``client_body_timeout``, as on HTTP/1.1):
    ``client_header_timeout`` for the preface, ``keepalive_timeout`` while no
    stream is open (then ``GOAWAY`` and close), ``send_timeout`` while the
    transport is paused.
@@ -55,6 +57,7 @@ import h2.settings
 from hpack import HPACKError
 from hyperframe.frame import GoAwayFrame
 
+from pyresty.errors import ClientBodyTimeout
 from pyresty.http import response
 from pyresty.server.connection import Deadline
 from pyresty.server.phases import start_request
@@ -187,11 +190,20 @@ class H2Stream(Stream):
             raise ConnectionResetError("the client reset the stream")
 
     async def wait_body(self, x: Exchange) -> None:
+        """Until the whole body arrived; ``ClientBodyTimeout`` when the client
+        sends nothing for ``client_body_timeout`` (the request ends with 408)."""
+        req = self.request
+        timeout = (req.server if req is not None else self.conn.server_conf).client_body_timeout
+        loop = self.conn.loop
         while not x.body_complete:
             if self.closed:
                 raise ConnectionResetError("the client reset the stream")
-            self._body_waiter = self.conn.loop.create_future()
-            await self._body_waiter
+            waiter = self._body_waiter = loop.create_future()
+            timer = loop.call_later(timeout, _body_timeout, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
 
     async def send_file(self, x: Exchange, file: BinaryIO, offset: int, count: int) -> None:
         """Send a file region through the stream: read, frame, wait for the
@@ -611,6 +623,11 @@ class Http2Connection:
             self.close()
         else:
             self.abort()
+
+
+def _body_timeout(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(ClientBodyTimeout("client_body_timeout"))
 
 
 def _request_fields(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes, list[tuple[bytes, bytes]]]:

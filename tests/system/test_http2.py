@@ -21,7 +21,7 @@ from hyperframe.frame import (ContinuationFrame, DataFrame, GoAwayFrame, Headers
                               RstStreamFrame, SettingsFrame)
 
 from certs import Certs
-from h2client import FrameClient, H2Client, read_frames
+from h2client import Answer, FrameClient, H2Client, read_frames
 from harness import wait_for
 
 pytestmark = pytest.mark.timeout(120)
@@ -75,6 +75,7 @@ ssl_certificate = "certs/a.test.pem"
 ssl_certificate_key = "certs/a.test.key"
 http2 = true
 client_max_body_size = "4m"
+client_body_timeout = "2s"
 access_log = "logs/access.log"
 [[server.location]]
 path = "/"
@@ -189,6 +190,23 @@ def test_request_bodies_and_a_slow_stream_does_not_block_the_others(served) -> N
     client.flush()
     client.wait(lambda: client.answers[big].ended, 20, "the rest of /big")
     assert len(client.answers[big].body) == 16 * 65536
+    client.close()
+
+
+def test_a_body_that_stops_coming_is_408_after_client_body_timeout(served) -> None:
+    certs, build = served
+    srv = build()
+    client = H2Client(srv.port, certs.client_context())
+    sid = client.conn.get_next_available_stream_id()
+    client.conn.send_headers(sid, [(b":method", b"POST"), (b":path", b"/echo"),
+                                   (b":scheme", b"https"), (b":authority", b"a.test")])
+    client.conn.send_data(sid, b"abc")
+    client.answers[sid] = Answer()
+    client.flush()
+    started = time.monotonic()
+    client.wait(lambda: client.answers[sid].ended, 10, "the 408")
+    assert client.answers[sid].status == 408 and 1.5 < time.monotonic() - started < 5
+    assert client.get("/").body == b"hello 2.0"    # the connection goes on
     client.close()
 
 
