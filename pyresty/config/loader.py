@@ -508,6 +508,13 @@ class _Loader:
         kind, pattern = values.pop("path")
         if "root" in values:
             values["root"] = self.resolve(values["root"])
+        if "proxy_ssl_trusted_certificate" in values:
+            trusted = values["proxy_ssl_trusted_certificate"] = self.resolve(
+                values["proxy_ssl_trusted_certificate"])
+            if not os.access(trusted, os.R_OK):
+                self.problems.add(join_key(key, "proxy_ssl_trusted_certificate"),
+                                  f"cannot read {trusted}")
+                return None
         return Location(kind=kind, pattern=pattern, key=key, **values)
 
     def check_proxy_pass(self, url: str, key: str, upstreams: list[str]) -> None:

@@ -83,6 +83,8 @@ class Location:
     proxy_next_upstream_tries: int = 0       # 0: as many tries as the upstream has peers
     proxy_next_upstream_timeout: float = 0.0  # 0: no bound on the time spent trying
     proxy_http_version: str = "1.1"          # "1.1" keeps upstream connections alive
+    proxy_ssl_verify: bool = True            # https:// upstreams: check the certificate and name
+    proxy_ssl_trusted_certificate: str | None = None   # PEM CA bundle instead of the system store
     root: str | None = None
     index: tuple[str, ...] = ("index.html",)
     client_max_body_size: int | None = None  # None: inherit the server's

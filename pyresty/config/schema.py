@@ -45,7 +45,7 @@ _DOTTED_DIGITS = re.compile(r"[0-9.]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _LOCATION = re.compile(r"(=|\^~|~\*|~)?\s*(.*)", re.DOTALL)
-_PROXY_URL = re.compile(r"http://([^/?#]*)(.*)", re.DOTALL)
+_PROXY_URL = re.compile(r"https?://([^/?#]*)(.*)", re.DOTALL)
 
 _LISTEN_EXPECTED = '"host:port", "port" or "[ipv6]:port"'
 _PROXY_EXPECTED = '"http://upstream-name[/uri]" or "http://host:port[/uri]"'
@@ -582,6 +582,8 @@ LOCATION: dict[str, Validator] = {
     "proxy_next_upstream_tries": integer(0),
     "proxy_next_upstream_timeout": duration(positive=False),
     "proxy_http_version": one_of(("1.0", "1.1")),
+    "proxy_ssl_verify": boolean,
+    "proxy_ssl_trusted_certificate": text,
     "root": text,
     "index": strings(min_items=1),
     "client_max_body_size": size(),

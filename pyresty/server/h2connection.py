@@ -262,6 +262,7 @@ class Http2Connection:
         self.streams: dict[int, H2Stream] = {}     # handler side not done yet
         self.closed = False
         self.write_paused = False
+        self.upgraded: Any = None    # never: HTTP/2 has no Upgrade (RFC 9113 §8.6)
         self.flush_scheduled = False
         self.going_away = False      # GOAWAY sent (rule 5)
         self.last_stream_id = 0

@@ -237,3 +237,59 @@ def test_status_shows_connections_by_protocol(served) -> None:
             workers = [p for p in state["processes"] if p["role"] == "worker"]
             return sum(p.get("protocols", {}).get("http/1.1", 0) for p in workers)
         wait_for(lambda: http11_connections() == 1, 10, "one HTTP/1.1 connection in /status")
+
+
+PROXY_CONFIG = """
+workers = 1
+[[server]]
+listen = ["127.0.0.1:{port}"]
+[[server.location]]
+path = "/trusted/"
+proxy_pass = "https://127.0.0.1:{port2}/"
+proxy_ssl_trusted_certificate = "certs/ca.pem"
+[[server.location]]
+path = "/system/"
+proxy_pass = "https://127.0.0.1:{port2}/"
+[[server.location]]
+path = "/unverified/"
+proxy_pass = "https://127.0.0.1:{port2}/"
+proxy_ssl_verify = false
+[[server]]
+listen = ["127.0.0.1:{port2} ssl"]
+ssl_certificate = "certs/a.test.pem"
+ssl_certificate_key = "certs/a.test.key"
+[[server.location]]
+path = "/"
+content = "app:who"
+"""
+
+
+def test_proxy_pass_https_verifies_the_upstream(make_server, tmp_path: Path) -> None:
+    certs = Certs(tmp_path / "certs-src", ("a.test",))
+    files = {"app.py": APP, "certs/ca.pem": certs.ca_file.read_text(),
+             "certs/a.test.pem": Path(certs.cert("a.test")).read_text(),
+             "certs/a.test.key": Path(certs.key("a.test")).read_text()}
+    srv = make_server(PROXY_CONFIG, files,
+                      expect_log=(r"certificate verify failed",))
+    for path in ("/trusted/x", "/unverified/x"):
+        for _ in range(2):      # a new connection, then a pooled one
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"server=a 1.1 GET 127.0.0.1:%d" % srv.ports[1])
+            conn.close()
+    # the system store does not know the test CA: the handshake fails, 502
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("GET", "/system/x")
+    assert conn.getresponse().status == 502
+    conn.close()
+    srv.wait_log(r"certificate verify failed")
+
+
+def test_proxy_ssl_trusted_certificate_must_be_readable(make_server) -> None:
+    srv = make_server(PROXY_CONFIG.replace("[[server]]\nlisten = [\"127.0.0.1:{port2} ssl\"]", "[[server]]\nlisten = [\"127.0.0.1:{port2}\"]")
+                      .replace('ssl_certificate = "certs/a.test.pem"\nssl_certificate_key = "certs/a.test.key"\n', ""),
+                      {"app.py": APP}, start=False)
+    done = srv.cli("-t")
+    assert done.returncode == 1
+    assert "server[0].location[0].proxy_ssl_trusted_certificate: cannot read " in done.stderr + done.stdout

@@ -151,3 +151,21 @@ def test_tls_versions_of_a_second_server_on_an_address_are_a_warning(
     with caplog.at_level(logging.WARNING, logger="pyresty.config"):
         load("pyresty.toml")
     assert "ssl_protocols and ssl_ciphers of server[0] apply on 127.0.0.1:8443" in caplog.text
+
+
+def test_proxy_pass_https_and_its_keys(folder: Path) -> None:
+    (folder / "pyresty.toml").write_text('''
+[[server]]
+listen = "8080"
+[[server.location]]
+path = "/a/"
+proxy_pass = "https://127.0.0.1:8443/"
+proxy_ssl_trusted_certificate = "certs/ca.pem"
+[[server.location]]
+path = "/b/"
+proxy_pass = "https://127.0.0.1:8443"
+proxy_ssl_verify = false
+''')
+    a, b = load("pyresty.toml").servers[0].locations
+    assert a.proxy_ssl_verify and a.proxy_ssl_trusted_certificate == str(folder / "certs" / "ca.pem")
+    assert not b.proxy_ssl_verify and b.proxy_ssl_trusted_certificate is None
