@@ -263,6 +263,7 @@ class Http2Connection:
         self.closed = False
         self.write_paused = False
         self.upgraded: Any = None    # never: HTTP/2 has no Upgrade (RFC 9113 §8.6)
+        self.closing = False
         self.flush_scheduled = False
         self.going_away = False      # GOAWAY sent (rule 5)
         self.last_stream_id = 0
@@ -271,6 +272,11 @@ class Http2Connection:
         self.resets = Flood()
         self.pings = Flood()
         self.settings_frames = Flood()
+
+    @property
+    def idle(self) -> bool:
+        """No stream open (what the acceptor's room-making looks for)."""
+        return not self.streams
 
     @property
     def current(self) -> H2Stream | None:
@@ -588,11 +594,13 @@ class Http2Connection:
 
     def close(self) -> None:
         if not self.closed:
+            self.closing = True
             self.flush()
             self.transport.close()
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
+            self.closing = True
             self.transport.abort()
 
     def abort_after_write(self) -> None:

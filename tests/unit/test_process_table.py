@@ -74,6 +74,7 @@ def test_rows_survive_json_and_the_status_table() -> None:
     assert lines[2].split() == ["worker", "0", "101", "1", "serving", "3", "1", "1/2", "2", "3/0",
                                 "2.0M", "-"]
 
+
 def test_the_status_table_shows_the_longest_recent_loop_stall() -> None:
     worker = Row("worker", 0, 101, 1, "serving", rss=2 << 20, connections=1, requests=2,
                  active_requests=0, timers_pending=0, timers_running=0,
