@@ -4,9 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # setup.py compiles the modules of its HOT_PATH with mypyc; a change rebuilds them
-COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z_/]*\.py\)",$$/\1/p' setup.py)
+COMPILED := setup.py $(shell sed -n 's/^ *"\(pyresty\/[a-z0-9_/]*\.py\)",$$/\1/p' setup.py)
 
-.PHONY: run test bench bench-faults conformance clean
+.PHONY: run test bench bench-faults bench-tls conformance conformance-h2 clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,14 @@ conformance: $(STAMP)
 # issue 17's table: idle connections, slow readers, uploads, slowloris, respawn, reload
 bench-faults: $(STAMP)
 	$(BIN)/python bench/faults.py
+
+# HTTPS (HTTP/1.1, HTTP/2) and TLS handshakes beside nginx with one certificate
+bench-tls: $(STAMP)
+	$(BIN)/python bench/tls.py
+
+# nghttp, h2load and the HTTP/2 framing cases against a real pyresty (slow)
+conformance-h2: $(STAMP)
+	$(BIN)/python tests/conformance_h2.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .autobahn

@@ -27,6 +27,7 @@ HOT_PATH = [
     "pyresty/http/persistence.py",
     "pyresty/http/response.py",
     "pyresty/server/connection.py",
+    "pyresty/server/h2connection.py",
     "pyresty/server/phases.py",
     "pyresty/server/request.py",
     "pyresty/server/routes.py",

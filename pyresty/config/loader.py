@@ -17,13 +17,14 @@ Relative paths (``pid``, ``error_log``, ``access_log``, ``root``,
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import re
 import tempfile
 import tomllib
 from typing import Any
 
-from pyresty.config import schema
+from pyresty.config import certificates, schema
 from pyresty.config.model import (
     HEALTH_DICT,
     HEALTH_DICT_SIZE,
@@ -46,6 +47,8 @@ from pyresty.errors import ConfigError
 __all__ = ["WELCOME_HANDLER", "builtin", "load"]
 
 WELCOME_HANDLER = "pyresty.server.welcome:page"
+
+log = logging.getLogger("pyresty.config")
 
 _SECTIONS = ("hooks", "shared", "upstream", "status", "limit_req", "limit_conn", "limit_count",
              "server")
@@ -116,6 +119,10 @@ def _syntax_reason(message: str) -> str:
     reason, line, column = match.groups()
     where = f"line {line}, column {column}" if line else "end of file"
     return f"{where}: invalid TOML: {reason}"
+
+
+def _tls_versions(server: Server) -> tuple[tuple[str, ...], str]:
+    return server.ssl_protocols, server.ssl_ciphers
 
 
 def _default(cls: type, name: str) -> Any:
@@ -422,7 +429,24 @@ class _Loader:
         found = [self.server(item, f"server[{i}]", upstreams) for i, item in enumerate(tables)]
         servers = tuple(server for server in found if server is not None)
         self.check_server_names(servers)
+        self.check_listen_flags(servers)
         return servers
+
+    def check_listen_flags(self, servers: tuple[Server, ...]) -> None:
+        """One address is one socket: every server on it must give it the same flags."""
+        first: dict[Listen, Server] = {}
+        for server in servers:
+            for address in server.listen:
+                owner = first.setdefault(address, server)
+                seen = next(a for a in owner.listen if a == address)
+                if owner is not server and address.ssl and _tls_versions(owner) != _tls_versions(server):
+                    log.warning("%s: %s: ssl_protocols and ssl_ciphers of %s apply on %s, not "
+                                "these (they are chosen before SNI names the server)",
+                                self.problems.label, server.key, owner.key, address)
+                if seen.flags != address.flags:
+                    reason = (f'"{address}{address.flags}" differs from "{seen}{seen.flags}" '
+                              f"in {owner.key} (an address has one set of flags)")
+                    self.problems.add(f"{server.key}.listen", reason)
 
     def server(self, raw: dict[str, Any], key: str, upstreams: list[str]) -> Server | None:
         mark = self.mark()
@@ -434,7 +458,32 @@ class _Loader:
         access_log = values.get("access_log")
         if access_log is not None:
             values["access_log"] = None if access_log == "off" else self.resolve(access_log)
-        return Server(key=key, locations=locations, **values)
+        for name in ("ssl_certificate", "ssl_certificate_key"):
+            if name in values:
+                values[name] = self.resolve(values[name])
+        server = Server(key=key, locations=locations, **values)
+        return server if self.check_tls(server) else None
+
+    def check_tls(self, server: Server) -> bool:
+        """An ssl address needs a certificate and its key, both readable and
+        matching (read here: at start, ``-t`` and every reload)."""
+        mark = self.mark()
+        cert, key = server.ssl_certificate, server.ssl_certificate_key
+        if server.ssl and (cert is None or key is None):
+            missing = "ssl_certificate" if cert is None else "ssl_certificate_key"
+            self.problems.add(join_key(server.key, missing),
+                              'required by a "ssl" listen address')
+        elif (cert is None) != (key is None):
+            given = "ssl_certificate" if key is None else "ssl_certificate_key"
+            missing = "ssl_certificate_key" if key is None else "ssl_certificate"
+            self.problems.add(join_key(server.key, missing), f"required with {given}")
+        if cert is not None and key is not None:
+            errors, warnings = certificates.check(cert, key)
+            for which, reason in errors:
+                self.problems.add(join_key(server.key, which), reason)
+            for which, reason in warnings:
+                log.warning("%s: %s: %s", self.problems.label, join_key(server.key, which), reason)
+        return self.clean_since(mark)
 
     def locations(self, raw: Any, key: str, upstreams: list[str]) -> tuple[Location, ...]:
         tables = self.array_of_tables(raw, key, "[[server.location]]")
@@ -459,6 +508,13 @@ class _Loader:
         kind, pattern = values.pop("path")
         if "root" in values:
             values["root"] = self.resolve(values["root"])
+        if "proxy_ssl_trusted_certificate" in values:
+            trusted = values["proxy_ssl_trusted_certificate"] = self.resolve(
+                values["proxy_ssl_trusted_certificate"])
+            if not os.access(trusted, os.R_OK):
+                self.problems.add(join_key(key, "proxy_ssl_trusted_certificate"),
+                                  f"cannot read {trusted}")
+                return None
         return Location(kind=kind, pattern=pattern, key=key, **values)
 
     def check_proxy_pass(self, url: str, key: str, upstreams: list[str]) -> None:

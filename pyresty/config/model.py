@@ -16,8 +16,22 @@ BACKLOG: Final = 511
 
 @dataclass(frozen=True, slots=True)
 class Listen:
+    """An address and its flags: ``"0.0.0.0:8443 ssl"``, ``"127.0.0.1:8080 http2"``.
+
+    The flags are not part of equality or hash: an address is one socket
+    whatever a server says about it (the loader refuses servers that
+    disagree), and ``str()`` is the address alone.
+    """
+
     host: str
     port: int
+    ssl: bool = field(default=False, compare=False)      # terminate TLS here
+    http2: bool = field(default=False, compare=False)    # h2 by ALPN (ssl) or prior knowledge (h2c)
+
+    @property
+    def flags(self) -> str:
+        """``" ssl http2"``, ``" ssl"``, ``""``: the flags as written in the config."""
+        return (" ssl" if self.ssl else "") + (" http2" if self.http2 else "")
 
     def __str__(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
@@ -69,6 +83,8 @@ class Location:
     proxy_next_upstream_tries: int = 0       # 0: as many tries as the upstream has peers
     proxy_next_upstream_timeout: float = 0.0  # 0: no bound on the time spent trying
     proxy_http_version: str = "1.1"          # "1.1" keeps upstream connections alive
+    proxy_ssl_verify: bool = True            # https:// upstreams: check the certificate and name
+    proxy_ssl_trusted_certificate: str | None = None   # PEM CA bundle instead of the system store
     root: str | None = None
     index: tuple[str, ...] = ("index.html",)
     client_max_body_size: int | None = None  # None: inherit the server's
@@ -99,8 +115,18 @@ class Server:
     client_header_timeout: float = 60.0
     client_body_timeout: float = 60.0
     send_timeout: float = 60.0
+    ssl_certificate: str | None = None       # PEM chain, leaf first (resolved path)
+    ssl_certificate_key: str | None = None   # PEM key, unencrypted (resolved path)
+    ssl_protocols: tuple[str, ...] = ("TLSv1.2", "TLSv1.3")
+    ssl_ciphers: str = "HIGH:!aNULL:!MD5"    # TLS 1.2 suites (OpenSSL syntax); nginx's default
+    http2: bool = False                      # offer h2 by ALPN on this server's ssl addresses
     locations: tuple[Location, ...] = ()
     key: str = ""                            # "server[0]"
+
+    @property
+    def ssl(self) -> bool:
+        """Whether any of the server's addresses terminates TLS."""
+        return any(listen.ssl for listen in self.listen)
 
 
 # The internal shared dict where active health checks publish their verdicts

@@ -45,7 +45,7 @@ _DOTTED_DIGITS = re.compile(r"[0-9.]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 _UPSTREAM_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 _LOCATION = re.compile(r"(=|\^~|~\*|~)?\s*(.*)", re.DOTALL)
-_PROXY_URL = re.compile(r"http://([^/?#]*)(.*)", re.DOTALL)
+_PROXY_URL = re.compile(r"https?://([^/?#]*)(.*)", re.DOTALL)
 
 _LISTEN_EXPECTED = '"host:port", "port" or "[ipv6]:port"'
 _PROXY_EXPECTED = '"http://upstream-name[/uri]" or "http://host:port[/uri]"'
@@ -191,6 +191,20 @@ def host_header(value: Any) -> str:
     return value
 
 
+# --- TLS ---------------------------------------------------------------------
+
+SSL_PROTOCOLS = ("TLSv1.2", "TLSv1.3")   # older ones are broken (RFC 8996); OpenSSL 3 refuses them
+
+
+def ssl_protocols(value: Any) -> tuple[str, ...]:
+    """``["TLSv1.2", "TLSv1.3"]``, a subset of the versions still considered safe."""
+    items = [value] if isinstance(value, str) else value
+    expected = "an array of " + " and ".join(f'"{v}"' for v in SSL_PROTOCOLS)
+    if not isinstance(items, list) or not items or not all(v in SSL_PROTOCOLS for v in items):
+        raise invalid(value, expected)
+    return tuple(sorted(set(items)))
+
+
 # --- addresses ---------------------------------------------------------------
 
 def listen(value: Any) -> Listen:
@@ -205,6 +219,24 @@ def listen(value: Any) -> Listen:
     return Listen("0.0.0.0" if host == "*" else host, port)
 
 
+LISTEN_FLAGS = ("ssl", "http2")
+
+
+def listen_with_flags(value: Any) -> Listen:
+    """A server's address with its flags: ``"0.0.0.0:8443 ssl"``, ``"8080 http2"``."""
+    if not isinstance(value, str) or " " not in value.strip():
+        return listen(value)
+    address, *flags = value.split()
+    try:
+        plain = listen(address)
+    except ValueError:
+        raise invalid(value, _LISTEN_EXPECTED) from None
+    for flag in flags:
+        if flag not in LISTEN_FLAGS:
+            raise ValueError(f"unknown listen flag {show(flag)} (expected {' or '.join(LISTEN_FLAGS)})")
+    return Listen(plain.host, plain.port, ssl="ssl" in flags, http2="http2" in flags)
+
+
 def listens(value: Any) -> tuple[Listen, ...]:
     """One address or an array of them, without repeats."""
     items = value if isinstance(value, list) else [value]
@@ -212,7 +244,7 @@ def listens(value: Any) -> tuple[Listen, ...]:
         raise invalid(value, _LISTEN_EXPECTED)
     found: list[Listen] = []
     for item in items:
-        address = listen(item)
+        address = listen_with_flags(item)
         if address in found:
             raise ValueError(f"duplicate listen {address}")
         found.append(address)
@@ -529,6 +561,11 @@ SERVER: dict[str, Validator] = {
     "client_header_timeout": _POSITIVE,
     "client_body_timeout": _POSITIVE,
     "send_timeout": _POSITIVE,
+    "ssl_certificate": text,
+    "ssl_certificate_key": text,
+    "ssl_protocols": ssl_protocols,
+    "ssl_ciphers": text,
+    "http2": boolean,
     "location": NESTED,
 }
 
@@ -545,6 +582,8 @@ LOCATION: dict[str, Validator] = {
     "proxy_next_upstream_tries": integer(0),
     "proxy_next_upstream_timeout": duration(positive=False),
     "proxy_http_version": one_of(("1.0", "1.1")),
+    "proxy_ssl_verify": boolean,
+    "proxy_ssl_trusted_certificate": text,
     "root": text,
     "index": strings(min_items=1),
     "client_max_body_size": size(),

@@ -28,10 +28,10 @@ Rules
 from __future__ import annotations
 
 import asyncio
-import ssl as ssl_module
 from typing import Final
 
 from pyresty.errors import SocketError, SocketTimeout
+from pyresty.runtime.client_tls import client_context
 from pyresty.upstream.pool import READ_LIMIT, PooledSocket, pools
 
 __all__ = ["Socket", "connect"]
@@ -55,7 +55,7 @@ async def connect(host: str, port: int, *, timeout: float = 60.0, pool: str | No
     all_pools = pools()
     sock = all_pools.take(key, loop.time())
     if sock is None:
-        context = ssl_module.create_default_context() if ssl else None
+        context = client_context() if ssl else None    # verified, SNI: runtime/client_tls.py
         try:
             sock = await all_pools.connect(key, timeout, context)
         except TimeoutError:

@@ -469,8 +469,9 @@ class HttpConnection(Stream):
         in the transport; when the socket is full, wait until it is writable
         again (a slow reader holds no copy of the file). Only a region begun
         behind queued bytes goes through the transport's buffered write path
-        with ``drain``."""
-        sock = self.transport.get_extra_info("socket")
+        with ``drain``. Never sendfile under TLS: the plaintext would bypass the
+        encryption."""
+        sock = None if self.listen.ssl else self.transport.get_extra_info("socket")
         end = offset + count
         if sock is not None and self.transport.get_write_buffer_size() == 0:
             fd = sock.fileno()

@@ -30,9 +30,13 @@ from pyresty.runtime import lifecycle
 from pyresty.server.access_log import AccessLog
 from pyresty.server.acceptor import Acceptor, Limits
 from pyresty.server.connection import HttpConnection
+from pyresty.server.negotiation import PrefaceChoice, TlsChoice
 from pyresty.server.state import ServerState, open_access_logs
+from pyresty.server.tls import open_tls
 
 if TYPE_CHECKING:
+    import ssl
+
     from pyresty.config.model import Config, Listen
 
 log = logging.getLogger("pyresty.http")
@@ -40,7 +44,7 @@ log = logging.getLogger("pyresty.http")
 SWEEP_INTERVAL: Final = 0.25   # how often connection deadlines are checked (s)
 EXPIRE_BATCH: Final = 32       # expired connections closed per turn of the loop
 
-__all__ = ["HttpServer", "open_access_logs", "start_upstreams"]
+__all__ = ["HttpServer", "open_access_logs", "open_tls", "start_upstreams"]
 
 
 async def start_upstreams(config: Config) -> None:
@@ -56,8 +60,12 @@ class HttpServer(ServerState):
 
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop,
                  resolve: Callable[..., Callable[..., Any]],
-                 access_logs: dict[str, AccessLog] | None = None) -> None:
+                 access_logs: dict[str, AccessLog] | None = None,
+                 tls: dict[Listen, ssl.SSLContext] | None = None) -> None:
         super().__init__(config, loop, resolve, access_logs)
+        # contexts of the ssl addresses, opened before privileges dropped (tls.py)
+        self._tls = tls if tls is not None else (
+            open_tls(config) if any(s.ssl for s in config.servers) else {})
         self._listeners: list[Acceptor] = []
         self.limits = Limits(config.worker_connections, self.connections)
         self._sweeper: asyncio.TimerHandle | None = None
@@ -69,10 +77,14 @@ class HttpServer(ServerState):
         """Serve on already-bound listening sockets."""
         refresh_date()   # the cached Date is as old as the fork otherwise, until the first sweep
         for listen, sock in sockets:
-            # our own accept path, not loop.create_server: acceptor.py says why
+            # our own accept path, not loop.create_server: acceptor.py says why.
+            # TLS: the protocol is chosen by ALPN once the handshake is done;
+            # a plain http2 address: by the first bytes (negotiation.py)
+            factory: Any = TlsChoice if listen.ssl else (
+                PrefaceChoice if listen.http2 else HttpConnection)
             self._listeners.append(Acceptor(self.loop, sock,
-                                            functools.partial(HttpConnection, self, listen),
-                                            self.limits))
+                                            functools.partial(factory, self, listen),
+                                            self.limits, ssl=self._tls.get(listen)))
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop_accepting(self) -> None:
@@ -171,7 +183,8 @@ class HttpServer(ServerState):
         self._sweeper = self.loop.call_later(delay, self._sweep)
 
     # figures for status and metrics
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
+        h2 = sum(1 for c in self.connections if not isinstance(c, HttpConnection))
         return {
             "connections": len(self.connections),
             "active_requests": sum(1 for c in self.connections if c.current is not None),
@@ -182,6 +195,11 @@ class HttpServer(ServerState):
             **_websocket_counts(),
             **self.limits.counters(),
             "access_log_errors": sum(a.errors for a in self.access_logs.values()),
+            "connections_by_protocol": {"http/1.1": len(self.connections) - h2, "h2": h2},
+            "tls_handshakes": dict(self.tls_handshakes),
+            "tls_handshake_failures": self.tls_handshake_failures,
+            "h2_streams": self.h2_streams_total,
+            "h2_floods": self.h2_floods_total,
         }
 
 

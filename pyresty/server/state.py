@@ -68,6 +68,10 @@ class ServerState:
         self.requests_total = 0
         self.connections_total = 0
         self.refused_total = 0
+        self.tls_handshakes: dict[str, int] = {}   # by negotiated version
+        self.tls_handshake_failures = 0
+        self.h2_streams_total = 0
+        self.h2_floods_total = 0                    # connections closed with ENHANCE_YOUR_CALM
         self._idle_waiter: asyncio.Future[None] | None = None
         self._static: Callable[..., Any] | None = None
         self.now = loop.time()      # coarse clock for connection deadlines, set every sweep
@@ -95,6 +99,12 @@ class ServerState:
 
     def count_refused(self, status: int) -> None:
         self.refused_total += 1
+
+    def count_handshake(self, version: str) -> None:
+        self.tls_handshakes[version] = self.tls_handshakes.get(version, 0) + 1
+
+    def count_handshake_failure(self) -> None:
+        self.tls_handshake_failures += 1
 
     def log_refused(self, server: VirtualServer, peer_host: str, status: int,
                     body_size: int) -> None:

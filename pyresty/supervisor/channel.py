@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
-from typing import Final, Union
+from typing import Any, Final, Union
 
 MAX_LINE: Final = 1 << 20   # a line this long is garbage, not a message
 
@@ -48,7 +48,7 @@ class Stats:
     state: str = "starting"                      # starting | serving | shutting down | exited
     timers_pending: int = 0
     timers_running: int = 0
-    server: Mapping[str, int] = field(default_factory=dict)     # the HTTP server's counters
+    server: Mapping[str, Any] = field(default_factory=dict)     # the HTTP server's counters
     shared: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per shared dict
     limits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)  # per limit zone: result -> n
     # upstream -> peer address -> figure -> n (upstream/balancer.py peer_stats)

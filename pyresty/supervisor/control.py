@@ -268,7 +268,7 @@ def _no_master(config: Config, exc: OSError) -> int:
 
 
 COLUMNS = [("role", 6), ("id", 3), ("pid", 8), ("gen", 4), ("state", 24), ("conns", 6),
-           ("ws", 5), ("requests", 9), ("timers", 10), ("rss", 8), ("stall", 6)]
+           ("ws", 5), ("h1/h2", 8), ("requests", 9), ("timers", 10), ("rss", 8), ("stall", 6)]
 
 
 def format_table(rows: list[Row]) -> str:
@@ -277,6 +277,7 @@ def format_table(rows: list[Row]) -> str:
         serves = row.connections is not None
         cells = [row.role, "-" if row.id is None else row.id, row.pid, row.generation, row.state,
                  row.connections if serves else "-", row.websockets or 0 if serves else "-",
+                 f"{row.protocols.get('http/1.1', 0)}/{row.protocols.get('h2', 0)}" if serves else "-",
                  row.requests if serves else "-",
                  f"{row.timers_pending}/{row.timers_running}" if serves else "-",
                  f"{row.rss / 1048576:.1f}M", _stall(row)]

@@ -53,6 +53,7 @@ class _RowsCollector:
         yield from _upstreams(workers)
         yield from _websockets(workers)
         yield from _counters(workers)
+        yield from _tls_and_h2(workers)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -222,6 +223,35 @@ def _websockets(workers: Sequence[Row]) -> Iterator[Metric]:
         if key not in _WS_FAMILIES:
             closes.add_metric([key[3:]], n)
     yield from (messages, sizes, handshakes, closes)
+
+
+def _tls_and_h2(workers: Sequence[Row]) -> Iterator[Metric]:
+    """TLS handshakes by version and failures; HTTP/2 streams, floods, connections by protocol."""
+    handshakes: Counter[str] = Counter()
+    for row in workers:
+        handshakes.update(row.tls)
+    failed = handshakes.pop("failed", 0)
+    if handshakes or failed:
+        family = CounterMetricFamily("pyresty_tls_handshakes", "Completed TLS handshakes",
+                                     labels=["version"])
+        for version, n in sorted(handshakes.items()):
+            family.add_metric([version], n)
+        yield family
+        failures = CounterMetricFamily("pyresty_tls_handshake_failures",
+                                       "TLS handshakes that failed (version, cipher, certificate, "
+                                       "timeout or a client that left)")
+        failures.add_metric([], failed)
+        yield failures
+    protocols = GaugeMetricFamily("pyresty_connections_by_protocol",
+                                  "Open client connections by protocol", labels=["protocol"])
+    for protocol in ("http/1.1", "h2"):
+        protocols.add_metric([protocol], sum(r.protocols.get(protocol, 0) for r in workers))
+    streams = CounterMetricFamily("pyresty_http2_streams", "HTTP/2 streams opened by clients")
+    streams.add_metric([], sum(r.h2_streams for r in workers))
+    floods = CounterMetricFamily("pyresty_http2_floods",
+                                 "HTTP/2 connections closed with ENHANCE_YOUR_CALM (floods)")
+    floods.add_metric([], sum(r.h2_floods for r in workers))
+    yield from (protocols, streams, floods)
 
 
 def render(rows: Sequence[Row], draining: bool = False) -> bytes:

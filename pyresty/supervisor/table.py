@@ -87,6 +87,10 @@ class Row:
     upstreams: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # "pool peer" -> counter -> n
     websocket: Mapping[str, int] = field(default_factory=dict)   # ws_* counters: /metrics only
     counters: Mapping[str, float] = field(default_factory=dict)   # COUNTERS -> value
+    protocols: Mapping[str, int] = field(default_factory=dict)   # open connections: "http/1.1", "h2"
+    tls: Mapping[str, int] = field(default_factory=dict)   # handshakes by version; "failed"
+    h2_streams: int = 0                  # HTTP/2 streams opened
+    h2_floods: int = 0                   # HTTP/2 connections closed with ENHANCE_YOUR_CALM
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -99,12 +103,15 @@ class Row:
                 obj[name] = value
         if self.counters:
             obj["counters"] = dict(self.counters)
+        if self.protocols:
+            obj["protocols"] = dict(self.protocols)
         return obj
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> Row:
         return cls(role=obj["role"], id=obj["id"], pid=obj["pid"], generation=obj["generation"],
                    state=obj["state"], rss=obj.get("rss", 0), counters=obj.get("counters", {}),
+                   protocols=obj.get("protocols", {}),
                    **{name: obj[name] for name in FIGURES if name in obj})
 
 
@@ -122,7 +129,11 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                shared=stats.shared, limits=stats.limits, peers=stats.peers,
                upstreams=stats.upstreams,
                counters={name: value for name, value in {**server, **stats.counters}.items()
-                         if name in COUNTERS})
+                         if name in COUNTERS},
+               protocols=server.get("connections_by_protocol", {}),
+               tls={**server.get("tls_handshakes", {}),
+                    "failed": server.get("tls_handshake_failures", 0)},
+               h2_streams=server.get("h2_streams", 0), h2_floods=server.get("h2_floods", 0))
 
 
 def child_rows(children: Iterable[Child], now: float, draining_generation: int | None) -> list[Row]:

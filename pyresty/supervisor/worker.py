@@ -75,6 +75,8 @@ class HttpLayer(Protocol):
 
     def open_access_logs(self, config: Config) -> dict[str, Any]: ...
 
+    def open_tls(self, config: Config) -> dict[Listen, Any]: ...
+
     async def start_upstreams(self, config: Config) -> None: ...
 
     HttpServer: Callable[..., Any]
@@ -114,6 +116,7 @@ class WorkerProcess:
         self.state = "starting"
         self.shutdown_started = 0.0
         self.access_logs: dict[str, Any] = {}
+        self.tls: dict[Listen, Any] = {}
         self.lifecycle = lifecycle.Registry(SHUTDOWN)
         self.watchdog: Watchdog | None = None
 
@@ -131,6 +134,11 @@ class WorkerProcess:
                 self.access_logs = self.http.open_access_logs(self.config)
             except OSError as exc:
                 log.critical("cannot open the access log: %s", exc)
+                return WORKER_BOOT_ERROR
+            try:    # keys are often readable by root only
+                self.tls = self.http.open_tls(self.config)
+            except (OSError, ValueError) as exc:
+                log.critical("cannot load a certificate: %s", exc)
                 return WORKER_BOOT_ERROR
         try:
             self._drop_privileges()
@@ -200,7 +208,7 @@ class WorkerProcess:
         if self.role is not Role.AGENT:
             try:
                 self.server = self.http.HttpServer(config, self.loop, loader.resolve,
-                                                   self.access_logs)
+                                                   self.access_logs, self.tls)
             except Exception as exc:
                 raise BootError(f"cannot load handlers: {exc}") from exc
         try:

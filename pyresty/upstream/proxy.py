@@ -54,6 +54,7 @@ from urllib.parse import quote
 
 from pyresty.http.client import ResponseParser, UpstreamError
 from pyresty.http.headers import Headers
+from pyresty.runtime.client_tls import client_context
 from pyresty.upstream import balancer as balancers
 from pyresty.upstream import pool
 from pyresty.upstream.pool import READ_LIMIT, PooledSocket, PoolKey, pools
@@ -315,7 +316,13 @@ class ProxyPlan:
     def __init__(self, config: Config, location: Location,
                  resolve: Callable[..., Callable[..., Any]]) -> None:
         url = location.proxy_pass or ""
-        authority, _, rest = url[len("http://"):].partition("/")
+        scheme, _, url_rest = url.partition("://")
+        authority, _, rest = url_rest.partition("/")
+        # https:// upstreams: verified by default (runtime/client_tls.py); their
+        # pooled connections are kept apart from plain ones to the same peer
+        self.tls = client_context(verify=location.proxy_ssl_verify,
+                                  trusted_certificate=location.proxy_ssl_trusted_certificate) \
+            if scheme == "https" else None
         self.uri_part: str | None = "/" + rest if (rest or url.endswith("/")) else None
         self.prefix = location.pattern if location.kind in ("", "^~") else None
         self.exact = location.kind == "="
@@ -329,6 +336,11 @@ class ProxyPlan:
                                 keepalive=DIRECT_POOL, max_fails=0)
         self.upstream = upstream
         self.name = upstream.name
+        # a pooled TLS connection was verified as its location said: keep it to locations
+        # that verify the same way
+        self.pool_name = upstream.name if self.tls is None else (
+            f"{upstream.name} tls verify={location.proxy_ssl_verify} "
+            f"ca={location.proxy_ssl_trusted_certificate or 'system'}")
         self.pool_size = upstream.keepalive
         self.pool_timeout = upstream.keepalive_timeout
         self.pool_requests = upstream.keepalive_requests
@@ -569,8 +581,8 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
             tried.add(peer.addr)
         info = plan.peers.get(id(peer)) if peer is not None else None
         if info is None:
-            pool_key: PoolKey = (host, port, plan.name) if peer is None \
-                else (peer.host, peer.port, plan.name)
+            pool_key: PoolKey = (host, port, plan.pool_name) if peer is None \
+                else (peer.host, peer.port, plan.pool_name)
             addr = f"[{pool_key[0]}]:{pool_key[1]}" if ":" in pool_key[0] \
                 else f"{pool_key[0]}:{pool_key[1]}"
             info = (pool_key, addr, counters(plan.name, addr))
@@ -682,7 +694,7 @@ async def _send(plan: ProxyPlan, key: PoolKey, fresh: bool, method: str, head: b
     sock = None if fresh else all_pools.take(key, loop.time())
     if sock is None:
         try:
-            sock = await all_pools.connect(key, plan.connect_timeout)
+            sock = await all_pools.connect(key, plan.connect_timeout, plan.tls)
         except TimeoutError:
             raise Failure("timeout", "upstream timed out (110: Connection timed out) while "
                           "connecting to upstream", False) from None

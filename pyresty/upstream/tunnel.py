@@ -136,12 +136,12 @@ async def proxy_websocket(plan: Any, r: Any) -> None:
     if peer is None:
         log.error("no live upstreams while connecting to upstream \"%s\" (WebSocket)", plan.name)
         raise Exit(502)
-    key = (peer.host, peer.port, plan.name)
+    key = (peer.host, peer.port, plan.pool_name)
     addr = f"{peer.host}:{peer.port}"
     r.upstream_addr = addr
     started = loop.time()
     try:
-        sock = await pools().connect(key, plan.connect_timeout)
+        sock = await pools().connect(key, plan.connect_timeout, plan.tls)
     except (OSError, TimeoutError) as exc:
         _fail(r, addr, f"connect() failed ({exc}) while connecting to upstream",
               504 if isinstance(exc, TimeoutError) else 502)

@@ -471,7 +471,7 @@ BAD: list[tuple[str, str]] = [
     ('[upstream.b]\nservers = ["h:1"]\n[upstream.a]\nservers = ["h:1"]\n' + LOC + 'proxy_pass = "http://c/x"\n',
      'server[0].location[0].proxy_pass: unknown upstream "c" (known: a, b)'),
     (LOC + 'proxy_pass = "http://backend"\n', 'server[0].location[0].proxy_pass: unknown upstream "backend" (known: none)'),
-    (LOC + 'proxy_pass = "https://h:1"\n', f'server[0].location[0].proxy_pass: invalid value "https://h:1" (expected {PROXY})'),
+    (LOC + 'proxy_pass = "ftp://h:1"\n', f'server[0].location[0].proxy_pass: invalid value "ftp://h:1" (expected {PROXY})'),
     (LOC + 'proxy_pass = "http://"\n', f'server[0].location[0].proxy_pass: invalid value "http://" (expected {PROXY})'),
     (LOC + 'proxy_pass = "http://api?x=1"\n', f'server[0].location[0].proxy_pass: invalid value "http://api?x=1" (expected {PROXY})'),
     (LOC + 'proxy_pass = "http://h:0"\n', 'server[0].location[0].proxy_pass: invalid value "h:0" (expected a port 1..65535)'),

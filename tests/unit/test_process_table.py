@@ -61,17 +61,18 @@ def test_serving_rows_of_the_draining_generation_say_draining(channel) -> None:
 
 def test_rows_survive_json_and_the_status_table() -> None:
     master = Row("master", None, 100, 1, "serving", rss=1 << 20)
-    worker = Row("worker", 0, 101, 1, "serving", rss=2 << 20, connections=1, requests=2,
-                 active_requests=0, websockets=1, timers_pending=3, timers_running=0)
+    worker = Row("worker", 0, 101, 1, "serving", rss=2 << 20, connections=3, requests=2,
+                 active_requests=0, websockets=1, timers_pending=3, timers_running=0,
+                 protocols={"http/1.1": 1, "h2": 2})
     assert "connections" not in master.to_json()
     assert [Row.from_json(r.to_json()) for r in (master, worker)] == [master, worker]
     lines = format_table([master, worker]).splitlines()
     assert lines[0].split()[:5] == ["ROLE", "ID", "PID", "GEN", "STATE"]
-    assert lines[0].split()[5:7] == ["CONNS", "WS"]
-    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "-", "1.0M",
+    assert lines[0].split()[5:8] == ["CONNS", "WS", "H1/H2"]
+    assert lines[1].split() == ["master", "-", "100", "1", "serving", "-", "-", "-", "-", "-", "1.0M",
                                 "-"]
-    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "1", "1", "2", "3/0", "2.0M",
-                                "-"]
+    assert lines[2].split() == ["worker", "0", "101", "1", "serving", "3", "1", "1/2", "2", "3/0",
+                                "2.0M", "-"]
 
 
 def test_the_status_table_shows_the_longest_recent_loop_stall() -> None:
@@ -80,6 +81,23 @@ def test_the_status_table_shows_the_longest_recent_loop_stall() -> None:
                  counters={"loop_stalls": 2, "loop_stall_longest_recent": 5.04})
     assert Row.from_json(worker.to_json()) == worker
     assert format_table([worker]).splitlines()[1].split()[-1] == "5.0s"
+
+
+def test_metrics_show_tls_handshakes_and_http2_figures() -> None:
+    rows = [Row("worker", 0, 101, 1, "serving", connections=3, requests=2, active_requests=0,
+                timers_pending=0, timers_running=0, protocols={"http/1.1": 1, "h2": 2},
+                tls={"TLSv1.3": 5, "TLSv1.2": 1, "failed": 2}, h2_streams=40, h2_floods=1),
+            Row("worker", 1, 102, 1, "serving", connections=1, requests=2, active_requests=0,
+                timers_pending=0, timers_running=0, protocols={"h2": 1},
+                tls={"TLSv1.3": 2, "failed": 0}, h2_streams=2)]
+    text = render(rows).decode()
+    assert 'pyresty_tls_handshakes_total{version="TLSv1.3"} 7.0' in text
+    assert 'pyresty_tls_handshakes_total{version="TLSv1.2"} 1.0' in text
+    assert "pyresty_tls_handshake_failures_total 2.0" in text
+    assert 'pyresty_connections_by_protocol{protocol="h2"} 3.0' in text
+    assert 'pyresty_connections_by_protocol{protocol="http/1.1"} 1.0' in text
+    assert "pyresty_http2_streams_total 42.0" in text
+    assert "pyresty_http2_floods_total 1.0" in text
 
 
 def test_metrics_render_the_rows_they_are_given() -> None:

@@ -1,0 +1,295 @@
+"""TLS termination on a real pyresty: HTTPS through ``ssl``/``http.client``,
+SNI choosing the server block's certificate, the default server for an
+unknown name, static files over TLS (no sendfile), ssl_protocols, and a
+reload that reads renewed certificates. Certificates come from ``trustme``.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import warnings
+from pathlib import Path
+
+import pytest
+
+from certs import Certs
+from harness import wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+APP = """
+import pyresty
+
+async def who(r):
+    await r.print(r.ctx.get("x", ""), "server=", r.ctx.get("server", "a"), " ", r.http_version,
+                  " ", r.method, " ", r.headers.get("host"))
+
+async def b(r):
+    await r.print("server=b ", r.http_version, " ", r.headers.get("host"))
+
+async def echo(r):
+    body = await r.read_body()
+    await r.print(len(body), " ", body[:16].decode())
+"""
+
+CONFIG = """
+workers = 1
+worker_shutdown_timeout = "3s"
+[status]
+listen = "127.0.0.1:{port3}"
+[[server]]
+listen = ["127.0.0.1:{port} ssl", "127.0.0.1:{port2}"]
+server_name = ["a.test"]
+ssl_certificate = "certs/a.test.pem"
+ssl_certificate_key = "certs/a.test.key"
+{a_extra}
+[[server.location]]
+path = "/"
+content = "app:who"
+[[server.location]]
+path = "= /echo"
+content = "app:echo"
+[[server.location]]
+path = "/static/"
+root = "."
+[[server]]
+listen = ["127.0.0.1:{port} ssl"]
+server_name = ["b.test"]
+ssl_certificate = "certs/b.test.pem"
+ssl_certificate_key = "certs/b.test.key"
+[[server.location]]
+path = "/"
+content = "app:b"
+"""
+
+
+def https(port: int, ctx: ssl.SSLContext, name: str | None, method: str = "GET",
+          path: str = "/", body: bytes | None = None, headers: dict[str, str] | None = None
+          ) -> tuple[int, bytes, dict[str, object]]:
+    """One request over TLS with SNI ``name``: (status, body, the peer certificate)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=10)
+    sock = ctx.wrap_socket(raw, server_hostname=name)
+    conn = http.client.HTTPSConnection(name or "127.0.0.1", port, context=ctx, timeout=10)
+    conn.sock = sock      # connected already, with the SNI name asked for
+    try:
+        conn.request(method, path, body=body, headers={"Host": name or "127.0.0.1", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read(), sock.getpeercert() or {}
+    finally:
+        conn.close()
+
+
+def names_of(cert: dict[str, object]) -> list[str]:
+    return [value for kind, value in cert.get("subjectAltName", ()) if kind == "DNS"]  # type: ignore[union-attr]
+
+
+@pytest.fixture(params=["compiled", "interpreted"])
+def served(request, make_server, tmp_path: Path):
+    """A pyresty with two servers on one ssl address, in both modes."""
+    certs = Certs(tmp_path / "certs-src")
+
+    def build(a_extra: str = "", **kwargs):
+        files = {"app.py": APP, "static/big.bin": "x" * 10,
+                 "certs/a.test.pem": Path(certs.cert("a.test")).read_text(),
+                 "certs/a.test.key": Path(certs.key("a.test")).read_text(),
+                 "certs/b.test.pem": Path(certs.cert("b.test")).read_text(),
+                 "certs/b.test.key": Path(certs.key("b.test")).read_text()}
+        env = {"PYRESTY_PURE_PYTHON": "1" if request.param == "interpreted" else ""}
+        srv = make_server(CONFIG.replace("{a_extra}", a_extra), files, env=env, **kwargs)
+        return srv
+    return certs, build
+
+
+def test_https_get_and_post(served) -> None:
+    certs, build = served
+    srv = build()
+    ctx = certs.client_context()
+    status, body, cert = https(srv.port, ctx, "a.test")
+    assert status == 200 and body == b"server=a 1.1 GET a.test"
+    assert "a.test" in names_of(cert)
+    payload = b"0123456789abcdef" * 20000
+    status, body, _ = https(srv.port, ctx, "a.test", "POST", "/echo", payload)
+    assert (status, body) == (200, b"%d 0123456789abcdef" % len(payload))
+    # the plain address of the same server still speaks plain HTTP
+    with socket.create_connection(("127.0.0.1", srv.ports[1]), timeout=10) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+        assert b"server=a 1.1 GET a.test" in plain.makefile("rb").read()
+
+
+def test_sni_chooses_the_certificate_and_unknown_names_get_the_default_server(served) -> None:
+    certs, build = served
+    srv = build()
+    ctx = certs.client_context()
+    status, body, cert = https(srv.port, ctx, "b.test")
+    assert status == 200 and body == b"server=b 1.1 b.test"
+    assert names_of(cert) == ["b.test"]
+    loose = certs.client_context()
+    loose.check_hostname = False        # the default server's certificate names a.test
+    for name in ("c.test", None):       # an unknown name, and no SNI at all
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        with loose.wrap_socket(raw, server_hostname=name) as sock:
+            assert names_of(sock.getpeercert()) == ["a.test"]
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
+            assert sock.makefile("rb").read().endswith(b"server=a 1.1 GET a.test")
+
+
+def test_static_files_over_tls_are_encrypted_not_sendfile(served) -> None:
+    certs, build = served
+    srv = build()
+    data = bytes(range(256)) * 8192    # 2 MiB: more than one socket buffer
+    (srv.prefix / "static" / "big.bin").write_bytes(data)
+    ctx = certs.client_context()
+    status, body, _ = https(srv.port, ctx, "a.test", path="/static/big.bin")
+    assert status == 200 and body == data
+    status, body, _ = https(srv.port, ctx, "a.test", path="/static/big.bin",
+                            headers={"Range": "bytes=1000-1999"})
+    assert status == 206 and body == data[1000:2000]
+
+
+def test_modern_defaults_and_ssl_protocols(served) -> None:
+    certs, build = served
+    srv = build()
+    old = certs.client_context()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")    # a client that would still speak TLS 1.1
+    with pytest.raises(ssl.SSLError):
+        https(srv.port, old, "a.test")
+    tls12 = certs.client_context()
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    with tls12.wrap_socket(raw, server_hostname="a.test") as sock:
+        assert sock.version() == "TLSv1.2"
+        assert sock.compression() is None
+    srv.stop()
+    # ssl_protocols on the address's default server: TLS 1.2 is refused for every name
+    srv = build('ssl_protocols = ["TLSv1.3"]')
+    for name in ("a.test", "b.test"):
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        with pytest.raises(ssl.SSLError):
+            tls12.wrap_socket(raw, server_hostname=name).close()
+        raw.close()
+    status, _, _ = https(srv.port, certs.client_context(), "b.test")
+    assert status == 200
+
+    def figures() -> dict[str, object]:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.ports[2], timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        return {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+                if line.startswith("pyresty_tls")}
+
+    # handshakes by version and failures reach /metrics (reported by the worker every second)
+    found = wait_for(lambda: (f := figures()).get('pyresty_tls_handshakes_total{version="TLSv1.3"}')
+                     and f.get("pyresty_tls_handshake_failures_total", 0) >= 2 and f, 10,
+                     "TLS figures in /metrics")
+    assert found['pyresty_tls_handshakes_total{version="TLSv1.3"}'] >= 1
+
+
+def test_reload_reads_renewed_certificates(served, tmp_path: Path) -> None:
+    certs, build = served
+    srv = build()
+    ctx = certs.client_context()
+    _, _, before = https(srv.port, ctx, "a.test")
+    renewed = Certs(tmp_path / "renewed", ("a.test",))
+    (srv.prefix / "certs" / "a.test.pem").write_text(Path(renewed.cert("a.test")).read_text())
+    (srv.prefix / "certs" / "a.test.key").write_text(Path(renewed.key("a.test")).read_text())
+    done = srv.cli("-s", "reload")
+    assert done.returncode == 0, done.stderr
+    srv.wait_log(r"generation 2 ready")
+    _, _, after = https(srv.port, renewed.client_context(), "a.test")
+    assert after["serialNumber"] != before["serialNumber"]
+    with pytest.raises(ssl.SSLError):     # the old CA no longer vouches for it
+        https(srv.port, ctx, "a.test")
+
+
+def test_a_reload_with_a_broken_key_is_refused_and_the_old_one_keeps_serving(served) -> None:
+    certs, build = served
+    srv = build()
+    (srv.prefix / "certs" / "a.test.key").write_text(Path(certs.key("b.test")).read_text())
+    done = srv.cli("-s", "reload")
+    assert done.returncode == 1
+    assert "server[0].ssl_certificate_key" in done.stderr + done.stdout
+    assert "is not the key of" in done.stderr + done.stdout
+    status, body, _ = https(srv.port, certs.client_context(), "a.test")
+    assert status == 200 and body.startswith(b"server=a")
+
+
+def test_status_shows_connections_by_protocol(served) -> None:
+    certs, build = served
+    srv = build()
+    ctx = certs.client_context()
+    raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    with ctx.wrap_socket(raw, server_hostname="a.test") as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")
+        sock.recv(1000)
+
+        def http11_connections() -> int:
+            conn = http.client.HTTPConnection("127.0.0.1", srv.ports[2], timeout=10)
+            conn.request("GET", "/status")
+            state = json.loads(conn.getresponse().read())
+            conn.close()
+            workers = [p for p in state["processes"] if p["role"] == "worker"]
+            return sum(p.get("protocols", {}).get("http/1.1", 0) for p in workers)
+        wait_for(lambda: http11_connections() == 1, 10, "one HTTP/1.1 connection in /status")
+
+
+PROXY_CONFIG = """
+workers = 1
+[[server]]
+listen = ["127.0.0.1:{port}"]
+[[server.location]]
+path = "/trusted/"
+proxy_pass = "https://127.0.0.1:{port2}/"
+proxy_ssl_trusted_certificate = "certs/ca.pem"
+[[server.location]]
+path = "/system/"
+proxy_pass = "https://127.0.0.1:{port2}/"
+[[server.location]]
+path = "/unverified/"
+proxy_pass = "https://127.0.0.1:{port2}/"
+proxy_ssl_verify = false
+[[server]]
+listen = ["127.0.0.1:{port2} ssl"]
+ssl_certificate = "certs/a.test.pem"
+ssl_certificate_key = "certs/a.test.key"
+[[server.location]]
+path = "/"
+content = "app:who"
+"""
+
+
+def test_proxy_pass_https_verifies_the_upstream(make_server, tmp_path: Path) -> None:
+    certs = Certs(tmp_path / "certs-src", ("a.test",))
+    files = {"app.py": APP, "certs/ca.pem": certs.ca_file.read_text(),
+             "certs/a.test.pem": Path(certs.cert("a.test")).read_text(),
+             "certs/a.test.key": Path(certs.key("a.test")).read_text()}
+    srv = make_server(PROXY_CONFIG, files,
+                      expect_log=(r"certificate verify failed",))
+    for path in ("/trusted/x", "/unverified/x"):
+        for _ in range(2):      # a new connection, then a pooled one
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            assert (resp.status, resp.read()) == (200, b"server=a 1.1 GET 127.0.0.1:%d" % srv.ports[1])
+            conn.close()
+    # the system store does not know the test CA: the handshake fails, 502
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("GET", "/system/x")
+    assert conn.getresponse().status == 502
+    conn.close()
+    srv.wait_log(r"certificate verify failed")
+
+
+def test_proxy_ssl_trusted_certificate_must_be_readable(make_server) -> None:
+    srv = make_server(PROXY_CONFIG.replace("[[server]]\nlisten = [\"127.0.0.1:{port2} ssl\"]", "[[server]]\nlisten = [\"127.0.0.1:{port2}\"]")
+                      .replace('ssl_certificate = "certs/a.test.pem"\nssl_certificate_key = "certs/a.test.key"\n', ""),
+                      {"app.py": APP}, start=False)
+    done = srv.cli("-t")
+    assert done.returncode == 1
+    assert "server[0].location[0].proxy_ssl_trusted_certificate: cannot read " in done.stderr + done.stdout
