@@ -108,6 +108,7 @@ class HttpConnection(Stream):
     def __init__(self, state: ServerState, listen: Listen) -> None:
         self.state = state
         self.listen = listen
+        self.scheme = "https" if listen.ssl else "http"
         # The listen's default server: its header timeout applies to every
         # request (as nginx's does); the keepalive, body and send settings are
         # those of the server the last request's Host chose (``server``).

@@ -126,6 +126,7 @@ class H2Stream(Stream):
         self.conn = conn
         self.stream_id = stream_id
         self.peer_host = conn.peer_host
+        self.scheme = conn.scheme
         self.closed = False          # reset, or the connection is gone
         self.ended = False           # END_STREAM sent
         self.end_wanted = False      # the response ends once ``pending`` is out
@@ -253,6 +254,7 @@ class Http2Connection:
     def __init__(self, state: ServerState, listen: Listen) -> None:
         self.state = state
         self.listen = listen
+        self.scheme = "https" if listen.ssl else "http"
         self.loop = state.loop
         self.server_conf = state.default_server(listen)
         self.shared_listen = state.shares_listen(listen)

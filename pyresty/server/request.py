@@ -139,6 +139,11 @@ class Request(Exchange):
         """The client's IP address."""
         return self.stream.peer_host
 
+    @property
+    def scheme(self) -> str:
+        """``"https"`` for a request that came through a TLS listener, else ``"http"``."""
+        return self.stream.scheme
+
     async def read_body(self) -> bytes:
         """The whole request body (b"" when there is none).
 

@@ -132,6 +132,7 @@ class Stream:
     """What a request needs from the protocol below it (see the module rules)."""
 
     peer_host = "-"
+    scheme = "http"             # "https" when the connection came through a TLS listener
     closed = False
 
     def send_head(self, x: Exchange, length: int | None, body: bytes) -> None:

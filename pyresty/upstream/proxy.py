@@ -426,7 +426,7 @@ class ProxyPlan:
             parts.append(b"X-Forwarded-For: %s\r\n" % (
                 forwarded + b", " + client if forwarded else client))
         if b"x-forwarded-proto" not in self.set_names:
-            parts.append(b"X-Forwarded-Proto: http\r\n")
+            parts.append(b"X-Forwarded-Proto: %s\r\n" % r.scheme.encode("latin-1"))
         if length is None:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif length or r.method not in _BODILESS_METHODS:

@@ -32,6 +32,9 @@ async def b(r):
 async def echo(r):
     body = await r.read_body()
     await r.print(len(body), " ", body[:16].decode())
+
+async def scheme(r):
+    await r.print(r.scheme, " ", r.headers.get("x-forwarded-proto", "-"))
 """
 
 CONFIG = """
@@ -51,6 +54,12 @@ content = "app:who"
 [[server.location]]
 path = "= /echo"
 content = "app:echo"
+[[server.location]]
+path = "= /scheme"
+content = "app:scheme"
+[[server.location]]
+path = "= /forwarded"
+proxy_pass = "http://127.0.0.1:{port2}/scheme"
 [[server.location]]
 path = "/static/"
 root = "."
@@ -116,6 +125,20 @@ def test_https_get_and_post(served) -> None:
     with socket.create_connection(("127.0.0.1", srv.ports[1]), timeout=10) as plain:
         plain.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\nConnection: close\r\n\r\n")
         assert b"server=a 1.1 GET a.test" in plain.makefile("rb").read()
+
+
+def test_scheme_and_x_forwarded_proto_say_https_behind_a_tls_listener(served) -> None:
+    certs, build = served
+    srv = build()
+    ctx = certs.client_context()
+    assert https(srv.port, ctx, "a.test", path="/scheme")[:2] == (200, b"https -")
+    # proxied from the TLS listener to the plain one: the upstream hears https
+    assert https(srv.port, ctx, "a.test", path="/forwarded")[:2] == (200, b"http https")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.ports[1], timeout=10)
+    conn.request("GET", "/forwarded", headers={"Host": "a.test"})
+    resp = conn.getresponse()
+    assert (resp.status, resp.read()) == (200, b"http http")
+    conn.close()
 
 
 def test_sni_chooses_the_certificate_and_unknown_names_get_the_default_server(served) -> None:
