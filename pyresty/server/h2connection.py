@@ -337,6 +337,8 @@ class Http2Connection:
             return
         try:
             for event in events:
+                if self.closing:
+                    break     # closed for a flood: the rest of the read is not served
                 self.on_event(event)
         except Exception:   # a bug of ours: never take the worker down with it
             log.critical("unexpected error on an HTTP/2 connection from %s", self.peer_host,
@@ -370,11 +372,11 @@ class Http2Connection:
 
     def on_request(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
         if self.going_away and stream_id > self.last_stream_id:
-            self.h2.reset_stream(stream_id, REFUSED_STREAM)   # rule 5
+            self.refuse_stream(stream_id)   # rule 5
             return
         if len(self.streams) >= 2 * MAX_CONCURRENT_STREAMS:
             # handlers of streams the client reset still run (rule 4)
-            self.h2.reset_stream(stream_id, REFUSED_STREAM)
+            self.refuse_stream(stream_id)
             if self.resets.hit(self.loop.time()):
                 self.calm("streams refused while their handlers run (rapid reset)")
             return
@@ -404,6 +406,13 @@ class Http2Connection:
                 return
         req.queued = True
         start_request(state, req)
+
+    def refuse_stream(self, stream_id: int) -> None:
+        """RST_STREAM REFUSED_STREAM, unless the client reset it first (same read)."""
+        try:
+            self.h2.reset_stream(stream_id, REFUSED_STREAM)
+        except h2.exceptions.StreamClosedError:
+            pass
 
     def on_data(self, stream_id: int, data: bytes, flow_controlled: int) -> None:
         if flow_controlled:
