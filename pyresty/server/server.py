@@ -204,6 +204,11 @@ class HttpServer(ServerState):
 
 
 def _websocket_counts() -> dict[str, int]:
-    """The ``ws_*`` figures, once a handler has used ``pyresty.websocket``."""
-    module = sys.modules.get("pyresty.server.websocket")
-    return module.counts() if module is not None else {}
+    """The ``ws_*`` figures, once a handler has used ``pyresty.websocket`` or a
+    WebSocket was proxied (``ws_tunnel_*``)."""
+    found: dict[str, int] = {}
+    for name in ("pyresty.server.websocket", "pyresty.upstream.tunnel"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found.update(module.counts())
+    return found

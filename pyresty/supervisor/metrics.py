@@ -191,7 +191,8 @@ def _counters(workers: Sequence[Row]) -> Iterator[Metric]:
 
 # the ws_* counters that have families of their own; the rest count server closes
 _WS_FAMILIES = ("ws_messages_in", "ws_messages_out", "ws_bytes_in", "ws_bytes_out",
-                "ws_accepted", "ws_refused")
+                "ws_accepted", "ws_refused", "ws_tunnel_messages_in", "ws_tunnel_messages_out",
+                "ws_tunnel_bytes_in", "ws_tunnel_bytes_out")
 
 
 def _websockets(workers: Sequence[Row]) -> Iterator[Metric]:
@@ -214,15 +215,23 @@ def _websockets(workers: Sequence[Row]) -> Iterator[Metric]:
     closes = CounterMetricFamily("pyresty_websocket_server_closes",
                                  "WebSockets closed by the server for a reason",
                                  labels=["reason"])
+    tunnel_messages = CounterMetricFamily(
+        "pyresty_websocket_tunnel_messages", "Proxied WebSocket messages (in: from clients)",
+        labels=["direction"])
+    tunnel_sizes = CounterMetricFamily(
+        "pyresty_websocket_tunnel_bytes", "Proxied WebSocket bytes on the wire (in: from clients)",
+        labels=["direction"])
     for direction in ("in", "out"):
         messages.add_metric([direction], totals[f"ws_messages_{direction}"])
         sizes.add_metric([direction], totals[f"ws_bytes_{direction}"])
+        tunnel_messages.add_metric([direction], totals[f"ws_tunnel_messages_{direction}"])
+        tunnel_sizes.add_metric([direction], totals[f"ws_tunnel_bytes_{direction}"])
     for result in ("accepted", "refused"):
         handshakes.add_metric([result], totals[f"ws_{result}"])
     for key, n in sorted(totals.items()):
         if key not in _WS_FAMILIES:
             closes.add_metric([key[3:]], n)
-    yield from (messages, sizes, handshakes, closes)
+    yield from (messages, sizes, tunnel_messages, tunnel_sizes, handshakes, closes)
 
 
 def _tls_and_h2(workers: Sequence[Row]) -> Iterator[Metric]:

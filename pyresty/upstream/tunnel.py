@@ -29,6 +29,9 @@ Rules
 5. ``proxy_read_timeout`` applies to an idle tunnel: nothing in either
    direction for that long closes both connections (as nginx does).
 6. Backpressure: a side that cannot take more stops the other side's reading.
+7. ``COUNTS`` holds this process's tunnel figures (messages and bytes each
+   way: "in" from the client, "out" to it), summed into the server's stats
+   as ``ws_tunnel_*`` and shown in ``/metrics``.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ import asyncio
 import logging
 import os
 import struct
+from collections import Counter
 from typing import Any, Final, NoReturn
 
 from pyresty.errors import Exit
@@ -51,6 +55,13 @@ MAX_HEAD: Final = 16 * 1024     # the upstream's answer head (nginx: proxy_buffe
 MAX_BODY: Final = 1024 * 1024   # a non-101 answer's body, passed on whole
 CLOSE_TIMEOUT: Final = 5.0      # how long both sides have to answer a 1001
 _GOING_AWAY: Final = struct.pack("!H", 1001) + b"server going away"
+COUNTS: Counter[str] = Counter()     # rule 7
+
+
+def counts() -> dict[str, int]:
+    return {f"ws_tunnel_{name}": n for name, n in COUNTS.items()}
+
+
 _HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade", "date", "server"})
 
@@ -285,6 +296,12 @@ class Tunnel:
         self._client = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
+        before = self._to_upstream.messages
+        self._from_client(data)
+        COUNTS["bytes_in"] += len(data)
+        COUNTS["messages_in"] += self._to_upstream.messages - before
+
+    def _from_client(self, data: bytes) -> None:
         self._last = self._loop.time()
         self._r.body_size += len(data)
         tracker = self._to_upstream
@@ -335,6 +352,12 @@ class Tunnel:
 
     # the upstream side (the pooled socket's owner)
     def on_data(self, data: bytes) -> None:
+        before = self._to_client.messages
+        self._from_upstream(data)
+        COUNTS["bytes_out"] += len(data)
+        COUNTS["messages_out"] += self._to_client.messages - before
+
+    def _from_upstream(self, data: bytes) -> None:
         self._last = self._loop.time()
         tracker = self._to_client
         if self._client_close_sent:

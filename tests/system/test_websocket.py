@@ -475,6 +475,8 @@ def test_the_chat_example_spans_workers(make_server):
 PROXY = '''
 workers = 1
 worker_shutdown_timeout = "1s"
+[status]
+listen = "127.0.0.1:{{port2}}"
 [[server]]
 listen = "127.0.0.1:{{port}}"
 access_log = "logs/access.log"
@@ -507,6 +509,16 @@ def test_a_websocket_through_proxy_pass_is_a_tunnel(make_server):
     line = wait_for(lambda: [ln for ln in (proxy.prefix / "logs" / "access.log").read_text()
                              .splitlines() if "tunnel-test" in ln], 5, "the proxy's log line")[0]
     assert '"GET /echo HTTP/1.1" 101 ' in line and f"127.0.0.1:{upstream.port} 101 " in line
+
+    def tunnel_counts() -> dict[str, float] | None:
+        _, _, body = http_get(proxy.ports[1], "/metrics")
+        found = {f"{kind} {direction}": float(value) for kind, direction, value in re.findall(
+            r'pyresty_websocket_tunnel_(messages|bytes)_total\{direction="(in|out)"\} (\S+)',
+            body.decode())}
+        return found if found.get("messages in", 0) >= 4 and found.get("messages out", 0) >= 4 \
+            else None
+    counted = wait_for(tunnel_counts, 5, "the tunnel's messages in /metrics")
+    assert counted["bytes in"] > 70000 and counted["bytes out"] > 70000
     with pytest.raises(Rejected) as refused:        # a non-101 answer is passed on as it is
         WsClient(proxy.port, "/nowhere")
     assert refused.value.status == 404

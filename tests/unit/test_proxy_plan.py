@@ -18,6 +18,7 @@ class Req:
     method: str = "GET"
     fields: list = field(default_factory=list)
     client_addr: str = "10.1.2.3"
+    scheme: str = "http"
 
     @property
     def path(self) -> str:
