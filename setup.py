@@ -34,6 +34,7 @@ HOT_PATH = [
     "pyresty/server/server.py",
     "pyresty/server/state.py",
     "pyresty/server/stream.py",
+    "pyresty/upstream/balancer.py",
     "pyresty/upstream/pool.py",
     "pyresty/upstream/proxy.py",
 ]

@@ -177,8 +177,7 @@ class ResponseParser:
         parser = self._parser
         assert parser is not None
         version = parser.get_http_version()
-        keep_alive = self._keeps_alive(version)
-        framed = self._framing()
+        keep_alive, framed = self._persistence(version)
         if was_head or status in (204, 304):
             self._parser = None           # it refers back to this object: no cycle left
             self.sink.on_response(status, version, self._fields,
@@ -208,20 +207,21 @@ class ResponseParser:
         if len(self._fields) > MAX_FIELDS:
             raise UpstreamError("too many response header fields")
 
-    def _keeps_alive(self, version: str) -> bool:
-        """Rule 4's first half (persistence.py)."""
-        values = [value for name, value in self._fields if name.lower() == b"connection"]
-        return message_persists(version == "1.1", connection_tokens(values))
-
-    def _framing(self) -> str:
+    def _persistence(self, version: str) -> tuple[bool, str]:
+        """Rule 4's first half (persistence.py) and rule 3's framing, in one
+        pass over the fields: ``(keep_alive, "chunked" | "length" | "close")``."""
+        connection: list[bytes] = []
         chunked = length = False
         for name, value in self._fields:
             lowered = name.lower()
-            if lowered == b"transfer-encoding":
+            if lowered == b"connection":
+                connection.append(value)
+            elif lowered == b"transfer-encoding":
                 chunked = True
             elif lowered == b"content-length":
                 length = True
-        return "chunked" if chunked else "length" if length else "close"
+        keep_alive = message_persists(version == "1.1", connection_tokens(connection))
+        return keep_alive, "chunked" if chunked else "length" if length else "close"
 
     # bodies
     def _feed_body(self, data: bytes) -> bytes:

@@ -61,6 +61,16 @@ class Headers(MutableMapping[str, str]):
         else:
             field.append(str(value))
 
+    def add_raw(self, name: bytes, value: bytes) -> None:
+        """``add`` for a field as it came off the wire (latin-1 bytes)."""
+        spelling = name.decode("latin-1")
+        lowered = spelling.lower()
+        field = self._fields.get(lowered)
+        if field is None:
+            self._fields[lowered] = [spelling, value.decode("latin-1")]
+        else:
+            field.append(value.decode("latin-1"))
+
     def encode(self, without: tuple[str, ...] = ()) -> bytes:
         """Every field as ``Name: value\r\n`` lines (latin-1, as HTTP/1.1 allows),
         except those named in ``without`` (lowercase names)."""

@@ -403,7 +403,8 @@ class ProxyPlan:
 
     def head(self, r: Any, target: str, length: int | None) -> bytes:
         drop = self.drop
-        parts = [b"%s %s HTTP/1.1\r\n" % (r.method.encode("latin-1"), target.encode("latin-1")),
+        # pieces joined once at the end: bytes % and + cost several times as much
+        parts = [r.method.encode("latin-1"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n",
                  self.set_lines]
         forwarded: bytes | None = None
         connection_tokens: set[bytes] | None = None
@@ -415,16 +416,15 @@ class ProxyPlan:
                 elif lowered == b"connection":
                     connection_tokens = {t.strip().lower() for t in value.split(b",")}
                 continue
-            parts.append(b"%s: %s\r\n" % (name, value))
+            parts += (name, b": ", value, b"\r\n")
         if connection_tokens:   # fields the client's Connection named are hop-by-hop too
-            parts = [p for p in parts if p.partition(b":")[0].lower() not in connection_tokens] \
-                if len(parts) > 2 else parts
+            parts = self._without_named(r, parts, connection_tokens)
         client = r.client_addr.encode("latin-1")
         if b"x-real-ip" not in self.set_names:
-            parts.append(b"X-Real-IP: %s\r\n" % client)
+            parts += (b"X-Real-IP: ", client, b"\r\n")
         if b"x-forwarded-for" not in self.set_names:
-            parts.append(b"X-Forwarded-For: %s\r\n" % (
-                forwarded + b", " + client if forwarded else client))
+            parts += (b"X-Forwarded-For: ", forwarded + b", " + client if forwarded else client,
+                      b"\r\n")
         if b"x-forwarded-proto" not in self.set_names:
             parts.append(b"X-Forwarded-Proto: %s\r\n" % r.scheme.encode("latin-1"))
         if length is None:
@@ -433,6 +433,17 @@ class ProxyPlan:
             parts.append(b"Content-Length: %d\r\n" % length)
         parts.append(b"\r\n" if self.http11 else b"Connection: close\r\n\r\n")
         return b"".join(parts)
+
+    def _without_named(self, r: Any, parts: list[bytes], tokens: set[bytes]) -> list[bytes]:
+        """``head``'s lines without those whose name the client's Connection
+        listed (the request line and the set lines are lines too)."""
+        lines = [b"".join(parts[:4]), self.set_lines]
+        for name, value in r.fields:
+            if name.lower() not in self.drop:
+                lines.append(name + b": " + value + b"\r\n")
+        if len(lines) > 2:
+            lines = [p for p in lines if p.partition(b":")[0].lower() not in tokens]
+        return lines
 
     def hash_value(self, r: Any) -> str | None:
         key = self.hash_key
@@ -756,7 +767,7 @@ async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:
         lowered = name.lower()
         if lowered in _RESPONSE_DROP or (framed_by_us and lowered == b"content-length"):
             continue
-        fields.add(name.decode("latin-1"), value.decode("latin-1"))
+        fields.add_raw(name, value)
     r.fields_out = fields
     if ex.ended:                     # the whole body came with the head: one write
         chunks = ex.take()
