@@ -9,7 +9,6 @@ document knows where it is and adds the file and key path through
 """
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Iterable
 
@@ -48,6 +47,7 @@ def join_key(parent: str, name: str) -> str:
 def unknown_key(name: str, known: Iterable[str]) -> str:
     """The reason for a key the schema does not have, with the closest known key as a hint."""
     choices = sorted(known)
+    import difflib   # here: only a misspelt key pays for it
     close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
     if close:
         return f'unknown key (did you mean "{close[0]}"?)'

@@ -25,7 +25,6 @@ import selectors
 import socket
 import sys
 import time
-from email.utils import formatdate
 from typing import Any, Protocol
 
 from pyresty.config.model import Config, Listen
@@ -100,6 +99,7 @@ def status_reply(server: Supervised, head: bytes) -> bytes:
     else:
         body, status, ctype = b"not found\n", "404 Not Found", "text/plain"
     # RFC 9110 §6.6.1: an origin server with a clock sends Date
+    from email.utils import formatdate   # here: the -s commands import this module too
     return (f"HTTP/1.1 {status}\r\nDate: {formatdate(usegmt=True)}\r\n"
             f"Content-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
             f"Connection: close\r\n\r\n").encode() + body

@@ -34,6 +34,7 @@ import pwd
 import signal
 import socket
 import sys
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -119,6 +120,7 @@ class WorkerProcess:
         self.tls: dict[Listen, Any] = {}
         self.lifecycle = lifecycle.Registry(SHUTDOWN)
         self.watchdog: Watchdog | None = None
+        self.born = time.monotonic()     # just after the fork: the boot's steps are timed from it
 
     # entry point
     def run(self) -> int:
@@ -147,6 +149,7 @@ class WorkerProcess:
             return WORKER_BOOT_ERROR
         self.loop = uvloop.new_event_loop()
         asyncio.set_event_loop(self.loop)
+        self._step("process set up, loop created")
         try:
             return self.loop.run_until_complete(self._main())
         finally:
@@ -180,6 +183,11 @@ class WorkerProcess:
         return 0
 
     # boot
+    def _step(self, name: str) -> None:
+        """A boot step's time since the fork, at debug level (issue 17: respawn time)."""
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("boot: %s at %.1f ms", name, (time.monotonic() - self.born) * 1000)
+
     def _drop_privileges(self) -> None:
         user = self.config.user
         if self.role is Role.AGENT or not user or os.geteuid() != 0:
@@ -198,6 +206,7 @@ class WorkerProcess:
         context.capture_base()        # before user code: what every request copies
         errorlog.capture_print()      # print() in user code goes to the error log
         loader.install(config.code_path)
+        self._step("signals, context, code path")
         if config.shared:
             from pyresty.runtime import shared
             shared.open_all(config.shared, shared.base_dir_for(config.prefix))
@@ -205,6 +214,7 @@ class WorkerProcess:
             self.loop, max_pending=config.max_pending_timers,
             max_running=config.max_running_timers, has_agent=config.privileged_agent)
         timers.install(self.scheduler)
+        self._step("shared dicts, timers")
         if self.role is not Role.AGENT:
             try:
                 self.server = self.http.HttpServer(config, self.loop, loader.resolve,
@@ -215,6 +225,7 @@ class WorkerProcess:
             await self.http.start_upstreams(config)
         except Exception as exc:
             raise BootError(f"cannot start upstream health checks: {exc}") from exc
+        self._step("handlers imported, routes, upstreams")
         init = self._hook("init_worker")
         self._exit_hook = self._hook("exit_worker")
         if init is not None:
@@ -224,8 +235,10 @@ class WorkerProcess:
                 log.error("init_worker hook %s failed", config.hooks.init_worker, exc_info=True)
                 raise BootError(f"init_worker hook {config.hooks.init_worker} failed: "
                                 f"{exc.__class__.__name__}: {exc}") from exc
+        self._step("init_worker")
         if self.server is not None:
             await self.server.start(self.sockets)
+        self._step("listening")
         if self.channel is not None:
             self.loop.add_reader(self.channel.fileno(), self._on_channel)
             self.loop.call_later(STATS_INTERVAL, self._report_tick)
