@@ -24,7 +24,7 @@ import tempfile
 import tomllib
 from typing import Any
 
-from pyresty.config import certificates, schema
+from pyresty.config import schema
 from pyresty.config.model import (
     HEALTH_DICT,
     HEALTH_DICT_SIZE,
@@ -478,6 +478,8 @@ class _Loader:
             missing = "ssl_certificate_key" if key is None else "ssl_certificate"
             self.problems.add(join_key(server.key, missing), f"required with {given}")
         if cert is not None and key is not None:
+            # only a TLS config pays for cryptography's import (~150 ms of every -s reload)
+            from pyresty.config import certificates
             errors, warnings = certificates.check(cert, key)
             for which, reason in errors:
                 self.problems.add(join_key(server.key, which), reason)
