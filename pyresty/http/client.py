@@ -96,6 +96,82 @@ def request_head(method: str, target: str, host: str, fields: Headers | None,
     return head, chunked
 
 
+# What a forwarded request never carries as the client sent it: RFC 9110 §7.6.1's
+# hop-by-hop fields, and the fields ``ForwardHead`` writes itself
+FORWARD_DROP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
+    b"x-forwarded-proto"})
+_BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+
+
+class ForwardHead:
+    """The head of a request forwarded to an upstream (a reverse proxy's), built
+    per request from the client's fields around lines fixed once per location.
+
+    ``host`` is the upstream's ``Host``; ``set_fields`` override fields of the
+    same name (an empty value removes the field, nginx's ``proxy_set_header``).
+    The client's hop-by-hop fields and those its ``Connection`` names are
+    dropped; ``X-Forwarded-For`` gets the client appended; ``X-Real-IP`` and
+    ``X-Forwarded-Proto`` are set; the framing is ``Content-Length``, or chunked
+    when the length is unknown; HTTP/1.0 asks the upstream to close.
+    """
+
+    def __init__(self, host: bytes, set_fields: list[tuple[bytes, bytes]], http11: bool) -> None:
+        self.set_names = frozenset(name.lower() for name, _ in set_fields)
+        self.set_lines = b"".join([b"%s: %s\r\n" % (n, v) for n, v in set_fields if v])
+        if b"host" not in self.set_names:
+            self.set_lines = b"Host: %s\r\n" % host + self.set_lines
+        self.drop = FORWARD_DROP | self.set_names
+        self.http11 = http11
+
+    def build(self, method: str, target: str, fields: list[tuple[bytes, bytes]], client: str,
+              scheme: str, length: int | None) -> bytes:
+        drop = self.drop
+        # pieces joined once at the end: bytes % and + cost several times as much
+        parts = [method.encode("latin-1"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n",
+                 self.set_lines]
+        forwarded: bytes | None = None
+        connection_tokens: set[bytes] | None = None
+        for name, value in fields:
+            lowered = name.lower()
+            if lowered in drop:
+                if lowered == b"x-forwarded-for":
+                    forwarded = value if forwarded is None else forwarded + b", " + value
+                elif lowered == b"connection":
+                    connection_tokens = {t.strip().lower() for t in value.split(b",")}
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        if connection_tokens:   # fields the client's Connection named are hop-by-hop too
+            parts = self._without_named(fields, parts, connection_tokens)
+        address = client.encode("latin-1")
+        if b"x-real-ip" not in self.set_names:
+            parts += (b"X-Real-IP: ", address, b"\r\n")
+        if b"x-forwarded-for" not in self.set_names:
+            parts += (b"X-Forwarded-For: ", forwarded + b", " + address if forwarded else address,
+                      b"\r\n")
+        if b"x-forwarded-proto" not in self.set_names:
+            parts.append(b"X-Forwarded-Proto: %s\r\n" % scheme.encode("latin-1"))
+        if length is None:
+            parts.append(b"Transfer-Encoding: chunked\r\n")
+        elif length or method not in _BODILESS_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % length)
+        parts.append(b"\r\n" if self.http11 else b"Connection: close\r\n\r\n")
+        return b"".join(parts)
+
+    def _without_named(self, fields: list[tuple[bytes, bytes]], parts: list[bytes],
+                       tokens: set[bytes]) -> list[bytes]:
+        """``build``'s lines without those whose name the client's Connection
+        listed (the request line and the set lines are lines too)."""
+        lines = [b"".join(parts[:4]), self.set_lines]
+        for name, value in fields:
+            if name.lower() not in self.drop:
+                lines.append(name + b": " + value + b"\r\n")
+        if len(lines) > 2:
+            lines = [p for p in lines if p.partition(b":")[0].lower() not in tokens]
+        return lines
+
+
 class ResponseParser:
     """Responses to the requests written on one connection, in order (module rules)."""
 
