@@ -21,8 +21,9 @@ Rules: what is a response body (RFC 9112 §6.3), in the order they apply
    told the request was HEAD, so the parser cuts the byte stream itself at
    the end of each head and never feeds llhttp the bytes of a body it must
    not expect. 1xx heads (other than 101) are interim: the final head follows.
-2. 101 Switching Protocols ends HTTP on the connection: ``on_upgrade(rest)``
-   receives the bytes after the head (the start of the tunnel) and the parser
+2. 101 Switching Protocols ends HTTP on the connection:
+   ``on_upgrade(fields, rest)`` receives the 101's fields and the bytes after
+   its head (the start of the tunnel, never parsed as HTTP) and the parser
    takes no more input.
 3. Otherwise ``Transfer-Encoding: chunked`` frames the body, else
    ``Content-Length``, else the body runs to the end of the connection: the
@@ -63,7 +64,7 @@ class ResponseSink(Protocol):
 
     def on_end(self) -> None: ...
 
-    def on_upgrade(self, rest: bytes) -> None: ...
+    def on_upgrade(self, fields: list[tuple[bytes, bytes]], rest: bytes) -> None: ...
 
 
 def request_head(method: str, target: str, host: str, fields: Headers | None,
@@ -114,7 +115,10 @@ class ForwardHead:
     The client's hop-by-hop fields and those its ``Connection`` names are
     dropped; ``X-Forwarded-For`` gets the client appended; ``X-Real-IP`` and
     ``X-Forwarded-Proto`` are set; the framing is ``Content-Length``, or chunked
-    when the length is unknown; HTTP/1.0 asks the upstream to close.
+    when the length is unknown (``BodyWriter`` frames the body to match);
+    HTTP/1.0 asks the upstream to close. ``upgrade`` (a protocol name, e.g.
+    ``b"websocket"``) asks the upstream to switch protocols (RFC 9110 §7.8):
+    ``Upgrade`` and ``Connection: Upgrade`` replace the keep-alive framing.
     """
 
     def __init__(self, host: bytes, set_fields: list[tuple[bytes, bytes]], http11: bool) -> None:
@@ -126,7 +130,7 @@ class ForwardHead:
         self.http11 = http11
 
     def build(self, method: str, target: str, fields: list[tuple[bytes, bytes]], client: str,
-              scheme: str, length: int | None) -> bytes:
+              scheme: str, length: int | None, upgrade: bytes = b"") -> bytes:
         drop = self.drop
         # pieces joined once at the end: bytes % and + cost several times as much
         parts = [method.encode("latin-1"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n",
@@ -156,7 +160,10 @@ class ForwardHead:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif length or method not in _BODILESS_METHODS:
             parts.append(b"Content-Length: %d\r\n" % length)
-        parts.append(b"\r\n" if self.http11 else b"Connection: close\r\n\r\n")
+        if upgrade:
+            parts += (b"Upgrade: ", upgrade, b"\r\nConnection: Upgrade\r\n\r\n")
+        else:
+            parts.append(b"\r\n" if self.http11 else b"Connection: close\r\n\r\n")
         return b"".join(parts)
 
     def _without_named(self, fields: list[tuple[bytes, bytes]], parts: list[bytes],
@@ -170,6 +177,46 @@ class ForwardHead:
         if len(lines) > 2:
             lines = [p for p in lines if p.partition(b":")[0].lower() not in tokens]
         return lines
+
+
+_LAST_CHUNK: Final = b"0\r\n\r\n"
+
+
+class BodyWriter:
+    """A request body as the client role sends it, in the framing its head
+    announced (``ForwardHead``, ``request_head``): with a ``length`` the bytes
+    go as they are (``Content-Length``); without one (``None``: the head said
+    ``Transfer-Encoding: chunked``) each piece is a chunk and ``end`` writes
+    the last chunk, with no trailer fields (RFC 9112 §7.1).
+
+    Raises ValueError when more bytes are framed than ``length`` announced, or
+    ``end`` comes before all of them: the upstream would read the rest as the
+    next request (request smuggling).
+    """
+
+    __slots__ = ("chunked", "left")
+
+    def __init__(self, length: int | None) -> None:
+        self.chunked = length is None
+        self.left = 0 if length is None else length
+
+    def frame(self, data: bytes) -> bytes:
+        """``data``'s bytes on the wire (nothing for an empty piece: a
+        zero-size chunk would end a chunked body)."""
+        if self.chunked:
+            return b"%x\r\n%b\r\n" % (len(data), data) if data else b""
+        if len(data) > self.left:
+            raise ValueError(f"{len(data)} body bytes with {self.left} left of Content-Length")
+        self.left -= len(data)
+        return data
+
+    def end(self) -> bytes:
+        """What ends the body on the wire."""
+        if self.chunked:
+            return _LAST_CHUNK
+        if self.left:
+            raise ValueError(f"the body ended {self.left} bytes short of its Content-Length")
+        return b""
 
 
 class ResponseParser:
@@ -243,7 +290,7 @@ class ResponseParser:
         if upgraded(status):
             self.done = True
             self._method = None
-            self.sink.on_upgrade(rest)
+            self.sink.on_upgrade(self._fields, rest)
             return b""
         if 100 <= status < 200:
             self.sink.on_interim(status, self._fields)

@@ -16,6 +16,13 @@ The answers are built by ``control_reply`` and ``status_reply`` from any
 module never imports either. The master serves them from its selector loop
 (``ControlServer``, ``StatusServer``) and never blocks on a client for longer
 than ``IO_TIMEOUT``.
+
+The one exception to "HTTP/1.1 framing lives in ``http/``" (tests/unit/
+test_framing.py): the status listener reads a request head up to
+``HEAD_END`` and writes its answer's head itself, because the supervisor
+imports neither ``http/`` nor ``server/`` (tests/unit/test_layers.py). Its
+answers are the simplest HTTP/1.1 there is: one request per connection, a
+``Content-Length`` and ``Connection: close``.
 """
 from __future__ import annotations
 
@@ -34,6 +41,7 @@ from pyresty.supervisor.table import PeerRow, Row, peer_rows
 
 IO_TIMEOUT = 0.5
 MAX_HEAD = 8192          # a status request's head; anything longer is not a probe
+HEAD_END = b"\r\n\r\n"    # where a request head ends (RFC 9112 §2.1; bare LFs are not served)
 
 
 class Supervised(Protocol):
@@ -168,8 +176,8 @@ class StatusServer(_Listener):
         super().__init__(server, selector, sock)
 
     def serve(self, conn: socket.socket, deadline: float) -> None:
-        head = _read_until(conn, b"\r\n\r\n", MAX_HEAD, deadline)
-        if b"\r\n\r\n" not in head:
+        head = _read_until(conn, HEAD_END, MAX_HEAD, deadline)
+        if HEAD_END not in head:
             return
         _settimeout(conn, deadline)
         conn.sendall(status_reply(self.server, head))

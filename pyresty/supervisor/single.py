@@ -18,8 +18,8 @@ from pyresty.config.model import Config
 from pyresty.runtime import lifecycle
 from pyresty.runtime.identity import Role
 from pyresty.supervisor import listeners, terminal
-from pyresty.supervisor.control import (IO_TIMEOUT, MAX_HEAD, bind_control_socket, control_reply,
-                                        remove_control_socket, status_reply)
+from pyresty.supervisor.control import (HEAD_END, IO_TIMEOUT, MAX_HEAD, bind_control_socket,
+                                        control_reply, remove_control_socket, status_reply)
 from pyresty.supervisor.channel import BootFailed, Message
 from pyresty.supervisor.exitcodes import EXIT_FAILURE
 from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
@@ -136,7 +136,7 @@ class SingleProcess(WorkerProcess):
 
     async def _status(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         async def answer() -> None:
-            head = await reader.readuntil(b"\r\n\r\n")
+            head = await reader.readuntil(HEAD_END)
             writer.write(status_reply(self, head))
             await writer.drain()
         await _bounded(answer(), writer)

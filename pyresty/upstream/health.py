@@ -112,7 +112,7 @@ class _Head:
     def on_end(self) -> None:
         pass
 
-    def on_upgrade(self, rest: bytes) -> None:
+    def on_upgrade(self, fields: list[tuple[bytes, bytes]], rest: bytes) -> None:
         pass
 
 

@@ -52,7 +52,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-from pyresty.http.client import ForwardHead, ResponseParser, UpstreamError
+from pyresty.http.client import BodyWriter, ForwardHead, ResponseParser, UpstreamError
 from pyresty.http.headers import Headers
 from pyresty.runtime.client_tls import client_context
 from pyresty.upstream import balancer as balancers
@@ -198,7 +198,7 @@ class Exchange:
         self.ended = True
         self._wake()
 
-    def on_upgrade(self, rest: bytes) -> None:
+    def on_upgrade(self, fields: list[tuple[bytes, bytes]], rest: bytes) -> None:
         self._fail(Failure("invalid_header", "upstream switched protocols unasked", True, True))
 
     # the proxy's side
@@ -485,7 +485,7 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
     request = head + body if len(body) < 65536 else b""
     record = _Tries()
     ex = await _try_all(plan, r, loop, started, head, body, request, record,
-                        r if streaming else None)
+                        r if streaming else None, length)
     r.upstream_addr = record.addrs[0] if len(record.addrs) == 1 else ", ".join(record.addrs)
     r.upstream_status = record.statuses[0] if len(record.statuses) == 1 \
         else ", ".join(record.statuses)
@@ -509,9 +509,10 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
 
 async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, started: float,
                    head: bytes, body: bytes, request: bytes, record: _Tries,
-                   source: Any) -> Exchange | None:
+                   source: Any, length: int | None) -> Exchange | None:
     """Rules 1-4: the exchange whose response head is to be answered, or None (502/504).
-    ``source`` is the request when its body streams (it cannot be sent twice)."""
+    ``source`` is the request when its body streams (it cannot be sent twice),
+    ``length`` that body's (None: unknown, sent chunked)."""
     tried: set[str] = set()
     call: BalancerCall | None = None
     if plan.function is not None:
@@ -562,7 +563,7 @@ async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, sta
         while True:
             try:
                 ex = await _send(plan, pool_key, fresh, r.method, head, body, request, loop,
-                                 source)
+                                 source, length)
                 record.sent += 1
                 # ex.failure(), a call: the awaits in between change what it returns
                 while not ex.has_head():
@@ -648,7 +649,7 @@ def _log_failure(plan: ProxyPlan, r: Any, addr: str, failure: Failure, more: boo
 
 async def _send(plan: ProxyPlan, key: PoolKey, fresh: bool, method: str, head: bytes,
                 body: bytes, request: bytes, loop: asyncio.AbstractEventLoop,
-                source: Any = None) -> Exchange:
+                source: Any = None, length: int | None = 0) -> Exchange:
     """A connection (pooled unless ``fresh``) with the request written to it
     (the body taken from ``source`` as it arrives when it streams)."""
     all_pools = pools()
@@ -670,7 +671,7 @@ async def _send(plan: ProxyPlan, key: PoolKey, fresh: bool, method: str, head: b
         sock.write(body)
     if source is not None:
         try:
-            await _stream_body(plan, sock, source)
+            await _stream_body(plan, sock, source, BodyWriter(length))
         except BaseException:
             sock.close()        # the client failed (408, 499) or the upstream did
             raise
@@ -691,21 +692,21 @@ async def _drain(plan: ProxyPlan, sock: PooledSocket) -> None:
         raise Failure("error", f"{exc} while sending request to upstream", True) from None
 
 
-async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Any) -> None:
-    """proxy_request_buffering = false: the body goes on as the client sends it
-    (chunked when the client gave no length)."""
-    chunked = r.header(b"content-length") is None or r.header(b"transfer-encoding") is not None
+async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Any, body: BodyWriter) -> None:
+    """proxy_request_buffering = false: the body goes on as the client sends it,
+    framed as the head announced (chunked when the client gave no length)."""
     while True:
         data = r.take_body()
         if data:
-            sock.write(b"%x\r\n%b\r\n" % (len(data), data) if chunked else data)
+            sock.write(body.frame(data))
             if sock.write_blocked:
                 await _drain(plan, sock)
         if r.body_complete and not r.body_waiting:
             break
         await r.stream.wait_body_data(r)
-    if chunked:
-        sock.write(b"0\r\n\r\n")
+    end = body.end()
+    if end:
+        sock.write(end)
 
 
 async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:

@@ -6,7 +6,9 @@ Theory of operation
 ``proxy_websocket(plan, r)`` picks a peer with the location's balancer,
 opens a new connection (an upgraded connection never returns to a pool),
 sends the request with ``Upgrade: websocket`` and ``Connection: Upgrade``
-and reads the answer's head. A 101 whose ``Sec-WebSocket-Accept`` matches
+(``ForwardHead``, http/client.py) and reads the answer through the client
+role's response parser: a 101 ends HTTP there, and the bytes after its head
+are the tunnel's first. A 101 whose ``Sec-WebSocket-Accept`` matches
 the client's key is passed on (``HttpConnection.take_over``) and the
 ``Tunnel`` carries bytes both ways; any other answer goes to the client as
 a normal response.
@@ -51,7 +53,6 @@ from pyresty.upstream.pool import pools
 
 log = logging.getLogger("pyresty.upstream")
 
-MAX_HEAD: Final = 16 * 1024     # the upstream's answer head (nginx: proxy_buffer_size, 4-8 KiB)
 MAX_BODY: Final = 1024 * 1024   # a non-101 answer's body, passed on whole
 CLOSE_TIMEOUT: Final = 5.0      # how long both sides have to answer a 1001
 _GOING_AWAY: Final = struct.pack("!H", 1001) + b"server going away"
@@ -62,8 +63,8 @@ def counts() -> dict[str, int]:
     return {f"ws_tunnel_{name}": n for name, n in COUNTS.items()}
 
 
-_HOP: Final = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                         "transfer-encoding", "upgrade", "date", "server"})
+_HOP: Final = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                         b"transfer-encoding", b"upgrade", b"date", b"server"})
 
 
 def wants_websocket(r: Any) -> bool:
@@ -84,43 +85,53 @@ def _frame(payload: bytes, masked: bool) -> bytes:
         bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-class _Head:
-    """The upstream's answer, as the socket's owner until the head is read."""
+class _Answer:
+    """The upstream's answer to the upgrade request, read through the client
+    role's response parser (http/client.py): the socket's owner and the
+    parser's sink until a 101's head, or a whole other answer (bounded by
+    ``MAX_BODY``), arrived. Bytes after the 101's head belong to the tunnel
+    and are kept as they are (``rest``), never parsed as HTTP."""
 
-    def __init__(self) -> None:
-        self.data = b""
-        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.eof = False
-
-    def on_data(self, data: bytes) -> None:
-        self.data += data
-        if b"\r\n\r\n" in self.data or len(self.data) > MAX_HEAD:
-            self._wake()
-
-    def on_eof(self) -> None:
-        self.eof = True
-        self._wake()
-
-    def on_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-
-class _Body:
-    """ResponseParser's sink for a non-101 answer: read it whole (bounded)."""
-
-    def __init__(self) -> None:
+    def __init__(self, method: str) -> None:
+        self.parser = ResponseParser(self)
+        self.parser.expect(method)
         self.status = 0
         self.fields: list[tuple[bytes, bytes]] = []
         self.chunks: list[bytes] = []
         self.size = 0
         self.ended = False
-        self.news: asyncio.Future[None] | None = None
+        self.upgraded = False
+        self.rest = b""
+        self.eof = False
+        self.error = ""
+        self.news: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
+    # the socket's owner
+    def on_data(self, data: bytes) -> None:
+        if self.upgraded:
+            self.rest += data            # the tunnel's, until it takes the socket
+            return
+        try:
+            self.parser.feed(data)
+        except UpstreamError as exc:
+            self.error = f"upstream sent an invalid answer ({exc})"
+        if self.size > MAX_BODY:
+            self.error = "upstream sent too big an answer to a WebSocket upgrade"
+        self._wake()
+
+    def on_eof(self) -> None:
+        self.eof = True
+        if not self.upgraded:
+            try:
+                self.parser.eof()
+            except UpstreamError:
+                pass                     # an incomplete answer: not ended
+        self._wake()
+
+    def on_lost(self, exc: Exception | None) -> None:
+        self.on_eof()
+
+    # the parser's sink
     def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         pass
 
@@ -135,8 +146,25 @@ class _Body:
     def on_end(self) -> None:
         self.ended = True
 
-    def on_upgrade(self, rest: bytes) -> None:
-        raise UpstreamError("switched protocols twice")
+    def on_upgrade(self, fields: list[tuple[bytes, bytes]], rest: bytes) -> None:
+        self.status, self.fields, self.rest = 101, fields, rest
+        self.upgraded = True
+
+    # the waiting side
+    def _wake(self) -> None:
+        if not self.news.done():
+            self.news.set_result(None)
+
+    def complete(self) -> bool:
+        return self.upgraded or self.ended or self.eof or bool(self.error)
+
+    async def wait(self, timeout: float) -> None:
+        """Until the answer is complete; TimeoutError after ``timeout``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not self.complete():
+            self.news = loop.create_future()
+            await asyncio.wait_for(self.news, max(0.0, deadline - loop.time()))
 
 
 async def proxy_websocket(plan: Any, r: Any) -> None:
@@ -156,29 +184,27 @@ async def proxy_websocket(plan: Any, r: Any) -> None:
     except (OSError, TimeoutError) as exc:
         _fail(r, addr, f"connect() failed ({exc}) while connecting to upstream",
               504 if isinstance(exc, TimeoutError) else 502)
-    head = plan.head(r, plan.target(r), 0)
-    head = head[:-2] + b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
-    reader = _Head()
-    sock.owner = reader
-    sock.write(head)
+    answer = _Answer(r.method)
+    sock.owner = answer
+    sock.write(plan.forward.build(r.method, plan.target(r), r.fields, r.client_addr, r.scheme,
+                                  0, b"websocket"))
     try:
-        await asyncio.wait_for(asyncio.shield(reader.done), plan.read_timeout)
+        await answer.wait(plan.read_timeout)
     except TimeoutError:
         sock.close()
-        _fail(r, addr, "upstream timed out (110: Connection timed out) while reading response "
-              "header from upstream", 504)
-    end = reader.data.find(b"\r\n\r\n")
-    if end < 0:
-        sock.close()
-        _fail(r, addr, "upstream prematurely closed connection while reading response header "
-              "from upstream" if reader.eof else "upstream sent too big a header", 502)
-    raw, rest = reader.data[:end + 4], reader.data[end + 4:]
+        _fail(r, addr, "upstream timed out (110: Connection timed out) while reading "
+              + ("upstream" if answer.status else "response header from upstream"), 504)
     r.upstream_response_time = f"{loop.time() - started:.3f}"
-    status_line = raw.split(b"\r\n", 1)[0].split(b" ", 2)
-    if len(status_line) >= 2 and status_line[1] == b"101":
-        await _switch(plan, r, sock, raw, rest, addr)
-    else:
-        await _answer(plan, r, sock, raw + rest, reader, addr)
+    if answer.upgraded:
+        await _switch(plan, r, sock, answer, addr)
+        return
+    sock.close()
+    if answer.error:
+        _fail(r, addr, answer.error, 502)
+    if not answer.ended:
+        _fail(r, addr, "upstream prematurely closed connection while reading "
+              + ("upstream" if answer.status else "response header from upstream"), 502)
+    await _answer(r, answer)
 
 
 def _fail(r: Any, addr: str, reason: str, status: int) -> NoReturn:
@@ -188,71 +214,29 @@ def _fail(r: Any, addr: str, reason: str, status: int) -> NoReturn:
     raise Exit(status)
 
 
-async def _answer(plan: Any, r: Any, sock: Any, data: bytes, reader: _Head, addr: str) -> None:
+async def _answer(r: Any, answer: _Answer) -> None:
     """Not a 101: the upstream's answer goes to the client as it is (bounded)."""
-    body = _Body()
-    parser = ResponseParser(body)
-    parser.expect(r.method)
-    loop = asyncio.get_running_loop()
-    ended = loop.create_future()
-
-    class Owner:
-        def on_data(self, more: bytes) -> None:
-            try:
-                parser.feed(more)
-            except UpstreamError:
-                pass
-            if (body.ended or body.size > MAX_BODY) and not ended.done():
-                ended.set_result(None)
-
-        def on_eof(self) -> None:
-            try:
-                parser.eof()
-            except UpstreamError:
-                pass
-            if not ended.done():
-                ended.set_result(None)
-
-        def on_lost(self, exc: Exception | None) -> None:
-            self.on_eof()
-
-    sock.owner = Owner()
-    try:
-        sock.owner.on_data(data)
-        if reader.eof:
-            sock.owner.on_eof()
-        if not ended.done():
-            await asyncio.wait_for(asyncio.shield(ended), plan.read_timeout)
-    except (TimeoutError, UpstreamError):
-        pass
-    finally:
-        sock.close()
-    if not body.status or not body.ended:
-        _fail(r, addr, "upstream sent an invalid or incomplete answer to a WebSocket upgrade", 502)
-    r.upstream_status = str(body.status)
-    r.status = body.status
+    r.upstream_status = str(answer.status)
+    r.status = answer.status
     out = Headers()
-    for name, value in body.fields:
-        if name.lower() not in (b"content-length", *(h.encode() for h in _HOP)):
-            out.add(name.decode("latin-1"), value.decode("latin-1"))
+    for name, value in answer.fields:
+        if name.lower() not in _HOP and name.lower() != b"content-length":
+            out.add_raw(name, value)
     r.fields_out = out
-    await r.print(b"".join(body.chunks))
+    await r.print(b"".join(answer.chunks))
 
 
-async def _switch(plan: Any, r: Any, sock: Any, raw: bytes, rest: bytes, addr: str) -> None:
+async def _switch(plan: Any, r: Any, sock: Any, answer: _Answer, addr: str) -> None:
     """A 101: check it (rule 2), answer the client and run the tunnel."""
     from wsproto.utilities import generate_accept_token
     fields = Headers()
     accept = None
-    for line in raw.split(b"\r\n")[1:]:
-        name, colon, value = line.partition(b":")
-        if not colon:
-            continue
-        text = name.strip().decode("latin-1")
-        if text.lower() == "sec-websocket-accept":
-            accept = value.strip()
-        if text.lower() not in _HOP:
-            fields.add(text, value.strip().decode("latin-1"))
+    for name, value in answer.fields:
+        lowered = name.lower()
+        if lowered == b"sec-websocket-accept":
+            accept = value
+        if lowered not in _HOP:
+            fields.add_raw(name, value)
     key = r.header(b"sec-websocket-key") or b""
     if accept != generate_accept_token(key.strip()):
         sock.close()
@@ -263,8 +247,10 @@ async def _switch(plan: Any, r: Any, sock: Any, raw: bytes, rest: bytes, addr: s
     close_upgraded = getattr(getattr(r.stream, "state", None), "close_upgraded", None)
     if close_upgraded is not None:       # as server/websocket.py does: rule 5 there
         lifecycle.register("websockets", lifecycle.Layer.UPGRADED, deadline=close_upgraded)
-    if rest:
-        tunnel.on_data(rest)
+    if answer.rest:
+        tunnel.on_data(answer.rest)
+    if answer.eof:
+        tunnel.on_eof()                  # the upstream closed right after its 101
     await tunnel.wait_closed()
 
 

@@ -571,6 +571,46 @@ def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream, mo
     assert body == b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n"
 
 
+def test_unbuffered_request_body_with_a_length_goes_as_it_is(make_server, upstream):
+    """proxy_request_buffering = false with Content-Length: the upstream gets the
+    same length and the bytes unframed, the first part before the client sent the rest."""
+    import threading
+    first_part = threading.Event()
+    received = {}
+
+    async def handle(reader, writer, index):
+        head = await reader.readuntil(b"\r\n\r\n")
+        body = await reader.readexactly(5)
+        first_part.set()
+        body += await reader.readexactly(6)
+        received["head"], received["body"] = head, body
+        writer.write(response(200, b"got it"))
+        await writer.drain()
+        await reader.read(65536)
+
+    up = upstream(raw=handle)
+    server = make_server(_config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "http://127.0.0.1:{up.port}"
+        proxy_request_buffering = false
+    '''))
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello")
+        assert first_part.wait(5), "the first part did not reach the upstream before the rest"
+        sock.sendall(b" world")
+        reply = b""
+        while b"got it" not in reply:
+            more = sock.recv(65536)
+            assert more
+            reply += more
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert b"Content-Length: 11\r\n" in received["head"]
+    assert b"Transfer-Encoding" not in received["head"] and received["body"] == b"hello world"
+
+
 def test_active_health_checks_steer_proxied_traffic(make_server, upstream):
     """A peer whose health check fails stops getting proxied requests (issue 12 item 7,
     end to end: the checks' verdicts reach the balancer the proxy picks with)."""

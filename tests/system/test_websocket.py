@@ -564,3 +564,55 @@ def test_proxy_read_timeout_closes_an_idle_tunnel(make_server):
         assert ws.wait_eof(timeout=5)
         assert 0.4 <= time.monotonic() - started < 3
     proxy.wait_log(r"idle for .* \(proxy_read_timeout\): closing")
+
+
+def _raw_websocket_upstream(accept: bool, seen: dict):
+    """An upstream written by hand: its 101 and its first frame leave in one write,
+    so the frame arrives with the head (those bytes are the tunnel's, not HTTP)."""
+    from upstreams import RawUpstream
+    from wsproto.utilities import generate_accept_token
+
+    async def handle(reader, writer, index):
+        head = await reader.readuntil(b"\r\n\r\n")
+        seen["head"] = head
+        key = re.search(rb"(?im)^sec-websocket-key:[ \t]*(\S+)", head).group(1)
+        token = generate_accept_token(key) if accept else b"not-the-token"
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + token + b"\r\n\r\n"
+                     b"\x81\x05hello")
+        await writer.drain()
+        frame = await reader.read(2)
+        if frame[:1] == b"\x88":          # the client's close frame: answer it
+            writer.write(b"\x88\x02\x03\xe8")
+            await writer.drain()
+        await reader.read(65536)
+    return RawUpstream(handle)
+
+
+def test_bytes_after_the_upstreams_101_head_are_the_tunnels(make_server):
+    seen: dict = {}
+    up = _raw_websocket_upstream(True, seen)
+    try:
+        proxy = make_server(PROXY.format(upstream=up.port, read_timeout="60s"), ready=READY)
+        with WsClient(proxy.port, "/raw") as ws:
+            assert ws.receive() == "hello"
+            ws.close()
+            assert ws.receive_close().code == 1000
+        head = seen["head"]
+        assert head.startswith(b"GET /raw HTTP/1.1\r\n")
+        assert head.endswith(b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        assert head.count(b"Connection:") == 1 and b"X-Forwarded-For: 127.0.0.1" in head
+    finally:
+        up.close()
+
+
+def test_a_101_with_the_wrong_accept_token_is_a_502(make_server):
+    up = _raw_websocket_upstream(False, {})
+    try:
+        proxy = make_server(PROXY.format(upstream=up.port, read_timeout="60s"), ready=READY)
+        with pytest.raises(Rejected) as refused:
+            WsClient(proxy.port, "/raw")
+        assert refused.value.status == 502
+        proxy.wait_log(r"upstream sent a 101 without the right Sec-WebSocket-Accept")
+    finally:
+        up.close()

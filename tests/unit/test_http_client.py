@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pyresty.http.client import ResponseParser, UpstreamError, request_head
+from pyresty.http.client import BodyWriter, ForwardHead, ResponseParser, UpstreamError, request_head
 from pyresty.http.headers import Headers
 
 pytestmark = pytest.mark.timeout(30)
@@ -28,8 +28,8 @@ class Sink:
     def on_end(self):
         self.events.append(("end",))
 
-    def on_upgrade(self, rest):
-        self.events.append(("upgrade", rest))
+    def on_upgrade(self, fields, rest):
+        self.events.append(("upgrade", dict(fields), rest))
 
 
 def run(method: str, wire: bytes, step: int = 0, eof: bool = False) -> tuple[Sink, ResponseParser]:
@@ -86,12 +86,41 @@ def test_interim_responses_come_before_the_final_one() -> None:
                                             ("response", 201), ("body", b"ok"), ("end",)]
 
 
-def test_101_hands_over_the_rest_as_a_tunnel() -> None:
-    sink, parser = run("GET", b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                              b"Connection: Upgrade\r\n\r\n\x81\x02hi")
-    assert sink.events == [("upgrade", b"\x81\x02hi")] and parser.done
+SWITCH = (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+          b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n")
+
+
+@STEPS
+@pytest.mark.parametrize("rest", [b"", b"\x81\x02hi", b"\x81\x02hi\r\n\r\nHTTP/1.1 200 OK\r\n\r\n"])
+def test_101_hands_its_fields_and_the_rest_to_the_tunnel(step: int, rest: bytes) -> None:
+    """The bytes after the 101's head are the tunnel's, never parsed as HTTP even
+    when they look like it: those that came in the head's read go to
+    ``on_upgrade``, the owner takes later ones from the socket (tunnel.py)."""
+    sink = Sink()
+    parser = ResponseParser(sink)
+    parser.expect("GET")
+    wire = SWITCH + rest
+    step = step or len(wire)
+    later = b""
+    for i in range(0, len(wire), step):
+        if parser.done:
+            later += wire[i:i + step]
+        else:
+            parser.feed(wire[i:i + step])
+    assert parser.done and len(sink.events) == 1
+    kind, fields, first = sink.events[0]
+    assert kind == "upgrade" and fields == {
+        b"Upgrade": b"websocket", b"Connection": b"Upgrade",
+        b"Sec-WebSocket-Accept": b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo="}
+    assert first + later == rest
     with pytest.raises(UpstreamError):
         parser.feed(b"more")
+
+
+def test_interim_responses_before_a_101_are_not_the_switch() -> None:
+    sink, parser = run("GET", b"HTTP/1.1 100 Continue\r\n\r\n" + SWITCH + b"\x88\x00")
+    assert [e[0] for e in sink.events] == ["interim", "upgrade"] and parser.done
+    assert sink.events[-1][2] == b"\x88\x00"
 
 
 def test_a_close_delimited_body_ends_at_eof_and_is_not_reusable() -> None:
@@ -149,3 +178,60 @@ def test_request_heads() -> None:
             request_head("GET", target, "h", None, None)
     with pytest.raises(ValueError):
         request_head("GET", "/", "h", Headers([("X", "a\r\nY: b")]), None)
+
+
+@pytest.mark.parametrize("pieces", [[b"abc"], [b"a", b"", b"bc"], [b"x" * 70000, b"y"]])
+def test_a_body_of_unknown_length_goes_in_chunks(pieces: list[bytes]) -> None:
+    writer = BodyWriter(None)
+    wire = b"".join(writer.frame(p) for p in pieces) + writer.end()
+    assert writer.frame(b"") == b""        # an empty piece is no chunk (it would end the body)
+    # what goes out parses as the chunked body it announces
+    sink, _ = run("GET", b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n" + wire, 7)
+    assert sink.events[1:] == [("body", b"".join(pieces)), ("end",)]
+    assert wire.endswith(b"0\r\n\r\n") and wire.count(b"0\r\n\r\n") == 1
+
+
+def test_a_body_of_known_length_goes_as_it_is() -> None:
+    writer = BodyWriter(5)
+    assert writer.frame(b"ab") + writer.frame(b"") + writer.frame(b"cde") == b"abcde"
+    assert writer.end() == b""
+    assert BodyWriter(0).end() == b""
+
+
+def test_a_body_that_breaks_its_length_is_refused() -> None:
+    """More or fewer bytes than Content-Length would desynchronise the upstream
+    (the excess read as another request): an error, never sent."""
+    writer = BodyWriter(3)
+    with pytest.raises(ValueError, match="Content-Length"):
+        writer.frame(b"abcd")
+    writer.frame(b"ab")
+    with pytest.raises(ValueError, match="short"):
+        writer.end()
+
+
+def test_forward_heads_frame_as_the_body_writer_does() -> None:
+    forward = ForwardHead(b"backend", [], True)
+    fields = [(b"Host", b"client.example"), (b"Transfer-Encoding", b"chunked"),
+              (b"Content-Length", b"9")]
+    chunked = forward.build("POST", "/up", fields, "10.0.0.1", "http", None)
+    assert b"Transfer-Encoding: chunked\r\n" in chunked and b"Content-Length" not in chunked
+    assert BodyWriter(None).chunked
+    sized = forward.build("POST", "/up", fields, "10.0.0.1", "http", 9)
+    assert b"Content-Length: 9\r\n" in sized and b"Transfer-Encoding" not in sized
+    assert not BodyWriter(9).chunked
+
+
+def test_an_upgrade_request_head() -> None:
+    forward = ForwardHead(b"backend:9001", [(b"X-Set", b"1")], True)
+    fields = [(b"Host", b"client.example"), (b"Upgrade", b"websocket"),
+              (b"Connection", b"keep-alive, Upgrade"), (b"Sec-WebSocket-Key", b"k"),
+              (b"Sec-WebSocket-Version", b"13")]
+    head = forward.build("GET", "/chat?room=1", fields, "10.0.0.1", "https", 0, b"websocket")
+    assert head == (b"GET /chat?room=1 HTTP/1.1\r\nHost: backend:9001\r\nX-Set: 1\r\n"
+                    b"Sec-WebSocket-Key: k\r\nSec-WebSocket-Version: 13\r\n"
+                    b"X-Real-IP: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.1\r\n"
+                    b"X-Forwarded-Proto: https\r\n"
+                    b"Upgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+    # without an upgrade, the same request asks for keep-alive framing only
+    plain = forward.build("GET", "/chat?room=1", fields, "10.0.0.1", "https", 0)
+    assert plain.endswith(b"X-Forwarded-Proto: https\r\n\r\n") and b"Upgrade" not in plain
