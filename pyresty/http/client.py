@@ -17,10 +17,13 @@ Rules: what is a response body (RFC 9112 §6.3), in the order they apply
    connection is marked not ``reusable`` (nginx: "upstream sent more data
    than specified").
 1. A response to HEAD, and any 1xx, 204 or 304 response, has no body, whatever
-   its Content-Length or Transfer-Encoding say. httptools (llhttp) cannot be
-   told the request was HEAD, so the parser cuts the byte stream itself at
-   the end of each head and never feeds llhttp the bytes of a body it must
-   not expect. 1xx heads (other than 101) are interim: the final head follows.
+   its Content-Length or Transfer-Encoding say. llhttp knows the status
+   rules and goes from one response to the next on its own, so one llhttp
+   parser serves every response of a connection; but it cannot be told the
+   request was HEAD, so for HEAD the parser cuts the byte stream itself at
+   the end of each head and hands that head alone to a parser of its own,
+   never feeding llhttp the bytes of a body it must not expect. 1xx heads
+   (other than 101) are interim: the final head follows.
 2. 101 Switching Protocols ends HTTP on the connection:
    ``on_upgrade(fields, rest)`` receives the 101's fields and the bytes after
    its head (the start of the tunnel, never parsed as HTTP) and the parser
@@ -32,9 +35,9 @@ Rules: what is a response body (RFC 9112 §6.3), in the order they apply
 4. The response keeps the connection open only if HTTP/1.1 without
    ``Connection: close`` (or HTTP/1.0 with ``keep-alive``) and framed by length
    or chunks; a close-delimited body never leaves a reusable connection.
-5. Limits are the request parser's (parser.py): a head over ``MAX_HEAD`` or a
-   field line over ``MAX_FIELD_LINE`` is refused, as are more than
-   ``MAX_FIELDS`` fields.
+5. Limits are the request parser's (parser.py): a head over ``MAX_HEAD`` (the
+   bytes received while it is incomplete) or a field line over
+   ``MAX_FIELD_LINE`` is refused, as are more than ``MAX_FIELDS`` fields.
 """
 from __future__ import annotations
 
@@ -220,18 +223,26 @@ class BodyWriter:
 
 
 class ResponseParser:
-    """Responses to the requests written on one connection, in order (module rules)."""
+    """Responses to the requests written on one connection, in order (module rules).
+
+    One per connection, kept with it across its requests: its llhttp parser
+    goes from one response to the next as llhttp itself does (rule 1), so a
+    pooled connection's next response costs no new parser."""
 
     def __init__(self, sink: ResponseSink) -> None:
         self.sink = sink
         self._method: str | None = None   # the request in flight (rule 0)
-        self._head = b""          # bytes of a head still arriving
-        self._parser: httptools.HttpResponseParser | None = None
+        self._head = b""          # bytes of a HEAD response's head still arriving
+        # the connection's parser; a HEAD response's head gets one of its own (rule 1)
+        self._stream = httptools.HttpResponseParser(self)
+        self._parser = self._stream   # the one calling back now
         self._fields: list[tuple[bytes, bytes]] = []
         self._status = 0
+        self._head_size = 0       # bytes of the head arriving (MAX_HEAD)
+        self._in_head = False
         self._in_body = False
         self._until_close = False
-        self._message_done = False
+        self._unasked = False     # a message nobody asked for began (rule 0)
         self.done = False         # an upgrade ended HTTP on this connection
         self.reusable = True      # False once the peer sent bytes past a response
 
@@ -244,19 +255,36 @@ class ResponseParser:
     @property
     def idle(self) -> bool:
         """No response is expected or arriving (a clean point to pool the connection)."""
-        return self._method is None and not self._head and not self._in_body
+        return self._method is None and not self._head and not self._in_body \
+            and not self._in_head
 
     def feed(self, data: bytes) -> None:
         if self.done:
             raise UpstreamError("data after the end of HTTP on this connection")
-        while data and not self.done:
-            if self._in_body:
-                data = self._feed_body(data)
-            elif self._method is None:
-                self.reusable = False     # rule 0: nothing was asked for
+        if self._in_body:
+            if self._until_close:
+                self.sink.on_body(data)
                 return
-            else:
-                data = self._feed_head(data)
+        elif self._method is None:
+            self.reusable = False         # rule 0: nothing was asked for
+            return
+        elif self._method == "HEAD":
+            self._feed_heads(data)
+            return
+        else:
+            self._head_size += len(data)
+        try:
+            self._stream.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            self._switch(data[exc.args[0]:] if exc.args else b"")
+            return
+        except httptools.HttpParserError as exc:
+            if self._unasked:
+                return                    # rule 0: garbage after the response
+            where = "body" if self._in_body else "head"
+            raise UpstreamError(f"invalid response {where}: {exc}") from None
+        if self._in_head and self._head_size > MAX_HEAD:
+            raise UpstreamError("response head too large")
 
     def eof(self) -> None:
         """The peer closed its side."""
@@ -265,10 +293,29 @@ class ResponseParser:
                 raise UpstreamError("the upstream closed the connection mid-body")
             self._in_body = False
             self.sink.on_end()
-        elif self._head:
+        elif self._head or self._in_head:
             raise UpstreamError("the upstream closed the connection mid-head")
 
-    # heads
+    def _switch(self, rest: bytes) -> None:
+        """Rule 2: llhttp stopped after a 101's head."""
+        if self._status != 101:
+            raise UpstreamError(f"upstream switched protocols with {self._status}")
+        self.done = True
+        self._method = None
+        self.sink.on_upgrade(self._fields, rest)
+
+    # a HEAD response's head, cut from the byte stream (rule 1)
+    def _feed_heads(self, data: bytes) -> None:
+        while data and self._head_expected():
+            data = self._feed_head(data)
+        if data:
+            self.reusable = False         # rule 0: bytes past a HEAD response
+
+    def _head_expected(self) -> bool:
+        # a call: _feed_head changes these, and mypyc would otherwise keep the
+        # attribute types narrowed by feed's checks
+        return not self._in_body and self._method is not None
+
     def _feed_head(self, data: bytes) -> bytes:
         start = max(0, len(self._head) - 3)
         self._head += data
@@ -285,114 +332,92 @@ class ResponseParser:
         self._head = b""
         if len(head) > MAX_HEAD:
             raise UpstreamError("response head too large")
-        self._start_message(head)
-        status = self._status
-        if upgraded(status):
-            self.done = True
-            self._method = None
-            self.sink.on_upgrade(self._fields, rest)
-            return b""
-        if 100 <= status < 200:
-            self.sink.on_interim(status, self._fields)
-            return rest
-        was_head = self._method == "HEAD"
-        self._method = None
-        parser = self._parser
-        assert parser is not None
-        version = parser.get_http_version()
-        keep_alive, framed = self._persistence(version)
-        if was_head or status in (204, 304):
-            self._parser = None           # it refers back to this object: no cycle left
-            self.sink.on_response(status, version, self._fields,
-                                  response_persists(keep_alive, False, framed == "close"))
-            self.sink.on_end()
-            return rest
-        self._until_close = framed == "close"
-        self.sink.on_response(status, version, self._fields,
-                              response_persists(keep_alive, False, self._until_close))
-        if self._message_done:            # Content-Length: 0: complete with its head
-            self._parser = None
-            self.sink.on_end()
-            return rest
-        self._in_body = True
-        return rest
-
-    def _start_message(self, head: bytes) -> None:
-        self._fields = []
-        self._parser = httptools.HttpResponseParser(self)
-        self._message_done = False
+        parser = self._parser = httptools.HttpResponseParser(self)
         try:
-            self._parser.feed_data(head)
+            parser.feed_data(head)
         except httptools.HttpParserUpgrade:
-            pass                          # 101 (or Upgrade): the whole head was read
+            self._switch(rest)
+            return b""
         except httptools.HttpParserError as exc:
             raise UpstreamError(f"invalid response head: {exc}") from None
-        if len(self._fields) > MAX_FIELDS:
-            raise UpstreamError("too many response header fields")
+        finally:
+            self._parser = self._stream   # it refers back to this object: no cycle left
+        if self._in_body:                 # rule 1: whatever its fields say, no body
+            self._in_body = False
+            self.sink.on_end()
+        return rest
 
-    def _persistence(self, version: str) -> tuple[bool, str]:
-        """Rule 4's first half (persistence.py) and rule 3's framing, in one
-        pass over the fields: ``(keep_alive, "chunked" | "length" | "close")``."""
+    def _persistence(self, parser: httptools.HttpResponseParser) -> tuple[str, bool, str]:
+        """The version, rule 4's first half (persistence.py) and rule 3's framing,
+        in one pass over the fields: ``(version, keep_alive, "chunked" | "length" |
+        "close")``."""
         connection: list[bytes] = []
         chunked = length = False
         for name, value in self._fields:
-            lowered = name.lower()
-            if lowered == b"connection":
+            size = len(name)              # lower-cased only when the length matches
+            if size == 10 and name.lower() == b"connection":
                 connection.append(value)
-            elif lowered == b"transfer-encoding":
+            elif size == 17 and name.lower() == b"transfer-encoding":
                 chunked = True
-            elif lowered == b"content-length":
+            elif size == 14 and name.lower() == b"content-length":
                 length = True
-        keep_alive = message_persists(version == "1.1", connection_tokens(connection))
-        return keep_alive, "chunked" if chunked else "length" if length else "close"
-
-    # bodies
-    def _feed_body(self, data: bytes) -> bytes:
-        if self._until_close:
-            self.sink.on_body(data)
-            return b""
-        parser = self._parser
-        assert parser is not None
-        try:
-            parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if self._message_done:
-                self.reusable = False     # rule 0: garbage after the response
-                return b""
-            raise UpstreamError(f"invalid response body: {exc}") from None
-        return b""
+        framed = "chunked" if chunked else "length" if length else "close"
+        if not connection and parser.should_keep_alive():
+            # llhttp keeps HTTP/1.0 alive only for a Connection: keep-alive, so
+            # this is 1.1 (get_http_version builds a string: ~2k instructions)
+            return "1.1", message_persists(True, connection_tokens(connection)), framed
+        version = parser.get_http_version()
+        return version, message_persists(version == "1.1", connection_tokens(connection)), framed
 
     # httptools callbacks
     def on_message_begin(self) -> None:
-        if self._message_done:
-            self.reusable = False         # rule 0: a second response nobody asked for
+        if self._method is None:
+            self._unasked = True          # rule 0: a second response nobody asked for
+            self.reusable = False
+            return
+        self._fields = []
+        self._in_head = True
 
     def on_status(self, status: bytes) -> None:
         pass
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._message_done:
+        if self._unasked:
             return
         if len(name) + len(value) + 2 > MAX_FIELD_LINE:
             raise UpstreamError("response header line too long")
         self._fields.append((name, value.strip(b" \t")))
 
     def on_headers_complete(self) -> None:
-        if self._message_done:
+        if self._unasked:
             return
+        self._in_head = False
+        self._head_size = 0
+        fields = self._fields
+        if len(fields) > MAX_FIELDS:
+            raise UpstreamError("too many response header fields")
         parser = self._parser
-        assert parser is not None
-        self._status = parser.get_status_code()
+        status = self._status = parser.get_status_code()
+        if 100 <= status < 200:
+            if not upgraded(status):      # 101: llhttp stops after it (_switch)
+                self.sink.on_interim(status, fields)
+            return
+        version, keep_alive, framed = self._persistence(parser)
+        self._method = None
+        # HEAD (its own parser), 204 and 304 have no body: llhttp ends them at once
+        self._until_close = framed == "close" and parser is self._stream \
+            and status not in (204, 304)
+        self._in_body = True
+        self.sink.on_response(status, version, fields,
+                              response_persists(keep_alive, False, framed == "close"))
 
     def on_body(self, body: bytes) -> None:
-        if self._in_body:
+        if self._in_body and self._parser is self._stream:
             self.sink.on_body(body)
 
     def on_message_complete(self) -> None:
-        self._message_done = True
-        if self._in_body:
+        if self._unasked or not self._in_body:
+            return                        # interim (1xx) and 101 heads end here too
+        if self._parser is self._stream:
             self._in_body = False
-            # httptools' parser holds this object: dropping it here leaves no
-            # reference cycle per response for the garbage collector to find
-            self._parser = None
             self.sink.on_end()

@@ -49,7 +49,7 @@ class PooledSocket:
     """One upstream connection (asyncio's Protocol interface, module rules)."""
 
     __slots__ = ("pools", "key", "transport", "owner", "closed", "reused", "idle_since",
-                 "_connected", "_drain", "_paused", "peer")
+                 "_connected", "_drain", "_paused", "peer", "parser")
 
     def __init__(self, pools: Pools, key: PoolKey) -> None:
         self.pools = pools
@@ -63,6 +63,9 @@ class PooledSocket:
         self._connected: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
+        # what its owners keep with the connection across requests (the proxy's
+        # response parser: one per connection, proxy.py)
+        self.parser: Any = None
 
     # asyncio protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

@@ -17,6 +17,10 @@ pauses while more than ``pool.READ_LIMIT`` bytes wait for the client, and
 the client side waits in ``flush()`` while its transport is full, so a slow
 client slows the upstream read and memory per request stays bounded.
 
+The response parser lives with the upstream connection (one per pooled
+connection, its sink the current ``Exchange``); ``proxy_read_timeout`` is a
+deadline on the waiting exchange, checked by one ``ReadDeadlines`` timer.
+
 Rules (SPEC §8, nginx's proxy_next_upstream)
 --------------------------------------------
 1. A try is: choose a peer (the balancer, or the user's ``pick(r, b)``),
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
@@ -61,6 +66,7 @@ from pyresty.upstream.pool import READ_LIMIT, PooledSocket, PoolKey, pools
 
 if TYPE_CHECKING:
     from pyresty.config.model import Config, Location, Upstream
+    from pyresty.server.request import Request
 
 log = logging.getLogger("pyresty.upstream")
 
@@ -73,6 +79,7 @@ _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRAC
 _STATUS_KINDS: Final = {500: "http_500", 502: "http_502", 503: "http_503", 504: "http_504",
                         403: "http_403", 404: "http_404", 429: "http_429"}
 DIRECT_POOL: Final = 32        # idle connections kept for a direct proxy_pass http://host:port
+TICK: Final = 0.1              # how often waiting exchanges' read deadlines are checked (s)
 
 
 class Failure(Exception):
@@ -124,11 +131,16 @@ class Exchange:
     while the try runs (pool.py), and the sink of the response parser."""
 
     __slots__ = ("sock", "parser", "waiter", "status", "fields", "keep_alive", "chunks", "size",
-                 "head", "ended", "error", "got_bytes", "paused")
+                 "head", "ended", "error", "got_bytes", "paused", "deadline")
 
     def __init__(self, sock: PooledSocket, method: str) -> None:
         self.sock = sock
-        parser = ResponseParser(self)
+        # one parser per connection, its sink the exchange of the moment
+        parser: ResponseParser | None = sock.parser
+        if parser is None:
+            parser = sock.parser = ResponseParser(self)
+        else:
+            parser.sink = self
         parser.expect(method)
         self.parser: ResponseParser | None = parser
         self.waiter: asyncio.Future[None] | None = None
@@ -142,6 +154,7 @@ class Exchange:
         self.error: Failure | None = None
         self.got_bytes = False
         self.paused = False
+        self.deadline = 0.0               # of the current wait (loop time)
         sock.owner = self
 
     # the socket's owner interface
@@ -215,18 +228,27 @@ class Exchange:
                 waiter.set_result(None)
 
     async def wait(self, timeout: float, what: str) -> None:
-        """Until the parser or the socket has news; Failure("timeout") after ``timeout``."""
+        """Until the parser or the socket has news; Failure("timeout") after
+        ``timeout`` (up to ``TICK`` later: ``ReadDeadlines``)."""
         loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
-        timer = loop.call_later(timeout, _expire, waiter)
+        self.deadline = loop.time() + timeout
+        deadlines = _deadlines
+        deadlines.add(self, loop)
         try:
             await waiter
         except TimeoutError:
             raise Failure("timeout", f"upstream timed out (110: Connection timed out) while {what}",
                           True, self.got_bytes) from None
         finally:
-            timer.cancel()
+            deadlines.waiting.discard(self)
             self.waiter = None
+
+    def expire(self) -> None:
+        """The read deadline passed (``ReadDeadlines``)."""
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError())
 
     # read through calls where an await came in between: mypy (and so mypyc)
     # would otherwise keep a narrowed attribute type across the await
@@ -250,17 +272,50 @@ class Exchange:
 
     def release(self) -> bool:
         """The exchange is over: True when the connection may be pooled (rule 6).
-        Drops the parser, which refers back to this object (no cycle left for
-        the garbage collector)."""
+        The parser stays with the connection for its next exchange."""
         parser = self.parser
         self.parser = None
         return (self.ended and self.error is None and self.keep_alive and parser is not None
                 and parser.idle and parser.reusable and not self.sock.closed)
 
 
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
+class ReadDeadlines:
+    """The read deadlines (``proxy_read_timeout``) of the exchanges waiting for
+    their upstream, checked every ``TICK`` by one timer that runs only while
+    one waits: a timer created and cancelled per wait cost a proxied request
+    about 3k instructions, for a timeout that is seconds long and needs no
+    better than a tenth of one."""
+
+    __slots__ = ("waiting", "_ticker")
+
+    def __init__(self) -> None:
+        self.waiting: set[Exchange] = set()
+        self._ticker: asyncio.TimerHandle | None = None
+
+    def add(self, ex: Exchange, loop: asyncio.AbstractEventLoop) -> None:
+        self.waiting.add(ex)
+        if self._ticker is None:
+            self._ticker = loop.call_later(TICK, self._tick, loop)
+
+    def _tick(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._ticker = None
+        now = loop.time()
+        for due in [ex for ex in self.waiting if ex.deadline <= now]:
+            self.waiting.discard(due)
+            due.expire()
+        if self.waiting:
+            self._ticker = loop.call_later(TICK, self._tick, loop)
+
+
+_deadlines = ReadDeadlines()
+
+
+def _forget_after_fork() -> None:
+    global _deadlines
+    _deadlines = ReadDeadlines()     # a forked child's loop is not its parent's
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
 
 
 class BalancerCall:
@@ -369,18 +424,19 @@ class ProxyPlan:
         n_peers = len(upstream.servers)
         self.max_tries = n_peers if not self.tries_cap else min(n_peers, self.tries_cap)
 
-    async def __call__(self, r: Any) -> None:
+    async def __call__(self, r: Request) -> None:
         await proxy(self, r)
 
-    # the request line and fields (rule: hop-by-hop removed, X-Forwarded-* added)
-    def target(self, r: Any) -> str:
-        uri: str = r.uri
+    # the request line (nginx's URI rules; the fields are ``forward``'s)
+    def target(self, uri: str, path: str, query: str) -> str:
+        """The upstream's request target for a request's ``uri`` (as received),
+        its decoded ``path`` and its ``query``."""
         if uri[:1] != "/":                    # absolute-form: send origin-form
-            uri = r.path + ("?" + r.query if r.query else "")
+            uri = path + ("?" + query if query else "")
         part = self.uri_part
         if part is None:
             return uri
-        query = "?" + r.query if r.query else ""
+        query = "?" + query if query else ""
         if self.exact:
             return part + query
         prefix = self.prefix
@@ -389,13 +445,9 @@ class ProxyPlan:
         raw = uri.partition("?")[0]
         if raw.startswith(prefix):
             return part + raw[len(prefix):] + query
-        path: str = r.path
         return part + quote(path[len(prefix):] if path.startswith(prefix) else path) + query
 
-    def head(self, r: Any, target: str, length: int | None) -> bytes:
-        return self.forward.build(r.method, target, r.fields, r.client_addr, r.scheme, length)
-
-    def hash_value(self, r: Any) -> str | None:
+    def hash_value(self, r: Request) -> str | None:
         key = self.hash_key
         if key is None:
             return None
@@ -460,7 +512,7 @@ class _Tries:
         self.sent = 0
 
 
-async def proxy(plan: ProxyPlan, r: Any) -> None:
+async def proxy(plan: ProxyPlan, r: Request) -> None:
     if r.upgrade and plan.http11:
         from pyresty.upstream import tunnel
         if tunnel.wants_websocket(r):     # a WebSocket: a tunnel (tunnel.py)
@@ -480,8 +532,8 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
             field = r.header(b"content-length")
             length = int(field) if field is not None and r.header(b"transfer-encoding") is None \
                 else None
-    target = plan.target(r)
-    head = plan.head(r, target, length)
+    head = plan.forward.build(r.method, plan.target(r.uri, r.path, r.query), r.fields,
+                              r.client_addr, r.scheme, length)
     request = head + body if len(body) < 65536 else b""
     record = _Tries()
     ex = await _try_all(plan, r, loop, started, head, body, request, record,
@@ -507,7 +559,7 @@ async def proxy(plan: ProxyPlan, r: Any) -> None:
                 ex.sock.close()
 
 
-async def _try_all(plan: ProxyPlan, r: Any, loop: asyncio.AbstractEventLoop, started: float,
+async def _try_all(plan: ProxyPlan, r: Request, loop: asyncio.AbstractEventLoop, started: float,
                    head: bytes, body: bytes, request: bytes, record: _Tries,
                    source: Any, length: int | None) -> Exchange | None:
     """Rules 1-4: the exchange whose response head is to be answered, or None (502/504).
@@ -639,7 +691,7 @@ def _may_retry(plan: ProxyPlan, failure: Failure, idempotent: bool, n: int,
     return n < plan.max_tries and tried < len(plan.upstream.servers)
 
 
-def _log_failure(plan: ProxyPlan, r: Any, addr: str, failure: Failure, more: bool) -> None:
+def _log_failure(plan: ProxyPlan, r: Request, addr: str, failure: Failure, more: bool) -> None:
     host = r.header(b"host")
     log.error('%s%s, client: %s, request: "%s %s HTTP/%s", upstream: "http://%s%s", host: "%s"',
               failure.reason, "; trying the next upstream" if more else "", r.client_addr,
@@ -692,7 +744,7 @@ async def _drain(plan: ProxyPlan, sock: PooledSocket) -> None:
         raise Failure("error", f"{exc} while sending request to upstream", True) from None
 
 
-async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Any, body: BodyWriter) -> None:
+async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Request, body: BodyWriter) -> None:
     """proxy_request_buffering = false: the body goes on as the client sends it,
     framed as the head announced (chunked when the client gave no length)."""
     while True:
@@ -709,7 +761,7 @@ async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Any, body: BodyWr
         sock.write(end)
 
 
-async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:
+async def _respond(plan: ProxyPlan, r: Request, ex: Exchange) -> None:
     """Rule 5: the upstream's response becomes the request's."""
     r.status = ex.status
     fields = Headers()
@@ -744,7 +796,7 @@ async def _respond(plan: ProxyPlan, r: Any, ex: Exchange) -> None:
             return
 
 
-def _cut(plan: ProxyPlan, r: Any, ex: Exchange, reason: str) -> None:
+def _cut(plan: ProxyPlan, r: Request, ex: Exchange, reason: str) -> None:
     """Rule 5: the response started and the upstream failed: a truncated response."""
     addr = ex.sock.peer
     ex.sock.close()

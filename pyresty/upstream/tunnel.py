@@ -186,7 +186,7 @@ async def proxy_websocket(plan: Any, r: Any) -> None:
               504 if isinstance(exc, TimeoutError) else 502)
     answer = _Answer(r.method)
     sock.owner = answer
-    sock.write(plan.forward.build(r.method, plan.target(r), r.fields, r.client_addr, r.scheme,
+    sock.write(plan.forward.build(r.method, plan.target(r.uri, r.path, r.query), r.fields, r.client_addr, r.scheme,
                                   0, b"websocket"))
     try:
         await answer.wait(plan.read_timeout)

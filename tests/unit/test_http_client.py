@@ -235,3 +235,42 @@ def test_an_upgrade_request_head() -> None:
     # without an upgrade, the same request asks for keep-alive framing only
     plain = forward.build("GET", "/chat?room=1", fields, "10.0.0.1", "https", 0)
     assert plain.endswith(b"X-Forwarded-Proto: https\r\n\r\n") and b"Upgrade" not in plain
+
+
+@pytest.mark.parametrize("wire, version, keep", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", "1.1", True),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", "1.0", False),
+    (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", "1.0", True),
+    (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", "1.1", False),
+    (b"HTTP/1.1 200 OK\r\n\r\n", "1.1", False),                 # close-delimited
+    (b"HTTP/1.1 204 No Content\r\n\r\n", "1.1", False),          # as before: no length
+])
+def test_the_version_comes_with_the_keep_alive_verdict(wire: bytes, version: str, keep: bool) -> None:
+    event = run("GET", wire)[0].events[0]
+    assert event[2] == version and event[4] is keep
+
+
+@pytest.mark.parametrize("step", [0, 1, 7])
+def test_one_parser_serves_a_connections_responses_in_turn(step: int) -> None:
+    """The parser stays with its connection: length, chunked, HEAD (cut at its
+    head), interim and bodiless responses one after the other, each asked for."""
+    sink = Sink()
+    parser = ResponseParser(sink)
+    exchanges = [
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", [("body", b"abc")]),
+        ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", []),
+        ("POST", b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\n"
+                 b"Transfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", [("body", b"ok")]),
+        ("GET", b"HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", []),
+        ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", [("body", b"hi")]),
+    ]
+    for method, wire, body in exchanges:
+        sink.events.clear()
+        parser.expect(method)
+        each = step or len(wire)
+        for i in range(0, len(wire), each):
+            parser.feed(wire[i:i + each])
+        finals = [e for e in sink.events if e[0] == "response"]
+        assert len(finals) == 1 and finals[0][4] is True, (method, sink.events)
+        assert [e for e in sink.events if e[0] == "body"] == body
+        assert sink.events[-1] == ("end",) and parser.idle and parser.reusable
