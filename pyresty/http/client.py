@@ -51,6 +51,7 @@ from pyresty.http.persistence import connection_tokens, message_persists, respon
 from pyresty.http.response import HOP_BY_HOP
 
 _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
+_NO_OPTIONS: Final[set[bytes]] = set()    # the Connection options of a head without one
 
 
 class UpstreamError(Exception):
@@ -365,7 +366,7 @@ class ResponseParser:
         if not connection and parser.should_keep_alive():
             # llhttp keeps HTTP/1.0 alive only for a Connection: keep-alive, so
             # this is 1.1 (get_http_version builds a string: ~2k instructions)
-            return "1.1", message_persists(True, connection_tokens(connection)), framed
+            return "1.1", message_persists(True, _NO_OPTIONS), framed
         version = parser.get_http_version()
         return version, message_persists(version == "1.1", connection_tokens(connection)), framed
 
