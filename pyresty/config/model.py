@@ -208,6 +208,7 @@ class Config:
     client_body_temp_path: str = "client_body_temp"   # resolved against the prefix
     worker_max_rss: int = 0                  # bytes; a worker above is replaced (0 = off)
     loop_block_warn: float = 1.0             # s the event loop may stall before a [warn]; 0 = off
+    worker_spare: bool = False               # a booted spare per generation, promoted on a crash
     hooks: Hooks = field(default_factory=Hooks)
     shared: tuple[SharedDictSpec, ...] = ()
     upstreams: tuple[Upstream, ...] = ()

@@ -501,6 +501,7 @@ TOP: dict[str, Validator] = {
     "client_body_temp_path": text,
     "worker_max_rss": size(),                      # 0 turns the guard off
     "loop_block_warn": duration(positive=False),   # 0 turns the watchdog off
+    "worker_spare": boolean,
     "hooks": NESTED,
     "shared": NESTED,
     "upstream": NESTED,

@@ -1,9 +1,11 @@
 """The messages between the master and each child, both directions, and their wire form.
 
     child -> master   Ready        booted; serving (the master promotes a generation when all are)
+                      SpareReady   a spare loaded its code and waits to be promoted (worker_spare)
                       BootFailed   cannot boot, with the reason (then exit WORKER_BOOT_ERROR)
                       Stats        the child's figures, every STATS_INTERVAL and at state changes
-    master -> child   Drain        stop keepalive, close idle connections (``pyresty drain``)
+    master -> child   Promote      a spare becomes worker ``worker_id`` (one that died)
+                      Drain        stop keepalive, close idle connections (``pyresty drain``)
                       Resume       end a drain: keepalive is back (reload, ``drain --cancel``)
 
 The channel is the socketpair the master creates for each child at fork. On
@@ -32,6 +34,22 @@ MAX_LINE: Final = 1 << 20   # a line this long is garbage, not a message
 @dataclass(frozen=True, slots=True)
 class Ready:
     """The child booted and serves."""
+
+
+@dataclass(frozen=True, slots=True)
+class SpareReady:
+    """The spare imported its code; it runs nothing until it is promoted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Promote:
+    """Become worker ``worker_id``: run init_worker, start timers, listen, report Ready."""
+
+    worker_id: int
+
+    def __post_init__(self) -> None:
+        if type(self.worker_id) is not int or self.worker_id < 0:
+            raise TypeError("worker_id must be an integer >= 0")   # decode skips the line
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +86,11 @@ class Resume:
     """Keepalive is back: the drain is over."""
 
 
-Message = Union[Ready, BootFailed, Stats, Drain, Resume]
+Message = Union[Ready, SpareReady, Promote, BootFailed, Stats, Drain, Resume]
 
 _EVENTS: Final[dict[type, str]] = {
-    Ready: "ready", BootFailed: "boot_error", Stats: "stats", Drain: "drain", Resume: "resume",
+    Ready: "ready", SpareReady: "spare_ready", Promote: "promote", BootFailed: "boot_error",
+    Stats: "stats", Drain: "drain", Resume: "resume",
 }
 _TYPES: Final[dict[str, type]] = {name: kind for kind, name in _EVENTS.items()}
 

@@ -16,6 +16,15 @@ Rules (SPEC §4):
 - A worker of the current generation that dies is respawned with the same id
   at once; one that fails at boot (``WORKER_BOOT_ERROR``) stops the master,
   since respawning would fail the same way forever.
+- ``worker_spare``: the current generation keeps one spare, forked once the
+  generation (or a respawned worker) is serving, so that it never competes
+  with a boot. A worker that dies is replaced by promoting the spare (one
+  ``Promote`` message; it already imported the code), and a new spare is
+  forked once the promoted one serves. A spare is no worker: it counts in no
+  readiness, broadcast, RSS guard or metric, never gets Drain (the promoted
+  one does), and belongs to its generation: when that generation stops
+  (reload, quit, stop) the spare stops with it, so none outlives it (seed 001).
+  A spare that cannot load is tried again after ``RESPAWN_BACKOFF``.
 
 - ``pyresty drain`` turns keepalive off in every worker (and in every worker
   spawned later) until ``drain --cancel`` or a reload ends it.
@@ -48,7 +57,8 @@ from pyresty.runtime import identity
 from pyresty.runtime.identity import Role
 from pyresty.runtime.lifecycle import SHUTDOWN
 from pyresty.supervisor import listeners, terminal
-from pyresty.supervisor.channel import BootFailed, Drain, Message, Ready, Resume, Stats, encode
+from pyresty.supervisor.channel import (BootFailed, Drain, Message, Promote, Ready, Resume,
+                                       SpareReady, Stats, encode)
 from pyresty.supervisor.control import ControlServer, StatusServer
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK, WORKER_BOOT_ERROR
 from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
@@ -92,6 +102,7 @@ class Master:
         self.fast_deadline = 0.0
         self.reload_queued = False
         self.respawns: dict[tuple[int, Role, int | None], float] = {}   # (generation, role, id)
+        self.spare_retry_at: float | None = None    # a spare failed to load: next try
         self.draining = False
         self.exit_code = EXIT_OK
         self.control: ControlServer | None = None
@@ -161,7 +172,8 @@ class Master:
         return self.stopping is not None and not self.children
 
     def _deadlines_pending(self) -> bool:
-        return self.stopping is not None or self.pending is not None or bool(self.respawns) or any(
+        return self.stopping is not None or self.pending is not None or bool(self.respawns) or \
+            self.spare_retry_at is not None or any(
             c.stop_deadline is not None or c.state is State.STARTING for c in self.children.values())
 
     # signals
@@ -278,7 +290,7 @@ class Master:
         return "started", f"generation {self.generations} is starting"
 
     def _generation_ready(self, gen: Generation) -> bool:
-        members = [c for c in self.children.values() if c.generation == gen.number]
+        members = [c for c in self.children.values() if c.generation == gen.number and not c.spare]
         expected = gen.config.workers + (1 if gen.config.privileged_agent else 0)
         return len(members) == expected and all(c.state is State.SERVING for c in members)
 
@@ -308,6 +320,7 @@ class Master:
         if self.reload_queued:
             self.reload_queued = False
             self.reload()
+        self.ensure_spare()
 
     def _abandon_pending(self, reason: str) -> None:
         gen = self.pending
@@ -330,7 +343,8 @@ class Master:
             self.reload()
 
     # children
-    def spawn_worker(self, gen: Generation, role: Role, worker_id: int | None) -> Child:
+    def spawn_worker(self, gen: Generation, role: Role, worker_id: int | None,
+                     spare: bool = False) -> Child:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         # Block our signals across fork: until the child has reset them, a
         # signal would run the master's handler in the child (and be lost).
@@ -343,7 +357,7 @@ class Master:
                 self._forget_in_child(gen)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
                 code = WorkerProcess(gen.config, role, worker_id, gen.number, gen.sockets,
-                                     child_end, self.pid, self.http).run()
+                                     child_end, self.pid, self.http, spare=spare).run()
             except BaseException:
                 logging.getLogger("pyresty.process").critical("worker crashed", exc_info=True)
             finally:
@@ -353,10 +367,10 @@ class Master:
         child_end.close()
         parent_end.setblocking(False)
         child = Child(pid, role, worker_id, gen.number, parent_end, time.monotonic(),
-                      gen.config.worker_shutdown_timeout)
+                      gen.config.worker_shutdown_timeout, spare=spare)
         self.children[pid] = child
         self.selector.register(parent_end, selectors.EVENT_READ, lambda: self._on_channel(child))
-        if self.draining:
+        if self.draining and not spare:
             self._tell(child, Drain())   # read once it has booted: a respawn drains too
         log.info("started %s", child.label)
         return child
@@ -433,10 +447,16 @@ class Master:
             logging.ERROR
         took = f" after {time.monotonic() - child.stop_started:.3f} s" if child.stop_started else ""
         log.log(level, "%s %s%s", child.label, how, took)
-        self._reader_check()
-        if expected:
-            return
+        if not expected:
+            self._replace(child, status, how)
+        self._reader_check()    # after the replacement: it only tidies the shared dicts
+
+    def _replace(self, child: Child, status: int, how: str) -> None:
+        """A child died unasked: respawn it, promote the spare, or stop."""
         boot_error = os.WIFEXITED(status) and os.WEXITSTATUS(status) == WORKER_BOOT_ERROR
+        if child.spare:
+            self._spare_exited(child, boot_error)
+            return
         starting = self.pending is not None and child.generation == self.pending.number
         if starting and self.current is not None:
             self._abandon_pending(f"{child.label} failed to start ({how})")
@@ -457,7 +477,49 @@ class Master:
                 self.respawns[(child.generation, child.role, child.worker_id)] = \
                     time.monotonic() + RESPAWN_BACKOFF
                 return
-            self.spawn_worker(self.current, child.role, child.worker_id)
+            if not self._promote_spare(child):
+                self.spawn_worker(self.current, child.role, child.worker_id)
+
+    # the spare (worker_spare)
+    def ensure_spare(self) -> None:
+        """Fork the current generation's spare if it should have one and has
+        none, once no worker of it is booting (a spare's load must not slow one)."""
+        gen = self.current
+        if gen is None or not gen.config.worker_spare or self.stopping is not None or \
+                self.pending is not None or self.spare_retry_at is not None:
+            return
+        mine = [c for c in self.children.values() if c.generation == gen.number]
+        if any(c.spare or c.state is State.STARTING for c in mine):
+            return
+        self.spawn_worker(gen, Role.WORKER, None, spare=True)
+
+    def _promote_spare(self, dead: Child) -> bool:
+        """Make the current generation's waiting spare worker ``dead.worker_id``."""
+        worker_id = dead.worker_id
+        if dead.role is not Role.WORKER or worker_id is None or self.current is None:
+            return False
+        spare = next((c for c in self.children.values() if c.spare and c.state is State.SPARE
+                      and c.generation == self.current.number), None)
+        if spare is None:
+            return False
+        try:
+            spare.channel.send(encode(Promote(worker_id)))
+        except OSError:
+            return False     # it is dying too: the master hears of it from waitpid
+        log.log(errorlog.NOTICE, "%s promoted to worker #%d", spare.label, worker_id)
+        spare.spare, spare.worker_id, spare.state = False, worker_id, State.STARTING
+        spare.promoted = time.monotonic()
+        if self.draining:
+            self._tell(spare, Drain())
+        return True
+
+    def _spare_exited(self, child: Child, boot_error: bool) -> None:
+        if boot_error or child.state is State.STARTING:
+            # it could not load its code (changed on disk since the reload?): not in a loop
+            log.error("%s failed to start; trying again in %.0f s", child.label, RESPAWN_BACKOFF)
+            self.spare_retry_at = time.monotonic() + RESPAWN_BACKOFF
+            return
+        self.ensure_spare()
 
     def _reader_check(self) -> None:
         if self.config.shared:
@@ -483,15 +545,23 @@ class Master:
             self._on_message(child, message)
 
     def _on_message(self, child: Child, message: Message) -> None:
-        if isinstance(message, Ready):
+        if isinstance(message, SpareReady):
+            if child.spare and child.state is State.STARTING:
+                child.state = State.SPARE
+        elif isinstance(message, Ready):
             if child.state is State.STARTING:
                 child.state = State.SERVING
+            if child.promoted is not None:
+                log.info("%s serving %.1f ms after its promotion", child.label,
+                         (time.monotonic() - child.promoted) * 1000)
+                child.promoted = None
             replaced = self.rss_guard.ready(child)
             if replaced is not None:
                 log.log(errorlog.NOTICE, "%s replaces %s", child.label, replaced.label)
                 self.stop_child(replaced)
             if self.pending is not None and self._generation_ready(self.pending):
                 self._promote(self.pending)
+            self.ensure_spare()
         elif isinstance(message, Stats):
             child.stats = message
         elif isinstance(message, BootFailed):
@@ -513,6 +583,9 @@ class Master:
                 current = self.current
                 if current is not None and current.number == generation and self.stopping is None:
                     self.spawn_worker(current, role, worker_id)
+        if self.spare_retry_at is not None and now >= self.spare_retry_at:
+            self.spare_retry_at = None
+            self.ensure_spare()
         if self.config.worker_max_rss and self.current is not None and self.pending is None \
                 and self.stopping is None:
             self._replace_large_workers(self.current, now)
@@ -541,7 +614,8 @@ class Master:
     def broadcast(self, message: Message) -> None:
         """Send ``message`` to every process of the current generation."""
         for child in list(self.children.values()):
-            if self.current is not None and child.generation == self.current.number:
+            if self.current is not None and child.generation == self.current.number and \
+                    not child.spare:
                 self._tell(child, message)
 
     def drain(self) -> None:

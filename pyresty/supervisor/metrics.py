@@ -21,7 +21,7 @@ class _RowsCollector:
 
     def collect(self) -> Iterator[Metric]:
         rows = self.rows
-        workers = [r for r in rows if r.role != "master"]
+        workers = [r for r in rows if r.role not in ("master", "spare")]   # a spare serves nothing
         requests = CounterMetricFamily("pyresty_requests", "Requests handled", labels=["worker", "generation"])
         conns = GaugeMetricFamily("pyresty_connections", "Open client connections",
                                   labels=["worker", "generation"])

@@ -11,6 +11,10 @@ Rules:
   which shows ``shutting down for N s`` (SPEC §2), and a serving process while
   the server drains, which shows ``draining``.
 - Figures a process has not reported yet are 0; the master's own row has none.
+- A spare (``worker_spare``) is a row of role ``spare`` with no id, state
+  ``starting`` while it loads and ``spare`` once it waits; it is counted as
+  no worker anywhere (``/metrics`` shows only its RSS). Promoted, the same
+  ``Child`` becomes the worker it replaces (``spare`` false, its id set).
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from pyresty.supervisor.channel import LineReader, Stats
 
 class State(enum.Enum):
     STARTING = "starting"
+    SPARE = "spare"              # a spare that loaded its code and waits for Promote
     SERVING = "serving"
     DRAINING = "draining"
     SHUTTING_DOWN = "shutting down"
@@ -49,9 +54,13 @@ class Child:
     stats: Stats = field(default_factory=Stats)
     boot_error: str | None = None   # why it could not boot, as it said (BootFailed)
     reader: LineReader = field(default_factory=LineReader)
+    spare: bool = False          # not a worker yet: waits to replace one that dies
+    promoted: float | None = None   # when it was promoted (monotonic), until it is serving
 
     @property
     def label(self) -> str:
+        if self.spare:
+            return f"spare (pid {self.pid}, generation {self.generation})"
         if self.role is Role.AGENT:
             return f"privileged agent (pid {self.pid})"
         return f"worker #{self.worker_id} (pid {self.pid}, generation {self.generation})"
@@ -69,7 +78,7 @@ COUNTERS = ("access_log_errors", "accept_errors", "worker_connections_full", "id
 class Row:
     """One process as ``status`` shows it."""
 
-    role: str                    # master | worker | agent | single
+    role: str                    # master | worker | agent | single | spare
     id: int | None
     pid: int
     generation: int
@@ -145,7 +154,8 @@ def child_rows(children: Iterable[Child], now: float, draining_generation: int |
             state = f"shutting down for {now - child.stop_started:.1f} s"
         elif child.state is State.SERVING and child.generation == draining_generation:
             state = State.DRAINING.value
-        rows.append(serving_row("agent" if child.role is Role.AGENT else "worker",
+        role = "spare" if child.spare else "agent" if child.role is Role.AGENT else "worker"
+        rows.append(serving_row(role,
                                 child.worker_id, child.pid, child.generation, state, child.stats))
     return rows
 

@@ -6,6 +6,18 @@ the master never imports it), shared dicts opened, timers, ``init_worker``,
 listeners. A failure anywhere in boot exits with ``WORKER_BOOT_ERROR`` so the
 master stops instead of respawning in a loop.
 
+A spare (``worker_spare``) boots in two halves. The first (``_load``: code
+path, shared dicts opened, the timer scheduler, handlers imported, routes)
+runs at once, with the loop set as the running loop but not turning: what user
+code schedules at import (a timer, a task) waits, so nothing of it runs. Then
+the spare reports ``SpareReady`` and blocks on its channel. ``Promote(id)``
+makes it worker ``id`` (identity, log tag, title, logs reopened) and the loop
+runs the second half (``_start``: signals, upstreams, ``init_worker``,
+listeners, ``Ready``): a respawn then costs one message, not a boot (issue 17).
+Until then a spare has no signal handler but "retire": QUIT, TERM or INT, or
+its channel closing, end it with exit 0 and nothing run (no ``exit_worker``:
+``init_worker`` never ran).
+
 Shutdown is a walk over the process's lifecycle registry
 (``pyresty/runtime/lifecycle.py``), which the worker installs before anything
 else: the HTTP server, the timer scheduler, pipes, shared dicts and access
@@ -48,8 +60,8 @@ from pyresty.runtime import timer as timers
 from pyresty.runtime.identity import Role
 from pyresty.runtime.lifecycle import SHUTDOWN
 from pyresty.runtime.watchdog import Watchdog
-from pyresty.supervisor.channel import (BootFailed, Drain, LineReader, Message, Ready, Resume,
-                                       Stats, encode)
+from pyresty.supervisor.channel import (BootFailed, Drain, LineReader, Message, Promote, Ready,
+                                       Resume, SpareReady, Stats, encode)
 from pyresty.supervisor.exitcodes import WORKER_BOOT_ERROR
 from pyresty.supervisor.fdlimit import apply_nofile
 
@@ -65,6 +77,11 @@ class Stop(enum.Enum):
 
 class BootError(Exception):
     """The process cannot start serving (reported, then WORKER_BOOT_ERROR)."""
+
+
+class Retired(BaseException):
+    """A spare was told to go before it was promoted (raised by its signal handler,
+    so that it interrupts an import as well as the wait)."""
 
 
 class HttpLayer(Protocol):
@@ -83,6 +100,9 @@ class HttpLayer(Protocol):
     HttpServer: Callable[..., Any]
 
 
+SPARE_TITLE = "pyresty: spare process"
+
+
 def title_for(role: Role, worker_id: int | None, shutting_down: bool = False) -> str:
     if role is Role.AGENT:
         name = "pyresty: privileged agent process"
@@ -98,8 +118,11 @@ class WorkerProcess:
 
     def __init__(self, config: Config, role: Role, worker_id: int | None, generation: int,
                  sockets: Sequence[tuple[Listen, socket.socket]], channel: socket.socket | None,
-                 master_pid: int, http: HttpLayer) -> None:
+                 master_pid: int, http: HttpLayer, spare: bool = False) -> None:
         self.config = config
+        self.spare = spare               # waits for Promote before it runs anything (worker_spare)
+        self.early: list[Message] = []   # what came with Promote, handled once serving
+        self.loaded = False              # _load ran (a spare runs it before it waits)
         self.http = http
         self.reader = LineReader()
         self.role = role
@@ -129,7 +152,10 @@ class WorkerProcess:
         errorlog.set_worker_tag(self.worker_id if self.role is not Role.AGENT else None)
         identity.become(self.role, self.worker_id, max(self.config.workers, 1), self.generation,
                         self.master_pid, self.config.prefix)
-        setproctitle.setproctitle(title_for(self.role, self.worker_id))
+        setproctitle.setproctitle(SPARE_TITLE if self.spare else title_for(self.role, self.worker_id))
+        if self.spare:
+            for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, _retire)
         apply_nofile(self.config)
         if self.role is not Role.AGENT:
             try:
@@ -151,9 +177,70 @@ class WorkerProcess:
         asyncio.set_event_loop(self.loop)
         self._step("process set up, loop created")
         try:
+            if self.spare:
+                try:
+                    code = self._wait_as_spare()
+                except Retired:
+                    code = 0
+                if code is not None:
+                    self._close_runtime()
+                    return code
             return self.loop.run_until_complete(self._main())
         finally:
             self.loop.close()
+
+    # the spare
+    def _wait_as_spare(self) -> int | None:
+        """Load, report SpareReady, block until Promote: None once promoted,
+        else the exit code (the channel closed: 0; the load failed)."""
+        asyncio.events._set_running_loop(self.loop)   # import-time code sees its loop ...
+        try:
+            self._load()
+        except BootError as exc:
+            log.critical("%s", exc)
+            self._send(BootFailed(str(exc)))
+            return WORKER_BOOT_ERROR
+        finally:
+            asyncio.events._set_running_loop(None)    # ... which does not turn until promotion
+        self._send(SpareReady())
+        log.info("spare ready (generation %d)", self.generation)
+        promote = self._read_promotion()
+        if promote is None:
+            log.info("spare retired")
+            return 0
+        self._become(promote.worker_id)
+        return None
+
+    def _read_promotion(self) -> Promote | None:
+        """Block on the channel until Promote (None: the channel closed)."""
+        assert self.channel is not None
+        self.channel.setblocking(True)
+        while True:
+            try:
+                data = self.channel.recv(65536)
+            except OSError:
+                data = b""
+            if not data:
+                return None
+            messages = self.reader.feed(data)
+            for i, message in enumerate(messages):
+                if isinstance(message, Promote):
+                    self.early = messages[i + 1:]
+                    self.channel.setblocking(False)
+                    return message
+
+    def _become(self, worker_id: int) -> None:
+        """The spare is now worker ``worker_id``: who it is, its title and its logs."""
+        for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, signal.SIG_DFL)   # until _start installs the loop's handlers
+        self.spare, self.worker_id = False, worker_id
+        self.born = time.monotonic()             # the steps of _start are timed from here
+        identity.become(self.role, worker_id, max(self.config.workers, 1), self.generation,
+                        self.master_pid, self.config.prefix)
+        errorlog.set_worker_tag(worker_id)
+        setproctitle.setproctitle(title_for(self.role, worker_id))
+        self._reopen_logs()   # a USR1 while it waited went to the files it had open
+        log.log(errorlog.NOTICE, "spare promoted to worker #%d", worker_id)
 
     async def _main(self) -> int:
         self._stop_event = asyncio.Event()
@@ -201,12 +288,20 @@ class WorkerProcess:
         os.setuid(entry.pw_uid)
 
     async def _boot(self) -> None:
-        config = self.config
         self._install_signals()
+        if not self.loaded:           # a promoted spare loaded before it waited
+            self._load()
+        await self._start()
+
+    def _load(self) -> None:
+        """The half of the boot that depends on no worker id and runs no user
+        code but imports: code path, shared dicts, timers, handlers and routes."""
+        config = self.config
+        self.loaded = True
         context.capture_base()        # before user code: what every request copies
         errorlog.capture_print()      # print() in user code goes to the error log
         loader.install(config.code_path)
-        self._step("signals, context, code path")
+        self._step("context, code path")
         if config.shared:
             from pyresty.runtime import shared
             shared.open_all(config.shared, shared.base_dir_for(config.prefix))
@@ -221,11 +316,17 @@ class WorkerProcess:
                                                    self.access_logs, self.tls)
             except Exception as exc:
                 raise BootError(f"cannot load handlers: {exc}") from exc
+        self._step("handlers imported, routes")
+
+    async def _start(self) -> None:
+        """The half of the boot that makes this process a worker: upstreams,
+        init_worker, listeners, the channel."""
+        config = self.config
         try:
             await self.http.start_upstreams(config)
         except Exception as exc:
             raise BootError(f"cannot start upstream health checks: {exc}") from exc
-        self._step("handlers imported, routes, upstreams")
+        self._step("upstreams")
         init = self._hook("init_worker")
         self._exit_hook = self._hook("exit_worker")
         if init is not None:
@@ -242,6 +343,9 @@ class WorkerProcess:
         if self.channel is not None:
             self.loop.add_reader(self.channel.fileno(), self._on_channel)
             self.loop.call_later(STATS_INTERVAL, self._report_tick)
+        early, self.early = self.early, []
+        for message in early:
+            self._on_message(message)
 
     def _hook(self, name: str) -> Callable[..., Any] | None:
         handler = getattr(self.config.hooks, name)
@@ -295,12 +399,15 @@ class WorkerProcess:
                 self.request_stop(Stop.GRACEFUL)
             return
         for message in self.reader.feed(data):
-            if self.server is None:
-                continue
-            if isinstance(message, Drain):
-                self.server.drain()
-            elif isinstance(message, Resume) and self.stop_kind is None:
-                self.server.resume_keepalive()
+            self._on_message(message)
+
+    def _on_message(self, message: Message) -> None:
+        if self.server is None:
+            return
+        if isinstance(message, Drain):
+            self.server.drain()
+        elif isinstance(message, Resume) and self.stop_kind is None:
+            self.server.resume_keepalive()
 
     def _send(self, message: Message) -> None:
         if self.channel is None:
@@ -381,3 +488,8 @@ class WorkerProcess:
         if self.watchdog is not None:
             self.watchdog.stop()
         self.lifecycle.close()
+
+
+def _retire(signum: int, frame: Any) -> None:
+    """A spare's QUIT/TERM/INT: it has run nothing, so it just goes (see ``Retired``)."""
+    raise Retired(signum)

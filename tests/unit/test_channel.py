@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from pyresty.supervisor.channel import (MAX_LINE, BootFailed, Drain, LineReader, Ready, Resume,
-                                        Stats, decode, encode)
+from pyresty.supervisor.channel import (MAX_LINE, BootFailed, Drain, LineReader, Promote, Ready,
+                                        Resume, SpareReady, Stats, decode, encode)
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -20,6 +20,8 @@ MESSAGES = [
                                                     "disabled": 1, "active": 2}}}),
     Drain(),
     Resume(),
+    SpareReady(),
+    Promote(3),
 ]
 
 
@@ -33,6 +35,8 @@ def test_every_message_round_trips_as_one_line(message) -> None:
 @pytest.mark.parametrize("line", [
     b"", b"drain", b"{", b"[]", b'"ready"', b'{"event": "reboot"}', b'{"no": "event"}',
     b'{"event": "boot_error"}',                      # a required field missing
+    b'{"event": "promote"}', b'{"event": "promote", "worker_id": "0"}',
+    b'{"event": "promote", "worker_id": -1}', b'{"event": "promote", "worker_id": true}',
     b'{"event": "stats", "timers_pending": 1, "from_the_future": 2}',
 ])
 def test_a_line_that_is_no_known_message_is_skipped(line: bytes) -> None:
