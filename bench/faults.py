@@ -16,7 +16,8 @@ reads the worker's memory from /proc:
 - ``slowloris``: p99 of normal clients (wrk, 10 connections) while 1,000
   connections that sent half a request head expire together
   (``client_header_timeout`` 5 s), against the p99 without them.
-- ``respawn``: ms from SIGKILL of the worker to the first answer (median of 5).
+- ``respawn``: ms from SIGKILL of the worker to the first answer (median of 5),
+  pyresty without and with ``worker_spare`` (a booted spare promoted in its place).
 - ``reload``: wall time of ``pyresty -s reload`` / ``nginx -s reload`` (median of 5).
 
 Results go to stdout and bench/results/faults.md.
@@ -39,7 +40,7 @@ from typing import Callable
 
 import run as bench
 import wrk
-from servers import Nginx, Pyresty, Server, alive, http_get, stop_all
+from servers import Nginx, Pyresty, Server, alive, http_get, stop_all, title
 
 BENCH = Path(__file__).resolve().parent
 MIB = 1024 * 1024
@@ -97,6 +98,15 @@ content = "app:upload"
 path = "/static/"
 root = "public"
 """)
+
+
+class PyrestySpare(PyrestyFaults):
+    """The same with ``worker_spare = true`` (respawn only)."""
+
+    def write(self) -> None:
+        super().write()
+        path = self.dir / "pyresty.toml"
+        path.write_text("worker_spare = true\n" + path.read_text())
 
 
 class NginxFaults(Nginx):
@@ -249,10 +259,20 @@ def slowloris(server: Server, count: int, seconds: float, cpus: bench.Cpus) -> d
             loaded.latency_ms.get(99, 0.0), "requests": loaded.requests}
 
 
+SPARE_TITLE = "pyresty: spare process"
+
+
 def respawn(server: Server, rounds: int) -> dict[str, float]:
     times = []
+    spare = isinstance(server, PyrestySpare)
     for _ in range(rounds):
-        old = worker_of(server)
+        if spare:   # a spare loaded and waiting (it reports ready within ~50 ms of its title)
+            deadline = time.monotonic() + 10
+            while not any(title(pid) == SPARE_TITLE for pid in server.pids()) and \
+                    time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(0.5)
+        old = next(pid for pid in server.serving_workers() if title(pid) != SPARE_TITLE)
         start = time.monotonic()
         os.kill(old, signal.SIGKILL)
         while True:
@@ -331,6 +351,10 @@ def table(results: dict[str, dict[str, dict[str, float]]], idle_count: int) -> s
         lambda r: f"{r['p99_slowloris_ms']:.2f} ms ({r['p99_quiet_ms']:.2f} ms)")
     row("worker SIGKILL to the first answer, median of 5 (max)", "respawn",
         lambda r: f"{r['median_ms']:.0f} ms ({r['max_ms']:.0f})")
+    if "pyresty_spare" in results.get("respawn", {}):
+        spare = results["respawn"]["pyresty_spare"]
+        rows.append(f"| the same with `worker_spare = true` | {spare['median_ms']:.1f} ms "
+                    f"({spare['max_ms']:.1f}) | |")
     row("`-s reload` command, median of 5 (max)", "reload",
         lambda r: f"{r['median_ms']:.0f} ms ({r['max_ms']:.0f})")
     return "\n".join(rows)
@@ -353,7 +377,11 @@ def main() -> int:
     try:
         for name in args.only:
             results[name] = {}
-            for label, make in (("pyresty", PyrestyFaults), ("nginx", lambda: NginxFaults(1, modules))):
+            kinds: list[tuple[str, Callable[[], Server]]] = [
+                ("pyresty", PyrestyFaults), ("nginx", lambda: NginxFaults(1, modules))]
+            if name == "respawn":
+                kinds.insert(1, ("pyresty_spare", PyrestySpare))
+            for label, make in kinds:
                 log(f"{name}: {label}")
                 results[name][label] = measure(name, make, args, cpus)
                 log(f"  {results[name][label]}")

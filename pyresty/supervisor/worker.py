@@ -122,6 +122,7 @@ class WorkerProcess:
         self.config = config
         self.spare = spare               # waits for Promote before it runs anything (worker_spare)
         self.early: list[Message] = []   # what came with Promote, handled once serving
+        self.reopen_asked = False        # a USR1 reached the spare: reopen when promoted
         self.loaded = False              # _load ran (a spare runs it before it waits)
         self.http = http
         self.reader = LineReader()
@@ -156,6 +157,7 @@ class WorkerProcess:
         if self.spare:
             for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
                 signal.signal(sig, _retire)
+            signal.signal(signal.SIGUSR1, self._note_reopen)
         apply_nofile(self.config)
         if self.role is not Role.AGENT:
             try:
@@ -229,17 +231,23 @@ class WorkerProcess:
                     self.channel.setblocking(False)
                     return message
 
+    def _note_reopen(self, signum: int, frame: Any) -> None:
+        """A spare's USR1: recorded, acted on at promotion."""
+        self.reopen_asked = True
+
     def _become(self, worker_id: int) -> None:
         """The spare is now worker ``worker_id``: who it is, its title and its logs."""
         for sig in (signal.SIGQUIT, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)   # until _start installs the loop's handlers
+        signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         self.spare, self.worker_id = False, worker_id
         self.born = time.monotonic()             # the steps of _start are timed from here
         identity.become(self.role, worker_id, max(self.config.workers, 1), self.generation,
                         self.master_pid, self.config.prefix)
         errorlog.set_worker_tag(worker_id)
         setproctitle.setproctitle(title_for(self.role, worker_id))
-        self._reopen_logs()   # a USR1 while it waited went to the files it had open
+        if self.reopen_asked:   # its files may have been rotated while it waited
+            self._reopen_logs()
         log.log(errorlog.NOTICE, "spare promoted to worker #%d", worker_id)
 
     async def _main(self) -> int:
