@@ -15,15 +15,19 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from pyresty import config as configuration
 from pyresty._version import __version__
-from pyresty.config.model import Config
 from pyresty.errors import ConfigError
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
 from pyresty.supervisor.signals import COMMANDS
 
 if TYPE_CHECKING:
+    from pyresty.config.model import Config
+    from pyresty.supervisor.pidfile import Located
     from pyresty.supervisor.worker import HttpLayer
+
+# ``-s reload`` waits for the master's checks: the handler imports may take up
+# to loader.CHECK_TIMEOUT (30 s), plus the time to start the new generation
+RELOAD_TIMEOUT = 40.0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -63,6 +67,10 @@ def console() -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.signal and args.config is not None:
+        located = _locate(args)
+        if located is not None:    # the config layer is the master's business
+            return send_signal(located, args)
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -74,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     if args.test:
         return test_config(config, args)
     if args.signal:
-        return send_signal(config, args)
+        from pyresty.supervisor.pidfile import Located
+        return send_signal(Located(config.pid, config.workers), args)
     if args.command == "status":
         from pyresty.supervisor.control import print_status
         return print_status(config)
@@ -82,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         from pyresty.supervisor.control import cancel_drain
         return cancel_drain(config)
     if args.command == "drain":
+        from pyresty import config as configuration
         from pyresty.supervisor.control import drain
         try:
             timeout = configuration.parse_duration(args.timeout)
@@ -92,7 +102,13 @@ def run(args: argparse.Namespace) -> int:
     return start(config, args)
 
 
+def _locate(args: argparse.Namespace) -> Located | None:
+    from pyresty.supervisor.pidfile import locate
+    return locate(args.config, args.prefix)
+
+
 def _load(args: argparse.Namespace) -> Config:
+    from pyresty import config as configuration
     if args.config is None:
         return configuration.builtin()
     return configuration.load(args.config, args.prefix)
@@ -118,41 +134,41 @@ def check_handlers(config: Config, args: argparse.Namespace | None = None) -> li
     return check_config_in_child(config.path, prefix)
 
 
-def send_signal(config: Config, args: argparse.Namespace) -> int:
-    """``-s``: signal the master this config's pid file names, once it is sure that
-    pid is a pyresty master of this prefix (a stale pid file may name anything)."""
+def send_signal(located: Located, args: argparse.Namespace) -> int:
+    """``-s``: signal the master whose pid file ``located`` names, once it is sure
+    that pid is a pyresty master of this prefix (a stale pid file may name anything).
+
+    ``reload`` asks on the control socket instead: the master loads the config,
+    runs the ``-t`` checks (the handlers imported in a child it forks: it has the
+    config layer loaded already, the command line need not) and starts the new
+    generation, or refuses with every problem: printed here, exit 1."""
     from pyresty.supervisor.control import ask, verify_master
     from pyresty.supervisor.pidfile import read_pid
-    pid = read_pid(config.pid)
+    pid = read_pid(located.pid)
     if pid is None:
         hint = "" if args.config else \
             " (without -c, pyresty looks for the built-in welcome server; give -c FILE)"
-        print(f"pyresty: no running master: pid file {config.pid} is missing or stale{hint}",
+        print(f"pyresty: no running master: pid file {located.pid} is missing or stale{hint}",
               file=sys.stderr)
         return EXIT_FAILURE
-    problem = verify_master(config, pid)
+    problem = verify_master(located.control_socket, pid)
     if problem is not None:
-        print(f"pyresty: not signalling pid {pid} from {config.pid}: {problem}", file=sys.stderr)
+        print(f"pyresty: not signalling pid {pid} from {located.pid}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
-    if args.signal == "reload" and config.workers == 0:
+    if args.signal == "reload" and located.workers == 0:
         print("pyresty: reload needs a master process (workers >= 1); restart a single-process "
               "server instead", file=sys.stderr)
         return EXIT_FAILURE
     if args.signal == "reload":
-        problems = check_handlers(config, args)
-        if problems:
-            for problem in problems:
-                print(problem, file=sys.stderr)
-            print("pyresty: reload refused: the configuration is invalid", file=sys.stderr)
-            return EXIT_FAILURE
-        # HUP with an answer: a refusal the master finds (a new address taken) is ours too
         try:
-            reply = ask(config, "reload")
-        except OSError as exc:
-            print(f"pyresty: reload: no answer on {config.control_socket}: {exc.strerror or exc}",
-                  file=sys.stderr)
+            reply = ask(located.control_socket, "reload", timeout=RELOAD_TIMEOUT, check=True)
+        except (OSError, ValueError) as exc:
+            print(f"pyresty: reload: no answer on {located.control_socket}: "
+                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return EXIT_FAILURE
         if reply.get("reload") == "refused":
+            for line in reply.get("problems", []):
+                print(line, file=sys.stderr)
             print(f"pyresty: reload refused: {reply.get('reason')}", file=sys.stderr)
             return EXIT_FAILURE
         print(f"pyresty: reloading: {reply.get('reason')}")
@@ -160,7 +176,7 @@ def send_signal(config: Config, args: argparse.Namespace) -> int:
     try:
         os.kill(pid, COMMANDS[args.signal])
     except ProcessLookupError:
-        print(f"pyresty: no running master: process {pid} from {config.pid} is gone",
+        print(f"pyresty: no running master: process {pid} from {located.pid} is gone",
               file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

@@ -429,9 +429,7 @@ def check_config_in_child(
     Never raises for anything the child does.
     """
     status, out, err, finished = _forked(config_path, prefix or "", load, timeout)
-    if not finished:
-        return [_failure(config_path, out, f"did not finish within {timeout:g} s")]
-    return _result(config_path, status, out, err)
+    return check_result(config_path, status, out, err, finished, timeout)
 
 
 def _forked(config_path: str, prefix: str, load: str, timeout: float
@@ -439,13 +437,47 @@ def _forked(config_path: str, prefix: str, load: str, timeout: float
     """Run ``_check_main`` in a forked child of this process, in a session of
     its own: (exit status, stdout, stderr, finished in time).
 
-    A fork, not a fresh interpreter: the command line that asks (``-t``,
-    ``-s reload``) has pyresty imported already, and the user code it checks
-    is imported in the child only. Starting a second interpreter and importing
-    pyresty again cost a reload more than everything else it does (issue 17).
-    A child that does not finish within ``timeout`` is SIGKILLed with its
-    process group: it only imports, it has nothing to save, and a module stuck
-    at import may well ignore SIGTERM."""
+    A fork, not a fresh interpreter: the command line that asks (``-t``) has
+    pyresty imported already, and the user code it checks is imported in the
+    child only. Starting a second interpreter and importing pyresty again cost
+    a reload more than everything else it does (issue 17)."""
+    check = start_check(config_path, prefix, load)
+    output = {check.out: bytearray(), check.err: bytearray()}
+    finished = _read_until_eof(output, time.monotonic() + timeout)
+    if not finished:
+        check.kill()
+        # a grandchild that left the group may still hold the pipes: bounded
+        _read_until_eof(output, time.monotonic() + _REAP_TIMEOUT)
+    for fd in output:
+        os.close(fd)
+    _, status = os.waitpid(check.pid, 0)
+    return exit_code(status), bytes(output[check.out]), bytes(output[check.err]), finished
+
+
+class CheckChild:
+    """A handler check running in a forked child: its pid and the read ends of
+    its stdout (the JSON messages) and stderr. The caller reads both to EOF,
+    reaps the child and passes what it got to ``check_result``."""
+
+    __slots__ = ("pid", "out", "err")
+
+    def __init__(self, pid: int, out: int, err: int) -> None:
+        self.pid, self.out, self.err = pid, out, err
+
+    def kill(self) -> None:
+        """SIGKILL the child's process group: it only imports, it has nothing to
+        save, and a module stuck at import may well ignore SIGTERM."""
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def start_check(config_path: str, prefix: str, load: str = "pyresty.config:load",
+                in_child: Callable[[], None] | None = None) -> CheckChild:
+    """Fork the child of ``check_config_in_child`` (``_check_main``) and return
+    at once. ``in_child`` runs first in the child (the master closes what is
+    its alone there)."""
     out_r, out_w = os.pipe()
     err_r, err_w = os.pipe()
     for stream in (sys.stdout, sys.stderr):
@@ -453,6 +485,8 @@ def _forked(config_path: str, prefix: str, load: str, timeout: float
     pid = os.fork()
     if pid == 0:    # the child: never returns
         try:
+            if in_child is not None:
+                in_child()
             os.setsid()
             os.close(out_r)
             os.close(err_r)
@@ -469,20 +503,21 @@ def _forked(config_path: str, prefix: str, load: str, timeout: float
             os._exit(1)
     os.close(out_w)
     os.close(err_w)
-    output = {out_r: bytearray(), err_r: bytearray()}
-    finished = _read_until_eof(output, time.monotonic() + timeout)
+    return CheckChild(pid, out_r, err_r)
+
+
+def exit_code(status: int) -> int:
+    """A ``waitpid`` status as ``_result`` takes it: the exit code, or -signal."""
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def check_result(config_path: str, code: int, out: bytes, err: bytes, finished: bool,
+                 timeout: float = CHECK_TIMEOUT) -> list[str]:
+    """The problem lines of a check child that exited with ``code`` (``exit_code``)
+    after writing ``out`` and ``err``; ``finished`` False: it was killed at ``timeout``."""
     if not finished:
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        # a grandchild that left the group may still hold the pipes: bounded
-        _read_until_eof(output, time.monotonic() + _REAP_TIMEOUT)
-    for fd in output:
-        os.close(fd)
-    _, status = os.waitpid(pid, 0)
-    code = -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
-    return code, bytes(output[out_r]), bytes(output[err_r]), finished
+        return [_failure(config_path, out, f"did not finish within {timeout:g} s")]
+    return _result(config_path, code, out, err)
 
 
 def _read_until_eof(output: dict[int, bytearray], deadline: float) -> bool:

@@ -4,7 +4,9 @@ Control socket: a unix stream socket beside the pid file, mode 0600 (only the
 user who runs the server may drain it or read its figures). One JSON request
 line, one JSON reply line: ``{"command": "status" | "drain" | "resume" | "reload"}``
 (``status`` answers every process and every upstream peer with its health;
-``reload`` is HUP with an answer: started, queued, or refused and why).
+``reload`` is HUP with an answer: started, queued, or refused and why; with
+``"check": true`` the master first runs the ``-t`` checks, the handler imports
+in a child it forks, and answers once they are done: ``pyresty -s reload``).
 
 Status listener (``[status] listen``): ``GET /status`` (JSON, every process;
 503 while the server drains, so a readiness probe fails) and ``GET /metrics``
@@ -15,7 +17,13 @@ The answers are built by ``control_reply`` and ``status_reply`` from any
 ``Supervised`` (the master, or the single process of ``workers = 0``); this
 module never imports either. The master serves them from its selector loop
 (``ControlServer``, ``StatusServer``) and never blocks on a client for longer
-than ``IO_TIMEOUT``.
+than ``IO_TIMEOUT``; a checked reload's client waits on its own connection,
+answered when the check ends (``Reloadable.check_reload``).
+
+The client side (``ask``, ``verify_master``) imports neither the config nor
+the process table: ``pyresty -s reload`` starts an interpreter, finds the
+master from the pid file and asks it, and that is all (issue 17: the command
+spent most of its time importing the config layer).
 
 The one exception to "HTTP/1.1 framing lives in ``http/``" (tests/unit/
 test_framing.py): the status listener reads a request head up to
@@ -32,12 +40,15 @@ import selectors
 import socket
 import sys
 import time
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
-from pyresty.config.model import Config, Listen
 from pyresty.supervisor.exitcodes import EXIT_FAILURE, EXIT_OK
 from pyresty.supervisor.pidfile import MASTER_TITLES, process_title
-from pyresty.supervisor.table import PeerRow, Row, peer_rows
+
+if TYPE_CHECKING:
+    from pyresty.config.model import Config, Listen
+    from pyresty.supervisor.table import PeerRow, Row
 
 IO_TIMEOUT = 0.5
 MAX_HEAD = 8192          # a status request's head; anything longer is not a probe
@@ -62,12 +73,25 @@ class Supervised(Protocol):
         """Reload now: ("started" | "queued" | "refused", why)."""
 
 
+class Reloadable(Supervised, Protocol):
+    """A server that checks a reload before it starts it (the master)."""
+
+    def check_reload(self, answer: Callable[[dict[str, Any]], None]) -> None:
+        """The ``-t`` checks, then the reload; ``answer`` gets the reply, later."""
+
+
+def _request(line: bytes) -> dict[str, Any]:
+    try:
+        request = json.loads(line)
+    except ValueError:
+        return {}
+    return request if isinstance(request, dict) else {}
+
+
 def control_reply(server: Supervised, request: bytes) -> bytes:
     """The reply line to one control request line."""
-    try:
-        command = json.loads(request).get("command")
-    except (ValueError, AttributeError):
-        command = None
+    from pyresty.supervisor.table import peer_rows
+    command = _request(request).get("command")
     if command == "status":
         rows = server.rows()
         reply: dict[str, Any] = {"draining": server.draining,
@@ -89,6 +113,7 @@ def control_reply(server: Supervised, request: bytes) -> bytes:
 
 def status_reply(server: Supervised, head: bytes) -> bytes:
     """The whole HTTP/1.1 answer to one request head on the status listener."""
+    from pyresty.supervisor.table import peer_rows
     line = head.split(b"\r\n", 1)[0].split()
     path = line[1].decode("latin-1") if len(line) > 1 else ""
     if path == "/status":
@@ -154,14 +179,32 @@ class _Listener:
 
 
 class ControlServer(_Listener):
-    def __init__(self, server: Supervised, selector: selectors.BaseSelector, path: str) -> None:
+    def __init__(self, server: Reloadable, selector: selectors.BaseSelector, path: str) -> None:
         self.path = path
+        self.reloadable = server
         super().__init__(server, selector, bind_control_socket(path))
 
     def serve(self, conn: socket.socket, deadline: float) -> None:
-        reply = control_reply(self.server, _read_line(conn, deadline))
+        line = _read_line(conn, deadline)
+        request = _request(line)
+        if request.get("command") == "reload" and request.get("check"):
+            # answered when the check ends: the connection is the client's to wait on
+            waiting = socket.socket(fileno=conn.detach())
+            self.reloadable.check_reload(lambda reply: _answer(waiting, reply))
+            return
+        reply = control_reply(self.server, line)
         _settimeout(conn, deadline)
         conn.sendall(reply)
+
+
+def _answer(conn: socket.socket, reply: dict[str, Any]) -> None:
+    """Send a deferred reply and close; a client that left is no error."""
+    with conn:
+        try:
+            conn.settimeout(IO_TIMEOUT)
+            conn.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass
 
     def close(self) -> None:
         super().close()
@@ -238,19 +281,21 @@ def _read_line(conn: socket.socket, deadline: float | None = None) -> bytes:
 
 
 # the CLI side
-def ask(config: Config, command: str, timeout: float = 5.0) -> dict[str, Any]:
-    """Send one command to the running server; raises OSError when there is none."""
+def ask(control_socket: str, command: str, timeout: float = 5.0,
+        **fields: Any) -> dict[str, Any]:
+    """Send one command to the running server at ``control_socket``; raises
+    OSError when there is none (or it does not answer within ``timeout``)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
-        sock.connect(config.control_socket)
-        sock.sendall(json.dumps({"command": command}).encode() + b"\n")
+        sock.connect(control_socket)
+        sock.sendall(json.dumps({"command": command, **fields}).encode() + b"\n")
         return json.loads(_read_line(sock))
 
 
-def verify_master(config: Config, pid: int) -> str | None:
-    """Why ``pid`` is not the pyresty master (or single process) of ``config``'s prefix,
-    or None when it is: its title is a master's, and it answers on this prefix's
-    control socket with that pid."""
+def verify_master(control_socket: str, pid: int) -> str | None:
+    """Why ``pid`` is not the pyresty master (or single process) that answers on
+    ``control_socket`` (this prefix's), or None when it is: its title is a
+    master's, and it answers there with that pid."""
     title = process_title(pid)
     if title is None:
         return "no such process"
@@ -258,12 +303,12 @@ def verify_master(config: Config, pid: int) -> str | None:
         shown = title.replace("\0", " ").strip()[:60]
         return f"it is not a pyresty master (it runs {shown!r})"
     try:
-        answered = ask(config, "status")["processes"][0]["pid"]
+        answered = ask(control_socket, "status")["processes"][0]["pid"]
     except (OSError, ValueError, LookupError, TypeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        return f"it does not answer on {config.control_socket} ({reason})"
+        return f"it does not answer on {control_socket} ({reason})"
     if answered != pid:
-        return f"the master at {config.control_socket} is pid {answered}"
+        return f"the master at {control_socket} is pid {answered}"
     return None
 
 
@@ -280,6 +325,7 @@ COLUMNS = [("role", 6), ("id", 3), ("pid", 8), ("gen", 4), ("state", 24), ("conn
 
 
 def format_table(rows: list[Row]) -> str:
+    """The process table ``pyresty status`` prints."""
     lines = [" ".join(name.upper().ljust(width) for name, width in COLUMNS).rstrip()]
     for row in rows:
         serves = row.connections is not None
@@ -315,8 +361,9 @@ def _stall(row: Row) -> str:
 
 
 def print_status(config: Config) -> int:
+    from pyresty.supervisor.table import PeerRow, Row
     try:
-        reply = ask(config, "status")
+        reply = ask(config.control_socket, "status")
     except OSError as exc:
         return _no_master(config, exc)
     print(format_table([Row.from_json(p) for p in reply["processes"]]))
@@ -330,15 +377,16 @@ def print_status(config: Config) -> int:
 def drain(config: Config, timeout: float) -> int:
     """preStop: stop keepalive everywhere, close WebSockets with 1001, then wait
     until no connection is left."""
+    from pyresty.supervisor.table import Row
     deadline = time.monotonic() + timeout
     try:
-        ask(config, "drain")
+        ask(config.control_socket, "drain")
     except OSError as exc:
         return _no_master(config, exc)
     zero_seen = False
     while True:
         try:
-            rows = [Row.from_json(p) for p in ask(config, "status")["processes"]]
+            rows = [Row.from_json(p) for p in ask(config.control_socket, "status")["processes"]]
         except OSError:
             print("active connections: 0 (the master is gone)")
             return EXIT_OK
@@ -359,7 +407,7 @@ def drain(config: Config, timeout: float) -> int:
 def cancel_drain(config: Config) -> int:
     """``drain --cancel``: keepalive back on, ``/status`` 200 again."""
     try:
-        ask(config, "resume")
+        ask(config.control_socket, "resume")
     except OSError as exc:
         return _no_master(config, exc)
     print("pyresty: drain cancelled; serving with keepalive")

@@ -26,6 +26,12 @@ Rules (SPEC §4):
   (reload, quit, stop) the spare stops with it, so none outlives it (seed 001).
   A spare that cannot load is tried again after ``RESPAWN_BACKOFF``.
 
+- ``pyresty -s reload`` (the control socket's checked reload): the config is
+  parsed here and the handlers are imported in a child the master forks (the
+  ``-t`` check; the master itself still imports no user code), with the
+  master's loop serving on meanwhile; the checked config is the one reloaded,
+  and the client gets the outcome or every problem. Only the command line
+  waits: HUP reloads at once, as before.
 - ``pyresty drain`` turns keepalive off in every worker (and in every worker
   spawned later) until ``drain --cancel`` or a reload ends it.
 
@@ -44,7 +50,8 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import setproctitle
@@ -53,7 +60,7 @@ from pyresty import config as configuration
 from pyresty import errorlog, purepython
 from pyresty.config.model import Config, Listen
 from pyresty.errors import ConfigError
-from pyresty.runtime import identity
+from pyresty.runtime import identity, loader
 from pyresty.runtime.identity import Role
 from pyresty.runtime.lifecycle import SHUTDOWN
 from pyresty.supervisor import listeners, terminal
@@ -81,6 +88,21 @@ class Generation:
     sockets: list[tuple[Listen, socket.socket]]
 
 
+@dataclass(eq=False)
+class ReloadCheck:
+    """A ``pyresty -s reload`` waiting for its handler check (a forked child)."""
+
+    child: loader.CheckChild
+    config: Config
+    answer: Callable[[dict[str, Any]], None]
+    deadline: float
+    started: float                      # monotonic, when the command asked
+    output: dict[int, bytearray] = field(default_factory=dict)   # open pipe -> what it said
+    said: dict[int, bytes] = field(default_factory=dict)         # closed pipe -> all it said
+    status: int | None = None           # waitpid's, once reaped
+    finished: bool = True               # False: killed at the deadline
+
+
 class Master:
     def __init__(self, config: Config, config_arg: str | None, prefix_arg: str | None,
                  http: HttpLayer, dev: bool = False) -> None:
@@ -103,6 +125,7 @@ class Master:
         self.reload_queued = False
         self.respawns: dict[tuple[int, Role, int | None], float] = {}   # (generation, role, id)
         self.spare_retry_at: float | None = None    # a spare failed to load: next try
+        self.checks: dict[int, ReloadCheck] = {}    # pid -> a -s reload's handler check
         self.draining = False
         self.exit_code = EXIT_OK
         self.control: ControlServer | None = None
@@ -173,7 +196,7 @@ class Master:
 
     def _deadlines_pending(self) -> bool:
         return self.stopping is not None or self.pending is not None or bool(self.respawns) or \
-            self.spare_retry_at is not None or any(
+            self.spare_retry_at is not None or bool(self.checks) or any(
             c.stop_deadline is not None or c.state is State.STARTING for c in self.children.values())
 
     # signals
@@ -247,15 +270,15 @@ class Master:
             self.spawn_worker(gen, Role.AGENT, None)
         return gen
 
-    def reload(self) -> str | None:
-        """HUP: validate the new config, then start a new generation beside the old.
+    def reload(self, checked: Config | None = None) -> str | None:
+        """HUP: validate the new config (``checked``: already done), then start a
+        new generation beside the old.
 
         Returns why the reload was refused (logged too), or None once the new
         generation is starting."""
         log.log(errorlog.NOTICE, "reloading configuration")
         try:
-            config = configuration.load(self.config_arg, self.prefix_arg) if self.config_arg \
-                else self.config
+            config = checked or self._load_config()
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("%s", problem)
@@ -272,22 +295,116 @@ class Master:
         self.pending_since = time.monotonic()
         return None
 
+    def _load_config(self) -> Config:
+        return configuration.load(self.config_arg, self.prefix_arg) if self.config_arg \
+            else self.config
+
     def _refuse(self, reason: str) -> str:
         log.error("reload refused: %s", reason)
         return reason
 
-    def request_reload(self) -> tuple[str, str]:
-        """``pyresty -s reload``: what HUP does, with the outcome for the caller:
+    def request_reload(self, checked: Config | None = None) -> tuple[str, str]:
+        """What HUP does, with the outcome for the caller:
         ("started" | "queued" | "refused", why)."""
         if self.stopping is not None:
             return "refused", "the server is shutting down"
         if self.pending is not None:
             self.reload_queued = True
             return "queued", "a reload is in progress; this one follows it"
-        reason = self.reload()
+        reason = self.reload(checked)
         if reason is not None:
             return "refused", reason
         return "started", f"generation {self.generations} is starting"
+
+    # pyresty -s reload: the -t checks, then the reload
+    def check_reload(self, answer: Callable[[dict[str, Any]], None]) -> None:
+        """Parse the config, import its handlers in a forked child, then reload;
+        ``answer`` gets {"reload": outcome, "reason": why[, "problems": lines]}."""
+        if self.stopping is not None:
+            answer({"reload": "refused", "reason": "the server is shutting down"})
+            return
+        started = time.monotonic()
+        try:
+            config = self._load_config()
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("%s", problem)
+            reason = self._refuse("the configuration is invalid; still serving the old one")
+            answer({"reload": "refused", "reason": reason, "problems": list(exc.problems)})
+            return
+        if config.path == "<builtin>" or not config.handler_strings():
+            self._checked(config, [], answer, started)
+            return
+        signal.pthread_sigmask(signal.SIG_BLOCK, CAUGHT)    # as spawn_worker does
+        try:
+            child = loader.start_check(config.path, self.prefix_arg or "",
+                                       in_child=self._forget_in_check)
+        finally:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
+        check = ReloadCheck(child, config, answer, time.monotonic() + loader.CHECK_TIMEOUT,
+                            started)
+        self.checks[child.pid] = check
+        for fd in (child.out, child.err):
+            os.set_blocking(fd, False)
+            check.output[fd] = bytearray()
+            self.selector.register(fd, selectors.EVENT_READ,
+                                   lambda fd=fd: self._on_check_output(check, fd))
+
+    def _forget_in_check(self) -> None:
+        self._forget_in_child(())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
+
+    def _on_check_output(self, check: ReloadCheck, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            check.output[fd] += data
+            return
+        self._close_check_pipe(check, fd)
+        self._check_progress(check)
+
+    def _close_check_pipe(self, check: ReloadCheck, fd: int) -> None:
+        check.said[fd] = bytes(check.output.pop(fd))
+        self.selector.unregister(fd)
+        os.close(fd)
+
+    def _check_progress(self, check: ReloadCheck) -> None:
+        """Once the child is reaped and its pipes are closed: the verdict."""
+        if check.output or check.status is None:
+            return
+        del self.checks[check.child.pid]
+        problems = loader.check_result(check.config.path, loader.exit_code(check.status),
+                                       check.said.get(check.child.out, b""),
+                                       check.said.get(check.child.err, b""), check.finished)
+        self._checked(check.config, problems, check.answer, check.started)
+
+    def _checked(self, config: Config, problems: list[str],
+                 answer: Callable[[dict[str, Any]], None], started: float) -> None:
+        log.info("reload checked in %.1f ms (config and handler imports)",
+                 (time.monotonic() - started) * 1000)
+        if problems:
+            for problem in problems:
+                log.error("%s", problem)
+            reason = self._refuse("the configuration is invalid; still serving the old one")
+            answer({"reload": "refused", "reason": reason, "problems": problems})
+            return
+        outcome, reason = self.request_reload(config)
+        answer({"reload": outcome, "reason": reason})
+
+    def _expire_checks(self, now: float) -> None:
+        for check in list(self.checks.values()):
+            if check.finished and now > check.deadline:
+                # a module that hangs at import: killed with its group, its pipes
+                # closed (a grandchild that left the group may hold them)
+                check.finished = False
+                check.child.kill()
+                for fd in list(check.output):
+                    self._close_check_pipe(check, fd)
+                self._check_progress(check)
 
     def _generation_ready(self, gen: Generation) -> bool:
         members = [c for c in self.children.values() if c.generation == gen.number and not c.spare]
@@ -354,7 +471,7 @@ class Master:
             code = 1
             try:
                 parent_end.close()
-                self._forget_in_child(gen)
+                self._forget_in_child(gen.sockets)
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, CAUGHT)
                 code = WorkerProcess(gen.config, role, worker_id, gen.number, gen.sockets,
                                      child_end, self.pid, self.http, spare=spare).run()
@@ -375,12 +492,13 @@ class Master:
         log.info("started %s", child.label)
         return child
 
-    def _forget_in_child(self, gen: Generation) -> None:
-        """In a new child: drop what belongs to the master alone."""
+    def _forget_in_child(self, keep: Sequence[tuple[Listen, socket.socket]]) -> None:
+        """In a new child: drop what belongs to the master alone (all but the
+        listeners ``keep``)."""
         # listeners of other generations: a copy kept open here would hold a
         # removed address in LISTEN (clients queued, never served) for as
         # long as this worker lives
-        mine = {id(sock) for _, sock in gen.sockets}
+        mine = {id(sock) for _, sock in keep}
         for sock in self.sockets.values():
             if id(sock) not in mine:
                 sock.close()
@@ -392,6 +510,9 @@ class Master:
         signal.signal(signal.SIGUSR1, signal.SIG_IGN)
         for child in self.children.values():
             child.channel.close()
+        for check in self.checks.values():
+            for fd in check.output:
+                os.close(fd)
         if self.control is not None:
             self.control.close_in_child()
         if self.status_server is not None:
@@ -430,6 +551,9 @@ class Master:
             child = self.children.pop(pid, None)
             if child is not None:
                 self._child_exited(child, status)
+            elif pid in self.checks:
+                self.checks[pid].status = status
+                self._check_progress(self.checks[pid])
 
     def _child_exited(self, child: Child, status: int) -> None:
         self._on_channel(child)   # read what it said last
@@ -570,6 +694,7 @@ class Master:
 
     def _check_deadlines(self) -> None:
         now = time.monotonic()
+        self._expire_checks(now)
         for child in list(self.children.values()):
             if child.stop_deadline is not None and now > child.stop_deadline:
                 log.warning("%s still running %.1f s after it was asked to stop; killing it",
