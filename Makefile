@@ -17,6 +17,10 @@ $(STAMP): $(BIN)/python pyproject.toml $(COMPILED)
 	$(BIN)/pip install -q -e '.[test,bench]' --config-settings editable_mode=compat
 	# the extensions now match their sources (tests/conftest.py compares the times)
 	find pyresty -name '*.so' -exec touch {} +
+	# bytecode: an editable install writes none (nor does python under
+	# PYTHONDONTWRITEBYTECODE), and compiling pyresty's sources cost every
+	# command ~50 ms (issue 17: -s reload)
+	$(BIN)/python -m compileall -q pyresty > /dev/null
 	touch $(STAMP)
 
 run: $(STAMP)
