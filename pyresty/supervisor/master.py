@@ -765,6 +765,12 @@ class Master:
         return [master, *child_rows(self.children.values(), time.monotonic(), draining)]
 
     def _cleanup(self) -> None:
+        for check in list(self.checks.values()):    # a -s reload still checking: told, not left
+            check.child.kill()
+            for fd in list(check.output):
+                self._close_check_pipe(check, fd)
+            check.answer({"reload": "refused", "reason": "the server is shutting down"})
+        self.checks.clear()
         if self.control is not None:
             self.control.close()
         if self.status_server is not None:

@@ -341,7 +341,7 @@ BAD: list[tuple[str, str]] = [
     ("colour = 1\n" + SERVER, "colour: unknown key (known: client_body_temp_path, code_path, error_log, "
      "error_log_level, hooks, limit_conn, limit_count, limit_req, loop_block_warn, max_pending_timers, "
      "max_running_timers, pid, privileged_agent, server, shared, status, upstream, user, "
-     "worker_connections, worker_max_rss, worker_rlimit_nofile, worker_shutdown_timeout, workers)"),
+     "worker_connections, worker_max_rss, worker_rlimit_nofile, worker_shutdown_timeout, worker_spare, workers)"),
     ("workers = 1\n", "server: at least one [[server]] is required"),
     ("server = []\n", "server: at least one [[server]] is required"),
     ("server = 1\n", "server: invalid value 1 (expected [[server]] tables)"),
