@@ -43,6 +43,7 @@ knows of each child is a ``table.Child``; ``rows()`` is the process table.
 """
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import selectors
@@ -174,6 +175,13 @@ class Master:
             from pyresty.supervisor.devwatch import start_watcher
             start_watcher(config, self.pid)
         log.log(errorlog.NOTICE, "%s", purepython.describe())
+        # Every object the master holds now (pyresty's modules, the config) moves
+        # to the collector's permanent generation: a child's collections then
+        # never walk them, so fewer inherited pages are copied on write in every
+        # worker's boot (issue 17: a respawn's boot 2-4 ms shorter; the CPython
+        # docs' advice for servers that fork). Done once: a freeze before each
+        # fork would keep every later cycle of the master forever.
+        gc.freeze()
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
         try:
