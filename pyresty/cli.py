@@ -22,7 +22,6 @@ from pyresty.supervisor.signals import COMMANDS
 
 if TYPE_CHECKING:
     from pyresty.config.model import Config
-    from pyresty.supervisor.pidfile import Located
     from pyresty.supervisor.worker import HttpLayer
 
 # ``-s reload`` waits for the master's checks: the handler imports may take up
@@ -68,9 +67,10 @@ def console() -> int:
 
 def run(args: argparse.Namespace) -> int:
     if args.signal and args.config is not None:
-        located = _locate(args)
-        if located is not None:    # the config layer is the master's business
-            return send_signal(located, args)
+        from pyresty.supervisor.pidfile import locate
+        pid_file = locate(args.config, args.prefix)
+        if pid_file is not None:    # the config itself is the master's business
+            return send_signal(pid_file, args)
     try:
         config = _load(args)
     except ConfigError as exc:
@@ -82,8 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.test:
         return test_config(config, args)
     if args.signal:
-        from pyresty.supervisor.pidfile import Located
-        return send_signal(Located(config.pid, config.workers), args)
+        return send_signal(config.pid, args)
     if args.command == "status":
         from pyresty.supervisor.control import print_status
         return print_status(config)
@@ -100,11 +99,6 @@ def run(args: argparse.Namespace) -> int:
             return EXIT_FAILURE
         return drain(config, timeout)
     return start(config, args)
-
-
-def _locate(args: argparse.Namespace) -> Located | None:
-    from pyresty.supervisor.pidfile import locate
-    return locate(args.config, args.prefix)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -134,36 +128,34 @@ def check_handlers(config: Config, args: argparse.Namespace | None = None) -> li
     return check_config_in_child(config.path, prefix)
 
 
-def send_signal(located: Located, args: argparse.Namespace) -> int:
-    """``-s``: signal the master whose pid file ``located`` names, once it is sure
-    that pid is a pyresty master of this prefix (a stale pid file may name anything).
+def send_signal(pid_file: str, args: argparse.Namespace) -> int:
+    """``-s``: signal the master ``pid_file`` names, once it is sure that pid is a
+    pyresty master of this prefix (a stale pid file may name anything).
 
     ``reload`` asks on the control socket instead: the master loads the config,
     runs the ``-t`` checks (the handlers imported in a child it forks: it has the
     config layer loaded already, the command line need not) and starts the new
-    generation, or refuses with every problem: printed here, exit 1."""
+    generation, or refuses with every problem (a single process refuses too: it
+    cannot reload): printed here, exit 1."""
     from pyresty.supervisor.control import ask, verify_master
-    from pyresty.supervisor.pidfile import read_pid
-    pid = read_pid(located.pid)
+    from pyresty.supervisor.pidfile import control_socket_for, read_pid
+    control_socket = control_socket_for(pid_file)
+    pid = read_pid(pid_file)
     if pid is None:
         hint = "" if args.config else \
             " (without -c, pyresty looks for the built-in welcome server; give -c FILE)"
-        print(f"pyresty: no running master: pid file {located.pid} is missing or stale{hint}",
+        print(f"pyresty: no running master: pid file {pid_file} is missing or stale{hint}",
               file=sys.stderr)
         return EXIT_FAILURE
-    problem = verify_master(located.control_socket, pid)
+    problem = verify_master(control_socket, pid)
     if problem is not None:
-        print(f"pyresty: not signalling pid {pid} from {located.pid}: {problem}", file=sys.stderr)
-        return EXIT_FAILURE
-    if args.signal == "reload" and located.workers == 0:
-        print("pyresty: reload needs a master process (workers >= 1); restart a single-process "
-              "server instead", file=sys.stderr)
+        print(f"pyresty: not signalling pid {pid} from {pid_file}: {problem}", file=sys.stderr)
         return EXIT_FAILURE
     if args.signal == "reload":
         try:
-            reply = ask(located.control_socket, "reload", timeout=RELOAD_TIMEOUT, check=True)
+            reply = ask(control_socket, "reload", timeout=RELOAD_TIMEOUT, check=True)
         except (OSError, ValueError) as exc:
-            print(f"pyresty: reload: no answer on {located.control_socket}: "
+            print(f"pyresty: reload: no answer on {control_socket}: "
                   f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return EXIT_FAILURE
         if reply.get("reload") == "refused":
@@ -176,7 +168,7 @@ def send_signal(located: Located, args: argparse.Namespace) -> int:
     try:
         os.kill(pid, COMMANDS[args.signal])
     except ProcessLookupError:
-        print(f"pyresty: no running master: process {pid} from {located.pid} is gone",
+        print(f"pyresty: no running master: process {pid} from {pid_file} is gone",
               file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK

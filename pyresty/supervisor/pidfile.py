@@ -1,56 +1,52 @@
 """The pid file: written by the master at start, removed at exit, and found
 from a config file without loading it (``locate``).
 
-``locate`` reads the few top-level keys ``pyresty -s`` needs with ``tomllib``
-alone, so that the command does not import the config layer (most of its
-time, issue 17): the master validates the config itself. The defaults and
-the resolution against the prefix are the config loader's; a unit test keeps
-them equal (tests/unit/test_pidfile.py). Anything it is unsure of (no file,
-bad TOML, a key of the wrong type) is None: the caller loads the config the
-full way, which reports the problem.
+``locate`` finds the pid file ``pyresty -s`` needs without the config layer
+(importing it was most of the command's time, issue 17): the master
+validates the config itself. A config that sets no top-level ``pid`` (no
+line can start with the key) has the default and is not even parsed; one
+that does is read with ``tomllib``. The default and the resolution against
+the prefix are the config loader's; a unit test keeps them equal
+(tests/unit/test_pidfile.py). Anything it is unsure of (no file, bad TOML, a
+``pid`` that is no string) is None: the caller loads the config the full way,
+which reports the problem.
 """
 from __future__ import annotations
 
 import os
+import re
 
 DEFAULT_PID = "logs/pyresty.pid"     # config.model.Config.pid
-
-
-class Located:
-    """Where a config's master is, as ``pyresty -s`` needs it (a plain class:
-    ``dataclasses`` alone costs the command ~10 ms of imports)."""
-
-    __slots__ = ("pid", "workers")
-
-    def __init__(self, pid: str, workers: object) -> None:
-        self.pid = pid               # the pid file, absolute
-        self.workers = workers       # ``workers`` as written (0: single process)
-
-    @property
-    def control_socket(self) -> str:
-        """config.model.Config.control_socket, from the same pid path."""
-        return control_socket_for(self.pid)
+# a line that may set a top-level pid (bare or quoted key); tables' keys match too,
+# which only costs the parse
+_PID_LINE = re.compile(rb"""^[ \t]*["']?pid["']?[ \t]*=""", re.MULTILINE)
 
 
 def control_socket_for(pid: str) -> str:
+    """config.model.Config.control_socket, from the same pid path."""
     return pid.rsplit(".", 1)[0] + ".sock" if pid.endswith(".pid") else pid + ".sock"
 
 
-def locate(config_path: str, prefix: str | None) -> Located | None:
-    """The pid file and ``workers`` of the config at ``config_path`` (relative
-    paths against ``prefix``, default its folder), or None when unsure."""
-    import tomllib
+def locate(config_path: str, prefix: str | None) -> str | None:
+    """The pid file of the config at ``config_path`` (relative paths against
+    ``prefix``, default its folder), absolute, or None when unsure."""
     try:
         with open(config_path, "rb") as f:
-            document = tomllib.load(f)
-    except (OSError, ValueError):
+            text = f.read()
+    except OSError:
         return None
-    pid = document.get("pid") or DEFAULT_PID
+    pid: object = DEFAULT_PID
+    if _PID_LINE.search(text):
+        import tomllib
+        try:
+            pid = tomllib.loads(text.decode()).get("pid") or DEFAULT_PID
+        except (UnicodeDecodeError, ValueError):
+            return None
     if not isinstance(pid, str):
         return None
     base = os.path.abspath(prefix if prefix is not None
                            else os.path.dirname(os.path.abspath(config_path)))
-    return Located(os.path.normpath(os.path.join(base, pid)), document.get("workers", 1))
+    return os.path.normpath(os.path.join(base, pid))
 
 
 def write_pid(path: str) -> None:
