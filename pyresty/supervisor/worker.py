@@ -11,7 +11,7 @@ path, shared dicts opened, the timer scheduler, handlers imported, routes)
 runs at once, with the loop set as the running loop but not turning: what user
 code schedules at import (a timer, a task) waits, so nothing of it runs. Then
 the spare reports ``SpareReady`` and blocks on its channel. ``Promote(id)``
-makes it worker ``id`` (identity, log tag, title, logs reopened) and the loop
+makes it worker ``id`` (identity, log tag, title; logs reopened after a USR1) and the loop
 runs the second half (``_start``: signals, upstreams, ``init_worker``,
 listeners, ``Ready``): a respawn then costs one message, not a boot (issue 17).
 Until then a spare has no signal handler but "retire": QUIT, TERM or INT, or
