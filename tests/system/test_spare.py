@@ -232,3 +232,13 @@ def test_a_spare_that_cannot_load_is_retried_later_not_in_a_loop(make_server):
     assert len(re.findall(r"started spare", log)) == 1, log    # one try, then the back-off
     (server.prefix / "broken").unlink()
     _spare(server, since=since, count=1)       # the next try, RESPAWN_BACKOFF later, loads
+
+
+@pytest.mark.timeout(60)
+def test_a_spare_goes_with_its_master(make_server):
+    server = make_server(_config(), {"app.py": APP}, ready=READY)
+    spare = _spare(server)
+    os.kill(server.pid, signal.SIGKILL)        # its channel closes: nothing to wait for
+    wait_for(lambda: not _alive(spare), 10, "the spare to exit")
+    assert f"{spare}#-: spare retired" in server.log_text()
+    assert not (server.prefix / f"init-{spare}").exists()
