@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import gc
 import logging
 import os
 import pwd
@@ -48,7 +49,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 import setproctitle
 import uvloop
@@ -259,6 +260,7 @@ class WorkerProcess:
             self._send(BootFailed(str(exc)))
             return WORKER_BOOT_ERROR
         self.state = "serving"
+        _settle_collector()
         if self.config.loop_block_warn > 0:
             # from the first request on: a boot that imports slowly blocks no client
             self.watchdog = Watchdog(self.loop, self.config.loop_block_warn)
@@ -496,6 +498,21 @@ class WorkerProcess:
         if self.watchdog is not None:
             self.watchdog.stop()
         self.lifecycle.close()
+
+
+YOUNG_COLLECTION: Final = 7000   # container allocations between two young collections
+
+
+def _settle_collector() -> None:
+    """What the worker booted with (its handlers' modules, routes, config)
+    moves to the collector's permanent generation, and young objects are
+    collected every ``YOUNG_COLLECTION`` allocations instead of CPython's 700.
+    A request's objects die by reference counting; the young collections
+    only walked the few alive in flight, ~7k instructions per proxied request
+    (issue 12). Garbage in cycles is still collected, just in larger steps."""
+    gc.freeze()
+    _, older, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION, older, oldest)
 
 
 def _retire(signum: int, frame: Any) -> None:
