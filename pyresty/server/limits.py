@@ -131,7 +131,8 @@ def _note_failure(dict_name: str, mode: str, exc: BaseException) -> None:
 class _Applied:
     """One zone as one location uses it."""
 
-    __slots__ = ("zone", "use", "kind", "rule", "decide", "limit_text", "limit_line", "prefix", "key_of",
+    __slots__ = ("zone", "use", "kind", "rule", "decide", "limit_text", "fields_for",
+                 "field_values", "field_lines", "prefix", "key_of",
                  "key_fn", "counts", "throttle", "free_excess", "dict_name", "is_conn")
 
     def __init__(self, zone: LimitZone, use: LimitUse,
@@ -155,8 +156,11 @@ class _Applied:
             self.rule = Concurrency(use.max)
         self.decide = self.rule.decide
         self.limit_text = str(self.rule.limit)
-        # the start of its RateLimit-* lines (see _set_rate_limit_headers)
-        self.limit_line = f"RateLimit-Limit: {self.limit_text}\r\nRateLimit-Remaining: "
+        # the RateLimit-* values and lines last sent, and for which (remaining, reset):
+        # successive requests mostly repeat them (_set_rate_limit_headers)
+        self.fields_for = (-1, -1)
+        self.field_values: tuple[str, ...] = ()
+        self.field_lines = b""
         self.prefix = f"limit_{zone.kind}:{zone.name}:".encode()
         self.key_fn: Callable[..., Any] | None = None
         self.key_of: Callable[[Request], Any] | None = None
@@ -173,6 +177,14 @@ class _Applied:
             self.key_fn = resolve(key, phase="key")
         self.counts = _counter(zone.name)
         self.throttle = _Throttle(LOG_LINES_PER_SECOND)
+
+    def rate_limit_fields(self, remaining: int, reset: int) -> None:
+        """Make the RateLimit-* values and their lines for ``remaining`` and ``reset``."""
+        left, seconds = str(remaining), str(reset)
+        self.fields_for = (remaining, reset)
+        self.field_values = (self.limit_text, left, seconds)
+        self.field_lines = (f"RateLimit-Limit: {self.limit_text}\r\nRateLimit-Remaining: {left}\r\n"
+                            f"RateLimit-Reset: {seconds}\r\n").encode("latin-1")
 
     async def state_key(self, r: Request) -> bytes | None:
         if self.key_of is not None:
@@ -451,11 +463,11 @@ _RATE_LIMIT_LOWERED: Final = ("ratelimit-limit", "ratelimit-remaining", "ratelim
 
 
 def _set_rate_limit_headers(r: Request, applied: _Applied, remaining: int, reset: float) -> None:
-    left = str(remaining)
-    seconds = str(ceil(reset))
-    r.headers_out.set_encoded(
-        _RATE_LIMIT_LOWERED, _RATE_LIMIT_NAMES, (applied.limit_text, left, seconds),
-        f"{applied.limit_line}{left}\r\nRateLimit-Reset: {seconds}\r\n".encode("latin-1"))
+    seconds = ceil(reset)
+    if remaining != applied.fields_for[0] or seconds != applied.fields_for[1]:
+        applied.rate_limit_fields(remaining, seconds)
+    r.headers_out.set_encoded(_RATE_LIMIT_LOWERED, _RATE_LIMIT_NAMES, applied.field_values,
+                              applied.field_lines)
 
 
 def location_limits(config: Config, location: Location,
