@@ -16,7 +16,8 @@ from collections.abc import Sequence
 from types import ModuleType
 
 ENV = "PYRESTY_PURE_PYTHON"
-PACKAGES = ("pyresty.http.", "pyresty.server.", "pyresty.upstream.")   # where setup.py's compiled modules live
+PACKAGES = ("pyresty.http.", "pyresty.server.", "pyresty.upstream.",   # where setup.py's
+            "pyresty.runtime.")                                         # compiled modules live
 
 
 class SourceFirst:

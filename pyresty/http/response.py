@@ -90,6 +90,14 @@ def plain_200_head(length: int) -> bytes:
     return head
 
 
+def plain_200_head_with(lines: bytes, length: int) -> bytes:
+    """``plain_200_head`` with the field ``lines`` after ``Date``, where
+    ``response_head`` puts a response's fields."""
+    head = plain_200_head(length)
+    cut = len(STATUS_LINES[200]) + len(_dates.lines)
+    return head[:cut] + lines + head[cut:]
+
+
 # RFC 9110 §15.2.1: the interim answer to ``Expect: 100-continue``.
 CONTINUE: Final = b"HTTP/1.1 100 Continue\r\n\r\n"
 
@@ -108,6 +116,10 @@ def response_head(status: int, fields: Headers | None, length: int | None, http1
     among ``fields`` frames the body as given. Bodiless statuses (1xx, 204,
     304) get no framing fields. Raises ValueError for a field with CR or LF.
     """
+    if status == 200 and keep_alive and length is not None and fields is not None:
+        lines = fields.encoded_alone()
+        if lines is not None:   # a limited location's hello (Headers.set_encoded)
+            return plain_200_head_with(lines, length), False, True
     parts = [STATUS_LINES.get(status) or status_line(status), _dates.lines]
     has_type = has_length = False
     chunked = close_delimited = False

@@ -131,7 +131,8 @@ def _note_failure(dict_name: str, mode: str, exc: BaseException) -> None:
 class _Applied:
     """One zone as one location uses it."""
 
-    __slots__ = ("zone", "use", "kind", "rule", "decide", "limit_text", "prefix", "key_of",
+    __slots__ = ("zone", "use", "kind", "rule", "decide", "limit_text", "fields_for",
+                 "field_values", "field_lines", "prefix", "key_of",
                  "key_fn", "counts", "throttle", "free_excess", "dict_name", "is_conn")
 
     def __init__(self, zone: LimitZone, use: LimitUse,
@@ -155,6 +156,11 @@ class _Applied:
             self.rule = Concurrency(use.max)
         self.decide = self.rule.decide
         self.limit_text = str(self.rule.limit)
+        # the RateLimit-* values and lines last sent, and for which (remaining, reset):
+        # successive requests mostly repeat them (_set_rate_limit_headers)
+        self.fields_for = (-1, -1)
+        self.field_values: tuple[str, ...] = ()
+        self.field_lines = b""
         self.prefix = f"limit_{zone.kind}:{zone.name}:".encode()
         self.key_fn: Callable[..., Any] | None = None
         self.key_of: Callable[[Request], Any] | None = None
@@ -171,6 +177,14 @@ class _Applied:
             self.key_fn = resolve(key, phase="key")
         self.counts = _counter(zone.name)
         self.throttle = _Throttle(LOG_LINES_PER_SECOND)
+
+    def rate_limit_fields(self, remaining: int, reset: int) -> None:
+        """Make the RateLimit-* values and their lines for ``remaining`` and ``reset``."""
+        left, seconds = str(remaining), str(reset)
+        self.fields_for = (remaining, reset)
+        self.field_values = (self.limit_text, left, seconds)
+        self.field_lines = (f"RateLimit-Limit: {self.limit_text}\r\nRateLimit-Remaining: {left}\r\n"
+                            f"RateLimit-Reset: {seconds}\r\n").encode("latin-1")
 
     async def state_key(self, r: Request) -> bytes | None:
         if self.key_of is not None:
@@ -271,28 +285,27 @@ class LocationLimits:
             # the common case, kept short (it runs for every request of the
             # location): one zone, a key from the request, an embedded dict, and
             # the request passes at once
-            value = one.key_of(r)
+            key_of = one.key_of
+            assert key_of is not None    # self.one is keyed by the request (__init__)
+            value = key_of(r)
             if not value:
                 return None
             d = shared._dicts.get(one.dict_name)
             if type(d) is EmbeddedDict:
                 key = one.prefix + (value.encode() if type(value) is str else value)
-                decision = d.update_one(key, one.decide)
+                decision: Decision = d.update_one(key, one.decide)
                 allowed, delay, remaining, reset, _ = decision
                 if allowed and delay <= one.free_excess:
                     one.counts["passed"] += 1
                     if self.headers:
-                        headers = r.headers_out
-                        headers["RateLimit-Limit"] = one.limit_text
-                        headers["RateLimit-Remaining"] = str(remaining)
-                        headers["RateLimit-Reset"] = str(ceil(reset))
+                        _set_rate_limit_headers(r, one, remaining, reset)
                     return Held(self, [(one, key)]) if one.is_conn else None
                 return await self._finish(r, [(one, key)], [(one, decision)], allowed, [])
         entries: list[tuple[_Applied, bytes]] = []
         for applied in self.applied:
-            key = await applied.state_key(r)
-            if key is not None:
-                entries.append((applied, key))
+            state_key = await applied.state_key(r)
+            if state_key is not None:
+                entries.append((applied, state_key))
         if not entries:
             return None
         decided: list[tuple[_Applied, Decision]] = []
@@ -440,10 +453,21 @@ def _rate_limit_headers(r: Request, decided: list[tuple[_Applied, Decision]]) ->
     if not timed:
         return
     applied, decision = min(timed, key=lambda item: item[1].remaining)
-    headers = r.headers_out
-    headers["RateLimit-Limit"] = str(applied.rule.limit)
-    headers["RateLimit-Remaining"] = str(decision.remaining)
-    headers["RateLimit-Reset"] = str(math.ceil(decision.reset))
+    _set_rate_limit_headers(r, applied, decision.remaining, decision.reset)
+
+
+# The RateLimit-* fields, set with their wire lines built here (Headers.set_encoded):
+# through the generic path they cost about as much as the decision (issue 15).
+_RATE_LIMIT_NAMES: Final = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
+_RATE_LIMIT_LOWERED: Final = ("ratelimit-limit", "ratelimit-remaining", "ratelimit-reset")
+
+
+def _set_rate_limit_headers(r: Request, applied: _Applied, remaining: int, reset: float) -> None:
+    seconds = ceil(reset)
+    if remaining != applied.fields_for[0] or seconds != applied.fields_for[1]:
+        applied.rate_limit_fields(remaining, seconds)
+    r.headers_out.set_encoded(_RATE_LIMIT_LOWERED, _RATE_LIMIT_NAMES, applied.field_values,
+                              applied.field_lines)
 
 
 def location_limits(config: Config, location: Location,

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Pyresty, http_get, wait_for
+from harness import Pyresty, http_get, raw_exchange, wait_for
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -173,6 +173,51 @@ def test_header_arg_and_function_keys(make_server):
     assert http_get(server.port, "/user?user=bob")[0] == 200
     assert http_get(server.port, "/user")[0] == 200 and http_get(server.port, "/user")[0] == 200
     server.wait_log(r'\[error\] .*limiting requests, quota of 1 per 3600s used up by zone "peruser"')
+
+
+SEEN = '''
+workers = 1
+[shared]
+limits = "1m"
+[limit_req.api]
+dict = "limits"
+key = "remote_addr"
+rate = "60r/m"
+[[server]]
+listen = "127.0.0.1:{port}"
+[[server.location]]
+path = "= /seen"
+content = "app:seen"
+header_filter = "app:drop_limit"
+limit_req = {{ zone = "api", burst = 5, nodelay = true }}
+'''
+
+SEEN_APP = APP + '''
+async def seen(r):
+    remaining = r.headers_out["RateLimit-Remaining"]
+    r.headers_out["RateLimit-Reset"] = "77"
+    r.headers_out["X-Seen"] = remaining
+    await r.say(remaining)
+
+def drop_limit(r):
+    del r.headers_out["ratelimit-limit"]
+'''
+
+
+def test_handlers_see_and_change_the_rate_limit_fields(make_server):
+    """The RateLimit-* fields are ordinary response fields for the phases after
+    the limit: what a handler or filter reads, changes or deletes is what goes
+    out, each field once (the limiter hands them over already encoded)."""
+    server = make_server(SEEN, {"app.py": SEEN_APP}, ready=READY)
+    raw = raw_exchange(server.port, b"GET /seen HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    assert lines[0] == b"HTTP/1.1 200 OK" and body == b"5\n"
+    fields = [line.split(b": ", 1)[0].lower() for line in lines[1:]]
+    assert fields.count(b"ratelimit-remaining") == 1 and fields.count(b"ratelimit-reset") == 1
+    assert b"ratelimit-limit" not in fields
+    assert b"RateLimit-Remaining: 5" in lines and b"RateLimit-Reset: 77" in lines
+    assert b"X-Seen: 5" in lines
 
 
 def test_rejection_log_lines_are_throttled(make_server):

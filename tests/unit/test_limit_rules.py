@@ -156,6 +156,32 @@ def test_request_rate_with_floats_admits_exactly_rate_times_time_plus_burst() ->
     assert 500 <= admitted <= 506
 
 
+class Float(float):
+    """A float the rule does not recognise as one: it takes the generic path."""
+
+
+@settings(max_examples=300, deadline=None)
+@given(rate=st.floats(0.01, 1e7), burst=st.integers(0, 2000),
+       steps=st.lists(st.tuples(st.floats(0, 2.0), st.booleans()), min_size=1, max_size=60))
+def test_float_path_decides_as_the_generic_one(rate: float, burst: int,
+                                               steps: list[tuple[float, bool]]) -> None:
+    """The stores pass floats, and RequestRate decides those in float arithmetic of
+    its own (compiled, unboxed): the same operations as the generic code the model
+    test checks, so the same decisions to the last bit."""
+    rule = RequestRate(rate, burst)
+    state: float | None = None
+    now = 1000.0
+    for gap, fresh in steps:
+        now += gap / rate
+        if fresh:
+            state = None
+        fast = rule.decide(state, now, now)
+        generic = rule.decide(state, Float(now), now)
+        assert fast == generic and [type(x) for x in fast[0]] == [type(x) for x in generic[0]]
+        if fast[0].allowed:
+            state = fast[1]
+
+
 def test_request_rate_rejection_says_when_to_retry() -> None:
     rule = RequestRate(10.0, 2)
     state = None

@@ -708,6 +708,64 @@ def test_headers_has_and_encode():
     assert Headers().encode() == b""
 
 
+RATE_LOWERED = ("ratelimit-limit", "ratelimit-remaining")
+RATE_NAMES = ("RateLimit-Limit", "RateLimit-Remaining")
+
+
+def set_rate(h: Headers, limit: str, left: str) -> None:
+    h.set_encoded(RATE_LOWERED, RATE_NAMES, (limit, left),
+                  f"RateLimit-Limit: {limit}\r\nRateLimit-Remaining: {left}\r\n".encode())
+
+
+def test_set_encoded_fields_read_and_encode_as_others():
+    """Fields given with their wire lines (a limiter's RateLimit-*) are ordinary
+    fields to read; encode sends the given lines, first, then the rest."""
+    h = Headers()
+    set_rate(h, "10", "9")
+    assert h["ratelimit-limit"] == "10" and h.get_all("RateLimit-Remaining") == ["9"]
+    assert list(h.fields()) == [("RateLimit-Limit", "10"), ("RateLimit-Remaining", "9")]
+    assert h.encode() == b"RateLimit-Limit: 10\r\nRateLimit-Remaining: 9\r\n"
+    h["Content-Type"] = "text/html"
+    assert h.encode(("connection",)) == (b"RateLimit-Limit: 10\r\nRateLimit-Remaining: 9\r\n"
+                                         b"Content-Type: text/html\r\n")
+    set_rate(h, "10", "8")                        # set again: replaced, still one each
+    assert h.get_all("ratelimit-remaining") == ["8"]
+    assert h.encode().count(b"RateLimit-Remaining") == 1
+
+
+@pytest.mark.parametrize("status, length, keep_alive, http11", [
+    (200, 6, True, True), (200, 0, True, False), (200, None, True, True),
+    (200, 6, False, True), (404, 6, True, True), (304, None, True, True)])
+def test_a_head_with_set_encoded_fields_is_the_generic_head(status, length, keep_alive, http11):
+    """A response whose only fields are set_encoded ones takes a shortcut for the
+    commonest case (a limited location's 200): the same bytes either way."""
+    h = Headers()
+    set_rate(h, "10", "9")
+    plain = Headers(list(h.fields()))
+    assert wire.response_head(status, h, length, http11, keep_alive) == \
+        wire.response_head(status, plain, length, http11, keep_alive)
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda h: h.__setitem__("ratelimit-remaining", "0"),
+     b"RateLimit-Limit: 10\r\nratelimit-remaining: 0\r\nX-A: 1\r\n"),
+    (lambda h: h.__delitem__("RateLimit-Limit"), b"RateLimit-Remaining: 9\r\nX-A: 1\r\n"),
+    (lambda h: h.add("RateLimit-Limit", "20"),
+     b"RateLimit-Limit: 10\r\nRateLimit-Limit: 20\r\nRateLimit-Remaining: 9\r\nX-A: 1\r\n"),
+    (lambda h: h.add_raw(b"ratelimit-remaining", b"7"),
+     b"RateLimit-Limit: 10\r\nRateLimit-Remaining: 9\r\nRateLimit-Remaining: 7\r\nX-A: 1\r\n"),
+    (lambda h: h.pop("ratelimit-limit"), b"RateLimit-Remaining: 9\r\nX-A: 1\r\n"),
+])
+def test_changing_a_set_encoded_field_encodes_it_anew(change, expected):
+    """A handler or filter that changes one of those fields gets what it set on
+    the wire, never the lines given before."""
+    h = Headers()
+    set_rate(h, "10", "9")
+    h["X-A"] = "1"
+    change(h)
+    assert h.encode() == expected
+
+
 @pytest.mark.parametrize("name, value", [
     ("X-Next", "/a\r\nSet-Cookie: session=forged"),
     ("X-Next", "/a\nSet-Cookie: session=forged"),

@@ -125,7 +125,8 @@ class Rule:
 class RequestRate(Rule):
     """``rate`` requests per second with ``burst`` more queued (GCRA, see above)."""
 
-    __slots__ = ("rate", "burst", "interval", "tolerance", "epsilon")
+    __slots__ = ("rate", "burst", "interval", "tolerance", "epsilon", "floats", "interval_f",
+                 "tolerance_f", "epsilon_f")
     kind = "req"
 
     def __init__(self, rate: Any, burst: Any = 0, *, epsilon: Any = EPSILON) -> None:
@@ -136,12 +137,19 @@ class RequestRate(Rule):
         self.interval = 1 / rate              # T
         self.tolerance = burst * self.interval   # tau
         self.epsilon = epsilon
+        # the same numbers typed as floats, for _decide_float (compiled: unboxed)
+        self.floats = all(type(x) is float for x in (self.interval, self.tolerance, epsilon))
+        self.interval_f = float(self.interval)
+        self.tolerance_f = float(self.tolerance)
+        self.epsilon_f = float(epsilon)
 
     @property
     def limit(self) -> int:
         return int(self.burst) + 1
 
     def decide(self, state: Any, now: Any, wall: Any) -> Verdict:
+        if self.floats and type(now) is float and (state is None or type(state) is float):
+            return self._decide_float(state, now)
         tat = state if state is not None and state > now else now
         ahead = tat - now                     # nginx's excess / rate, before this request
         if ahead > self.tolerance + self.epsilon:
@@ -150,6 +158,19 @@ class RequestRate(Rule):
         new = tat + self.interval
         left = (self.tolerance - ahead) / self.interval
         remaining = int(left + self.epsilon) if left > 0 else 0   # floor: left > 0
+        reset = new - now
+        return _make_decision(Decision, (True, ahead, remaining, reset, 0.0)), new, reset
+
+    def _decide_float(self, state: float | None, now: float) -> Verdict:
+        """``decide`` in floats, step for step (the stores' case; a test compares them)."""
+        tat = state if state is not None and state > now else now
+        ahead = tat - now
+        if ahead > self.tolerance_f + self.epsilon_f:
+            retry = ahead - self.tolerance_f
+            return _make_decision(Decision, (False, 0.0, 0, ahead, retry)), UNCHANGED, None
+        new = tat + self.interval_f
+        left = (self.tolerance_f - ahead) / self.interval_f
+        remaining = int(left + self.epsilon_f) if left > 0 else 0
         reset = new - now
         return _make_decision(Decision, (True, ahead, remaining, reset, 0.0)), new, reset
 

@@ -65,7 +65,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import lmdb
 
@@ -82,7 +82,7 @@ MAP_SLACK = 1 << 20        # room for the fixed trees, metas and freelist of tin
 PAGE_CHECK_EVERY = 64      # growing writes between two page-usage checks (per process)
 MAX_READERS = 1024         # reader slots: one per process in practice; dead ones leak
                            # until reader_check(), so keep plenty
-SHORT_KEY_MAX = 480        # LMDB's key limit is 511; longer keys are hashed
+SHORT_KEY_MAX: Final = 480   # LMDB's key limit is 511; longer keys are hashed
 LONG_PREFIX = 467          # 467 + 32 (digest) + 1 (marker) = 500 > SHORT_KEY_MAX
 UPDATE_EXPIRY_SLACK = 1_000_000_000   # ns an update() sets beyond the TTL it needs, so a
                            # steady limiter moves its expiry about once a second, not per write
@@ -91,8 +91,9 @@ HDR = struct.Struct("<BBQQ")            # type, flags, expires_ns, seq_ns
 HDR_SIZE = HDR.size
 INT_ENTRY = struct.Struct("<BBQQq")     # header + int64, the incr fast path
 FLOAT_ENTRY = struct.Struct("<BBQQd")   # header + double, the update_one fast path
-NUMBER_ENTRY_SIZE = FLOAT_ENTRY.size     # == INT_ENTRY.size
-FLOAT_ENTRY_PACK, FLOAT_ENTRY_UNPACK = FLOAT_ENTRY.pack, FLOAT_ENTRY.unpack
+NUMBER_ENTRY_SIZE: Final = FLOAT_ENTRY.size   # == INT_ENTRY.size
+FLOAT_ENTRY_PACK: Final = FLOAT_ENTRY.pack
+FLOAT_ENTRY_UNPACK: Final = FLOAT_ENTRY.unpack
 KEY_LEN = struct.Struct("<H")
 U64 = struct.Struct("<Q")
 I64 = struct.Struct("<q")
@@ -101,14 +102,21 @@ BE64 = struct.Struct(">Q")              # lru / exp keys sort by time
 INDEX = struct.Struct(">q")             # list item index
 LIST_META = struct.Struct("<qqQ")       # head, tail (exclusive), bytes of items
 
-T_BYTES, T_STR, T_INT, T_BIGINT, T_FLOAT, T_FALSE, T_TRUE, T_LIST = range(8)
+T_BYTES: Final = 0           # value types, the first byte of an entry
+T_STR: Final = 1
+T_INT: Final = 2
+T_BIGINT: Final = 3
+T_FLOAT: Final = 4
+T_FALSE: Final = 5
+T_TRUE: Final = 6
+T_LIST: Final = 7
 F_LONG = 1
 SET, ADD, REPLACE = range(3)
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 USED, EVICTIONS = b"used", b"evictions"
 
-monotonic_ns = time.monotonic_ns
-wall_time = time.time
+monotonic_ns: Final = time.monotonic_ns
+wall_time: Final = time.time
 UNCHANGED, DELETE = contract.UNCHANGED, contract.DELETE
 R = TypeVar("R")
 
@@ -204,7 +212,10 @@ class EmbeddedDict:
     """One shared dict in an LMDB environment at ``path`` (see the module docstring).
 
     Raises SharedDictError if the environment cannot be opened. ``touch_interval``
-    trades LRU exactness for read speed; 0 gives exact LRU order.
+    trades LRU exactness for read speed; 0 gives exact LRU order. The public
+    methods take keys and values as ``object`` and check them here (TypeError
+    with our message): the module is compiled (setup.py), and a narrower
+    annotation would be checked first, with mypyc's words.
     """
 
     def __init__(self, name: str, path: str, capacity: int, *,
@@ -500,7 +511,7 @@ class EmbeddedDict:
 
     # -- reads --------------------------------------------------------------
 
-    async def get(self, key: Key) -> Value | None:
+    async def get(self, key: object) -> Value | None:
         """The value, or None if absent or expired. Raises TypeError for a list."""
         k = key.encode() if type(key) is str else key
         if type(k) is not bytes or not 0 < len(k) <= SHORT_KEY_MAX:
@@ -560,7 +571,7 @@ class EmbeddedDict:
         full = contract.key_bytes(key)
         return stored_key(full), full
 
-    async def get_stale(self, key: Key) -> tuple[Value | None, bool]:
+    async def get_stale(self, key: object) -> tuple[Value | None, bool]:
         """``(value, stale)``: an expired value comes back with ``stale=True`` until
         it is evicted or flushed; ``(None, False)`` if absent. TypeError for a list."""
         return self._read(self._get_stale, *self._keys(key))
@@ -576,7 +587,7 @@ class EmbeddedDict:
             raise contract.is_a_list(full)
         return decode(t, v, off), bool(exp and exp <= now)
 
-    async def ttl(self, key: Key) -> float | None:
+    async def ttl(self, key: object) -> float | None:
         """Seconds left; 0.0 if the entry never expires; None if absent or expired."""
         return self._read(self._ttl, *self._keys(key))
 
@@ -641,30 +652,30 @@ class EmbeddedDict:
 
     # -- scalar writes ------------------------------------------------------
 
-    async def set(self, key: Key, value: Value | None, ttl: float | None = None) -> None:
+    async def set(self, key: object, value: object, ttl: float | None = None) -> None:
         """Store ``value`` (evicting LRU entries when full); ``None`` deletes.
 
         Raises SharedDictFull if the entry alone is larger than the dict.
         """
         self._store(key, value, ttl, SET, True)
 
-    async def safe_set(self, key: Key, value: Value | None, ttl: float | None = None) -> None:
+    async def safe_set(self, key: object, value: object, ttl: float | None = None) -> None:
         """Like ``set`` but never evicts a live entry: SharedDictFull instead."""
         self._store(key, value, ttl, SET, False)
 
-    async def add(self, key: Key, value: Value, ttl: float | None = None) -> bool:
+    async def add(self, key: object, value: object, ttl: float | None = None) -> bool:
         """Store only if no live entry exists; False otherwise. Evicts when full."""
         return self._store(key, value, ttl, ADD, True)
 
-    async def safe_add(self, key: Key, value: Value, ttl: float | None = None) -> bool:
+    async def safe_add(self, key: object, value: object, ttl: float | None = None) -> bool:
         """``add`` that never evicts a live entry: SharedDictFull instead."""
         return self._store(key, value, ttl, ADD, False)
 
-    async def replace(self, key: Key, value: Value, ttl: float | None = None) -> bool:
+    async def replace(self, key: object, value: object, ttl: float | None = None) -> bool:
         """Store only over a live entry; False if none. Evicts when full."""
         return self._store(key, value, ttl, REPLACE, True)
 
-    def _store(self, key: Key, value: Value | None, ttl: float | None,
+    def _store(self, key: object, value: object, ttl: float | None,
                mode: int, forcible: bool) -> bool:
         k = key.encode() if type(key) is str else key
         if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:
@@ -702,7 +713,7 @@ class EmbeddedDict:
         self._put(txn, sk, full, t, payload, now + exp if exp else 0, old, forcible, now)
         return True
 
-    async def delete(self, key: Key) -> None:
+    async def delete(self, key: object) -> None:
         """Remove the entry (a list with all its items); no error if absent."""
         self._write(self._delete, *self._keys(key))
 
@@ -711,7 +722,7 @@ class EmbeddedDict:
         if v is not None:
             self._add_used(txn, -self._remove(txn, sk, v))
 
-    async def incr(self, key: Key, delta: Number = 1, init: Number | None = None,
+    async def incr(self, key: object, delta: Number = 1, init: Number | None = None,
                    init_ttl: float | None = None) -> Number | None:
         """Add ``delta`` atomically across processes and return the new number.
 
@@ -824,12 +835,14 @@ class EmbeddedDict:
                 txn = self._begin(self._data, None, True)
                 try:
                     # a long key is stored under its hash (see "long keys"): _update1
-                    v = txn.get(key) if len(key) <= SHORT_KEY_MAX else None
+                    v: bytes | None = txn.get(key) if len(key) <= SHORT_KEY_MAX else None
                     if v is not None and len(v) == NUMBER_ENTRY_SIZE and v[0] == T_FLOAT and not v[1]:
-                        now = monotonic_ns()
-                        _, _, exp, seq, value = FLOAT_ENTRY_UNPACK(v)
+                        now: int = monotonic_ns()
+                        entry: tuple[int, int, int, int, float] = FLOAT_ENTRY_UNPACK(v)
+                        _, _, exp, seq, value = entry
                         if (not exp or exp > now) and now - seq <= self._touch_ns:
-                            result, new, ttl = decide(value, now / 1e9, wall_time())
+                            verdict: tuple[R, Any, float | None] = decide(value, now / 1e9, wall_time())
+                            result, new, ttl = verdict
                             if type(new) is float and ttl is not None and exp and \
                                     exp >= now + int(ttl * 1e9) + 1:
                                 txn.put(key, FLOAT_ENTRY_PACK(T_FLOAT, 0, exp, seq, new))
@@ -899,7 +912,7 @@ class EmbeddedDict:
         self._put(txn, sk, full, t, payload, exp, old if old is not None else txn.get(sk),
                   True, now)
 
-    async def expire(self, key: Key, ttl: float | None) -> bool:
+    async def expire(self, key: object, ttl: float | None) -> bool:
         """Give a live entry a new TTL (None or 0: never expires); False if absent."""
         exp = contract.ttl_ns(ttl)
         return self._write(self._expire, *self._keys(key), exp)
@@ -953,11 +966,11 @@ class EmbeddedDict:
 
     # -- lists --------------------------------------------------------------
 
-    async def lpush(self, key: Key, value: Value) -> int:
+    async def lpush(self, key: object, value: object) -> int:
         """Insert at the head; returns the new length. TypeError on a scalar key."""
         return self._write(self._push, *self._keys(key), encode(value), True)
 
-    async def rpush(self, key: Key, value: Value) -> int:
+    async def rpush(self, key: object, value: object) -> int:
         """Append at the tail; returns the new length. TypeError on a scalar key."""
         return self._write(self._push, *self._keys(key), encode(value), False)
 
@@ -995,11 +1008,11 @@ class EmbeddedDict:
                 + LIST_META.pack(head, tail, nbytes + cost))
         return tail - head
 
-    async def lpop(self, key: Key) -> Value | None:
+    async def lpop(self, key: object) -> Value | None:
         """Remove and return the head; None if absent. TypeError on a scalar key."""
         return self._write(self._pop, *self._keys(key), True)
 
-    async def rpop(self, key: Key) -> Value | None:
+    async def rpop(self, key: object) -> Value | None:
         """Remove and return the tail; None if absent. TypeError on a scalar key."""
         return self._write(self._pop, *self._keys(key), False)
 
@@ -1031,7 +1044,7 @@ class EmbeddedDict:
             self._add_used(txn, -cost)
         return decode(item[0], item, 1)
 
-    async def llen(self, key: Key) -> int:
+    async def llen(self, key: object) -> int:
         """The list's length; 0 if absent. TypeError on a scalar key."""
         return self._read(self._llen, *self._keys(key))
 
