@@ -50,7 +50,6 @@ The request line, where llhttp and nginx differ (nginx 1.22's answers, checked):
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
 from typing import Final, Protocol
 
 from types import SimpleNamespace
@@ -92,10 +91,9 @@ class HttpError(Exception):
 
 class RequestSink(Protocol):
     """Receives a request's events. ``on_body`` and ``on_end`` are called by
-    httptools directly, so the parser cannot see a body end: a sink sets the
-    parser's ``between_messages`` in ``on_end`` (without it, only a raw
-    non-ASCII target after a request with a body is refused that would
-    otherwise be served)."""
+    the parser's own ``on_message_complete``, which sets ``between_messages``
+    first (a sink fed by an older parser set it in its ``on_end``; doing so
+    again is harmless)."""
 
     def on_head(self, method: str, target: bytes, version: str,
                 fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None: ...
@@ -109,21 +107,42 @@ class RequestSink(Protocol):
     # protocols); a sink without it gets them parsed as the next request.
 
 
+class _Unbound:
+    """The sink of a parser at rest in a pool (``release``): it is fed nothing."""
+
+    def on_head(self, method: str, target: bytes, version: str,
+                fields: list[tuple[bytes, bytes]], keep_alive: bool, upgrade: bool) -> None:
+        raise RuntimeError("a released parser was fed")
+
+    def on_body(self, data: bytes) -> None:
+        raise RuntimeError("a released parser was fed")
+
+    def on_end(self) -> None:
+        raise RuntimeError("a released parser was fed")
+
+
+UNBOUND: Final = _Unbound()
+
+
 class RequestParser:
-    """Feeds bytes to httptools and turns its callbacks into sink calls."""
+    """Feeds bytes to httptools and turns its callbacks into sink calls.
+
+    A parser between two messages (``at_rest``) can be handed from one sink to
+    another (``release``, then ``rebind``): a process keeps a few for its
+    connections rather than one per idle connection (issue 17: a parser with
+    its httptools state is ~1.8 KiB, half of an idle keepalive connection)."""
 
     __slots__ = ("_parser", "_target", "_fields",
                  "_in_head", "_head_bytes", "_sink", "content_length", "chunked", "hosts",
                  "_began", "_feed_size", "_feed_data", "_get_method", "_get_http_version",
-                 "_should_keep_alive", "_should_upgrade", "_on_head", "between_messages",
+                 "_should_keep_alive", "_should_upgrade", "between_messages",
                  "_fed_between", "_method_tail", "_lenient", "_fed_lenient", "_refeeds",
-                 "_on_upgrade")
+                 "_on_head", "_on_body", "_on_end")
 
     def __init__(self, sink: RequestSink) -> None:
         self._refeeds = 0   # nested feeds of re-encoded bytes (bounded by MAX_REFEEDS)
-        self._on_head = sink.on_head
-        self._on_upgrade: Callable[[bytes], None] | None = getattr(sink, "on_upgrade", None)
         self._sink = sink
+        self.rebind(sink)   # the sink's methods (rebind)
         self._new_parser()
         self._target = b""
         self._fields: list[tuple[bytes, bytes]] = []
@@ -145,14 +164,13 @@ class RequestParser:
 
     def _new_parser(self, lenient: bool = False) -> None:
         # bound once: a method looked up by name on every request is measurable
-        # httptools looks its callbacks up once, by name, and keeps them: body and
-        # message-end events go straight to the sink, with no frame of ours in
-        # between; the namespace itself is not kept (memory per connection)
-        sink = self._sink
+        # httptools looks its callbacks up once, by name, and keeps them (all
+        # ours, so that the parser can change sinks: rebind); the namespace
+        # itself is not kept (memory per connection)
         parser = self._parser = httptools.HttpRequestParser(SimpleNamespace(
             on_message_begin=self.on_message_begin, on_url=self.on_url,
             on_header=self.on_header, on_headers_complete=self.on_headers_complete,
-            on_body=sink.on_body, on_message_complete=sink.on_end))
+            on_body=self.on_body, on_message_complete=self.on_message_complete))
         self._lenient = lenient
         if lenient:
             # HTTP/1.2 and the like, for one head (_reversion)
@@ -162,6 +180,30 @@ class RequestParser:
         self._get_http_version = parser.get_http_version
         self._should_keep_alive = parser.should_keep_alive
         self._should_upgrade = parser.should_upgrade
+
+    @property
+    def at_rest(self) -> bool:
+        """True between two messages with nothing of the next one seen, outside
+        any feed of re-encoded bytes, the last one kept alive (llhttp refuses
+        any byte after one that was not): the parser may change sinks."""
+        return (self.between_messages and not self._in_head and self._method_tail is None
+                and not self._lenient and not self._target and not self._refeeds
+                and self._should_keep_alive())
+
+    def release(self) -> None:
+        """Detach the parser, at rest, from its sink (for a pool of parsers)."""
+        self.rebind(UNBOUND)
+        if self._fields:
+            self._fields = []   # the trailer fields of the last message
+
+    def rebind(self, sink: RequestSink) -> None:
+        """Hand the parser, released, to ``sink``: its next message goes there."""
+        self._sink = sink
+        # bound once per sink: called through these, not looked up by name on
+        # the sink, which costs ~150 instructions a call (a Protocol type)
+        self._on_head = sink.on_head
+        self._on_body = sink.on_body
+        self._on_end = sink.on_end
 
     def keeps_alive(self) -> bool:
         """llhttp's keep-alive verdict now: after a chunked body it has also
@@ -193,8 +235,9 @@ class RequestParser:
             rest = data[exc.args[0]:] if exc.args else b""
             self._new_parser()
             self.between_messages = True
-            if self._on_upgrade is not None and rest:
-                self._on_upgrade(rest)
+            on_upgrade = getattr(self._sink, "on_upgrade", None) if rest else None
+            if on_upgrade is not None:
+                on_upgrade(rest)
             else:
                 again = rest
         except httptools.HttpParserCallbackError as exc:
@@ -445,6 +488,13 @@ class RequestParser:
         self.between_messages = not (chunked or content_length)
         self._on_head(_METHODS.get(method) or method.decode("ascii"), target,
                       version, fields, keep_alive, upgrade)
+
+    def on_body(self, data: bytes) -> None:
+        self._on_body(data)
+
+    def on_message_complete(self) -> None:
+        self.between_messages = True   # the next byte begins a message
+        self._on_end()
 
 
 def _check_target_form(method: bytes, target: bytes) -> None:

@@ -41,7 +41,7 @@ from typing import Any, Final
 
 from pyresty.errorlog import ALERT
 from pyresty.runtime.throttle import LogThrottle
-from pyresty.server.connection import Deadline
+from pyresty.server.connection import PARSER_REST, Deadline
 
 log = logging.getLogger("pyresty.http")
 
@@ -184,11 +184,20 @@ class Acceptor:
 def close_idle(connections: set[Any], most: int) -> int:
     """Close up to ``most`` idle keepalive connections, those idle longest first."""
     idle = [c for c in connections
-            if c.deadline_kind is Deadline.IDLE and c.idle and not c.closing]
-    idle.sort(key=lambda c: c.deadline)
+            if (c.deadline_kind is Deadline.IDLE or c.deadline_kind is Deadline.REST)
+            and c.idle and not c.closing]
+    idle.sort(key=_keepalive_deadline)
     for conn in idle[:most]:
         conn.close()
     return min(len(idle), most)
+
+
+def _keepalive_deadline(conn: Any) -> float:
+    """When an idle connection's keepalive_timeout ends (its ``REST`` deadline
+    comes first: connection.py)."""
+    if conn.deadline_kind is Deadline.REST:
+        return float(conn.deadline + conn.server.keepalive_timeout - PARSER_REST)
+    return float(conn.deadline)
 
 
 def _fd_limit() -> int:

@@ -69,6 +69,7 @@ class HttpServer(ServerState):
         self._listeners: list[Acceptor] = []
         self.limits = Limits(config.worker_connections, self.connections)
         self._sweeper: asyncio.TimerHandle | None = None
+        self._due: list[Any] = []    # found expired by the last scan, not yet expired
         lifecycle.register("http server", lifecycle.Layer.SERVER, begin_exit=self._begin_exit,
                            wait=self.wait_idle, deadline=self._at_deadline, close=self.close)
 
@@ -166,20 +167,27 @@ class HttpServer(ServerState):
 
     def _sweep(self) -> None:
         self.now = now = self.loop.time()
-        refresh_date()
-        due = [c for c in self.connections if c.deadline <= now]
-        for conn in due[:EXPIRE_BATCH]:
+        due = self._due
+        if not due:   # one scan per SWEEP_INTERVAL, not per batch
+            refresh_date()
+            due = self._due = [c for c in self.connections if c.deadline <= now]
+        batch = due[-EXPIRE_BATCH:]
+        del due[-EXPIRE_BATCH:]
+        for conn in batch:
+            if conn.deadline > now:   # bytes came since the scan: a new deadline
+                continue
             try:
                 conn.expire()
             except Exception:
                 log.critical("error while expiring a connection", exc_info=True)
                 conn.abort()
-        for access_log in self.access_logs.values():
-            access_log.flush()
+        if not due:
+            for access_log in self.access_logs.values():
+                access_log.flush()
         # More due than one batch (a slowloris of 1,000 connections expiring
-        # together): the rest on the next turn of the loop, after the I/O that
+        # together): the rest on the next turns of the loop, after the I/O that
         # is ready, rather than one stall of every client of this worker.
-        delay = 0.0 if len(due) > EXPIRE_BATCH else SWEEP_INTERVAL
+        delay = 0.0 if due else SWEEP_INTERVAL
         self._sweeper = self.loop.call_later(delay, self._sweep)
 
     # figures for status and metrics
