@@ -20,6 +20,7 @@ import uvloop
 
 from pyresty.config import load
 from pyresty.runtime import loader
+from pyresty.server import connection
 from pyresty.server.connection import HttpConnection
 from pyresty.server.server import HttpServer
 
@@ -341,3 +342,71 @@ def test_head_gets_the_length_but_no_body(client: Client) -> None:
     client.run_until(lambda: client.transport.out.count(b"HTTP/1.1 200") == 2)
     first, _, rest = bytes(client.transport.out).partition(b"\r\n\r\n")
     assert b"Content-Length: 6" in first and rest.startswith(b"HTTP/1.1 200")
+
+
+# --- the parser of an idle connection (connection.py: PARSER_POOL, PARSER_REST) -----------
+
+def rest(client: Client) -> None:
+    """What the sweep does once the connection has been idle for PARSER_REST."""
+    assert client.conn.deadline_kind is connection.Deadline.REST
+    client.conn.expire()
+    assert client.conn.parser is connection._NO_PARSER
+    assert client.conn.deadline_kind is connection.Deadline.IDLE
+
+
+@SLICES
+def test_an_idle_connection_gives_its_parser_back_and_serves_the_next_request(
+        client: Client, slice_size: int) -> None:
+    client.send(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n", slice_size)
+    assert client.responses(1)[0][:3:2] == (200, b"hello\n")
+    parser = client.conn.parser
+    rest(client)
+    assert parser in connection._PARSERS
+    client.send(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc", slice_size)
+    got = client.responses(2)
+    assert got[1][:3:2] == (200, b"3:abc")
+    assert client.conn.parser is not connection._NO_PARSER
+    assert not client.transport.closed
+
+
+@SLICES
+def test_pipelined_requests_across_parser_hand_overs(client: Client, slice_size: int) -> None:
+    requests = (b"GET /slow/a HTTP/1.1\r\nHost: a\r\n\r\n"
+                b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                b"3\r\nabc\r\n0\r\n\r\n"
+                b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+    for rounds in range(1, 4):
+        client.send(requests, slice_size)
+        got = client.responses(3 * rounds)
+        assert [body for _, _, body in got[-3:]] == [b"slow /slow/a\n", b"3:abc", b"hello\n"]
+        rest(client)
+    assert not client.transport.closed
+
+
+def test_above_the_pool_size_a_connection_gives_its_parser_back_at_once(
+        served: tuple[HttpServer, Any]) -> None:
+    server, loop = served
+    crowd = [Client(server, loop) for _ in range(connection.PARSER_POOL + 1)]
+    try:
+        for c in crowd[:3]:
+            c.send(b"GET /hello HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert c.responses(1)[0][:3:2] == (200, b"hello\n")
+            assert c.conn.parser is connection._NO_PARSER      # no PARSER_REST wait
+            assert c.conn.deadline_kind is connection.Deadline.IDLE
+            c.send(b"GET /hel", 1)
+            c.send(b"lo HTTP/1.1\r\nHost: a\r\n\r\n", 1)
+            assert c.responses(2)[1][:3:2] == (200, b"hello\n")
+    finally:
+        for c in crowd:
+            c.close()
+
+
+def test_the_parser_of_a_closed_connection_is_not_pooled(client: Client) -> None:
+    # llhttp refuses every byte after a message that did not keep alive
+    client.send(b"GET /hello HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+    client.responses(1)
+    client.run_until(lambda: client.transport.closed)
+    parser = client.conn.parser
+    client.conn.connection_lost(None)
+    assert parser not in connection._PARSERS
+    assert all(p.at_rest for p in connection._PARSERS)
