@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Final
 from pyresty.http.response import refresh_date
 from pyresty.runtime import lifecycle
 from pyresty.server.access_log import AccessLog
+from pyresty.server import heap
 from pyresty.server.acceptor import Acceptor, Limits
 from pyresty.server.connection import HttpConnection
 from pyresty.server.negotiation import PrefaceChoice, TlsChoice
@@ -70,6 +71,7 @@ class HttpServer(ServerState):
         self.limits = Limits(config.worker_connections, self.connections)
         self._sweeper: asyncio.TimerHandle | None = None
         self._due: list[Any] = []    # found expired by the last scan, not yet expired
+        self._peak = 0               # the most connections held since the last heap trim
         lifecycle.register("http server", lifecycle.Layer.SERVER, begin_exit=self._begin_exit,
                            wait=self.wait_idle, deadline=self._at_deadline, close=self.close)
 
@@ -171,6 +173,12 @@ class HttpServer(ServerState):
         if not due:   # one scan per SWEEP_INTERVAL, not per batch
             refresh_date()
             due = self._due = [c for c in self.connections if c.deadline <= now]
+            held = len(self.connections)
+            if held > self._peak:
+                self._peak = held
+            elif self._peak - held >= heap.TRIM_AFTER:   # a crowd has gone (heap.py)
+                self._peak = held
+                heap.trim()
         batch = due[-EXPIRE_BATCH:]
         del due[-EXPIRE_BATCH:]
         for conn in batch:
