@@ -7,7 +7,10 @@ clients on CPU 1 where they are processes), does the same thing to both, and
 reads the worker's memory from /proc:
 
 - ``idle``: RSS per idle keepalive connection (10,000 clients, each sent one
-  request and keeps its connection), and what is left after they close.
+  request and keeps its connection), and what is left after they close; also
+  for a bare uvloop server (one answer per read, a protocol holding nothing
+  but its transport, accepting as pyresty does): the floor under pyresty's
+  figure that uvloop itself sets.
 - ``slow_readers``: RSS per client that asks for a 10 MiB static file and
   reads nothing (200 clients).
 - ``upload``: peak RSS added by one 100 MiB upload that the handler reads
@@ -149,6 +152,48 @@ http {{
     }}
 }}
 """)
+
+
+BARE_UVLOOP = '''
+import asyncio, socket, sys, uvloop
+HELLO = b"HTTP/1.1 200 OK\\r\\nContent-Length: 6\\r\\n\\r\\nhello\\n"
+class Bare:
+    __slots__ = ("transport",)
+    def connection_made(self, transport): self.transport = transport
+    def data_received(self, data): self.transport.write(HELLO)
+    def eof_received(self): return False
+    def connection_lost(self, exc): self.transport = None
+async def main():
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", int(sys.argv[1]))); sock.listen(4096); sock.setblocking(False)
+    def accept():   # as pyresty's acceptor.py: accept, then connect_accepted_socket
+        for _ in range(32):
+            try:
+                conn, _ = sock.accept()
+            except BlockingIOError:
+                return
+            loop.create_task(loop.connect_accepted_socket(Bare, conn))
+    loop.add_reader(sock.fileno(), accept)
+    await asyncio.Event().wait()
+uvloop.run(main())
+'''
+
+
+class BareUvloop(Server):
+    """The floor: uvloop holding connections with a protocol that keeps nothing."""
+
+    name = "uvloop"
+
+    def write(self) -> None:
+        (self.dir / "bare.py").write_text(BARE_UVLOOP)
+
+    def command(self) -> list[str]:
+        return [sys.executable, str(self.dir / "bare.py"), str(self.port)]
+
+    def serving_workers(self) -> list[int]:
+        return self.pids()[-1:]     # the python process (under taskset's exec)
 
 
 def worker_of(server: Server) -> int:
@@ -395,6 +440,8 @@ def main() -> int:
                 ("pyresty", PyrestyFaults), ("nginx", lambda: NginxFaults(1, modules))]
             if name == "respawn":
                 kinds.insert(1, ("pyresty_spare", PyrestySpare))
+            if name == "idle":
+                kinds.append(("uvloop", BareUvloop))
             for label, make in kinds:
                 log(f"{name}: {label}")
                 results[name][label] = measure(name, make, args, cpus)
@@ -403,6 +450,11 @@ def main() -> int:
         stop_all()
     text = (f"# Under load and faults ({datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC, "
             f"`bench/faults.py{' --quick' if args.quick else ''}`)\n\n{table(results, args.idle)}\n")
+    if "uvloop" in results.get("idle", {}):
+        bare = results["idle"]["uvloop"]
+        text += (f"\nThe floor uvloop sets: a bare uvloop server (a protocol that keeps only its "
+                 f"transport) holding the same connections, {bare['per_conn_kib']:+.2f} KiB each; "
+                 f"after close {bare['left_after_close_kib'] / 1024:+.1f} MiB kept.\n")
     log(text)
     (BENCH / "results" / "faults.md").write_text(text)
     return 0
