@@ -9,10 +9,12 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import warnings
 from pathlib import Path
 
 import pytest
+import trustme
 
 from certs import Certs
 from harness import wait_for
@@ -316,3 +318,179 @@ def test_proxy_ssl_trusted_certificate_must_be_readable(make_server) -> None:
     done = srv.cli("-t")
     assert done.returncode == 1
     assert "server[0].location[0].proxy_ssl_trusted_certificate: cannot read " in done.stderr + done.stdout
+
+
+class TlsUpstream:
+    """An HTTPS upstream in the test process. It answers every request with the
+    SNI name its connection carried (``-`` for none) and the connection's
+    number, so a test sees which name each pooled connection was made for."""
+
+    def __init__(self, cert: str, key: str) -> None:
+        self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.ctx.load_cert_chain(cert, key)
+        self.ctx.sni_callback = self._sni
+        self.sni: dict[object, str | None] = {}
+        self.names: list[str | None] = []      # the SNI of connection 1, 2, ...
+        self.lock = threading.Lock()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _sni(self, sock: object, name: str | None, ctx: ssl.SSLContext) -> None:
+        with self.lock:
+            self.sni[sock] = name
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return          # closed at the end of the test
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        raw.settimeout(30)
+        try:
+            with self.ctx.wrap_socket(raw, server_side=True) as sock:
+                with self.lock:
+                    self.names.append(self.sni.pop(sock, None))
+                    answer = f"{self.names[-1] or '-'} {len(self.names)}".encode()
+                head = b""
+                while True:
+                    data = sock.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                    while b"\r\n\r\n" in head:
+                        _, _, head = head.partition(b"\r\n\r\n")
+                        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                                     % (len(answer), answer))
+        except (OSError, ssl.SSLError):
+            return       # a client that refused our certificate
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+SNI_APP = """
+import pyresty
+
+async def cosocket(r):
+    name = r.args.get("name", [None])[0]
+    try:
+        sock = await pyresty.socket.connect("127.0.0.1", int(r.args["port"][0]), timeout=10,
+                                            ssl=True, server_name=name)
+    except pyresty.SocketError as exc:
+        await r.print("refused: ", str(exc))
+        return
+    reused = sock.reused_times()
+    await sock.send(b"GET / HTTP/1.1\\r\\nHost: up\\r\\n\\r\\n")
+    head = await sock.receive_until(b"\\r\\n\\r\\n")
+    length = int(head.split(b"Content-Length: ")[1].split(b"\\r\\n")[0])
+    answer = await sock.receive(length)
+    await sock.set_keepalive()
+    await r.print(answer.decode(), " reused=", reused)
+"""
+
+SNI_CONFIG = """
+workers = 1
+[upstream."only.test"]
+servers = ["127.0.0.1:{up}"]
+[[server]]
+listen = ["127.0.0.1:{port}"]
+[[server.location]]
+path = "/ip/"
+proxy_pass = "https://127.0.0.1:{up}/"
+proxy_ssl_trusted_certificate = "ca.pem"
+[[server.location]]
+path = "/named/"
+proxy_pass = "https://only.test/"
+proxy_ssl_trusted_certificate = "ca.pem"
+[[server.location]]
+path = "/a/"
+proxy_pass = "https://127.0.0.1:{up}/"
+proxy_ssl_trusted_certificate = "ca.pem"
+proxy_ssl_name = "only.test"
+[[server.location]]
+path = "/b/"
+proxy_pass = "https://127.0.0.1:{up}/"
+proxy_ssl_trusted_certificate = "ca.pem"
+proxy_ssl_name = "alt.test"
+[[server.location]]
+path = "/nosni/"
+proxy_pass = "https://127.0.0.1:{up}/"
+proxy_ssl_trusted_certificate = "ca.pem"
+proxy_ssl_name = "only.test"
+proxy_ssl_server_name = false
+[[server.location]]
+path = "/nosni-wrong/"
+proxy_pass = "https://127.0.0.1:{up}/"
+proxy_ssl_trusted_certificate = "ca.pem"
+proxy_ssl_name = "wrong.test"
+proxy_ssl_server_name = false
+[[server.location]]
+path = "= /cosocket"
+content = "app:cosocket"
+"""
+
+
+@pytest.fixture
+def sni_upstream(tmp_path: Path):
+    """A TLS upstream whose certificate names only.test and alt.test (not 127.0.0.1)."""
+    folder = tmp_path / "sni-certs"
+    folder.mkdir()
+    ca = trustme.CA()
+    issued = ca.issue_cert("only.test", "alt.test")
+    cert, key = folder / "up.pem", folder / "up.key"
+    cert.write_bytes(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+    issued.private_key_pem.write_to_path(str(key))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+    up = TlsUpstream(str(cert), str(key))
+    yield up, folder / "ca.pem"
+    up.close()
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("mode", ["compiled", "interpreted"])
+def test_proxy_ssl_name_is_the_sni_sent_and_the_name_verified(make_server, sni_upstream,
+                                                              mode: str) -> None:
+    up, ca = sni_upstream
+    # the cosockets verify against the "system" store: OpenSSL's SSL_CERT_FILE
+    srv = make_server(SNI_CONFIG.replace("{up}", str(up.port)),
+                      {"app.py": SNI_APP, "ca.pem": ca.read_text()},
+                      expect_log=(r"certificate verify failed", r"Hostname mismatch"),
+                      env={"PYRESTY_PURE_PYTHON": "1" if mode == "interpreted" else "",
+                           "SSL_CERT_FILE": str(ca)})
+    # by default the name is proxy_pass's host: 127.0.0.1 is not in the certificate
+    assert _get(srv.port, "/ip/x")[0] == 502
+    srv.wait_log(r"certificate verify failed.*IP address mismatch")
+    # a named upstream's name is the default, as nginx's $proxy_host
+    assert _get(srv.port, "/named/x") == (200, b"only.test 1")
+    # two names to one peer: each location keeps its own pooled connection
+    answers = [_get(srv.port, path) for path in ("/a/", "/b/", "/a/", "/b/", "/a/")]
+    assert [status for status, _ in answers] == [200] * 5
+    a = {body for (_, body), path in zip(answers, "ababa") if path == "a"}
+    b = {body for (_, body), path in zip(answers, "ababa") if path == "b"}
+    assert a == {b"only.test 2"} and b == {b"alt.test 3"}
+    # no SNI, the name still checked (after the handshake)
+    assert _get(srv.port, "/nosni/x") == (200, b"- 4")
+    assert _get(srv.port, "/nosni-wrong/x")[0] == 502
+    srv.wait_log(r"Hostname mismatch, certificate is not valid for 'wrong.test'")
+    # cosockets: server_name is the SNI and the name checked; pools are kept apart by it
+    refused = _get(srv.port, f"/cosocket?port={up.port}")
+    assert refused[0] == 200 and refused[1].startswith(b"refused: ") \
+        and b"certificate verify failed" in refused[1]
+    assert _get(srv.port, f"/cosocket?port={up.port}&name=only.test") == (200, b"only.test 6 reused=0")
+    assert _get(srv.port, f"/cosocket?port={up.port}&name=alt.test") == (200, b"alt.test 7 reused=0")
+    assert _get(srv.port, f"/cosocket?port={up.port}&name=only.test") == (200, b"only.test 6 reused=1")
+    # connections whose handshake failed (the peer refused the certificate) have no number
+    assert up.names == ["only.test", "only.test", "alt.test", None, None, "only.test", "alt.test"]
