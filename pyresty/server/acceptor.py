@@ -106,12 +106,15 @@ class Acceptor:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  protocol_factory: Callable[[], Any], limits: Limits,
-                 ssl: ssl_module.SSLContext | None = None) -> None:
+                 ssl: ssl_module.SSLContext | None = None, handshake_timeout: float | None = None,
+                 handshake_failed: Callable[[BaseException, Any], None] | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.factory = protocol_factory
         self.limits = limits
         self.ssl = ssl      # a TLS listener: uvloop's SSLProtocol wraps the connection
+        self.handshake_timeout = handshake_timeout
+        self.handshake_failed = handshake_failed    # (exception, client address): server/tls.py
         self.paused: asyncio.TimerHandle | None = None
         self.closed = False
         sock.setblocking(False)
@@ -139,7 +142,7 @@ class Acceptor:
                 self._pause()
                 return
             try:
-                conn, _ = self.sock.accept()
+                conn, client = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -149,13 +152,17 @@ class Acceptor:
                 log.info("accept4() failed (%d: %s)", exc.errno, exc.strerror)
                 continue
             limits.handing_over += 1
-            self.loop.create_task(self._connect(conn))
+            self.loop.create_task(self._connect(conn, client))
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, client: Any) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl)
+            await self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl,
+                                                    ssl_handshake_timeout=self.handshake_timeout)
         except OSError as exc:   # the client was gone before its transport was made
-            log.info("cannot set up an accepted connection: %s", exc)
+            if self.handshake_failed is not None:
+                self.handshake_failed(exc, client)     # or its TLS handshake failed
+            else:
+                log.info("cannot set up an accepted connection: %s", exc)
             conn.close()
         finally:
             self.limits.handing_over -= 1

@@ -10,8 +10,7 @@ Rules
 -----
 1. After a TLS handshake the negotiated version is counted (``/metrics``
    ``pyresty_tls_handshakes``); a handshake that fails never reaches
-   ``connection_made`` (asyncio calls nothing), so a ``TlsChoice`` dropped
-   without it counts as a failed handshake.
+   ``connection_made``: the acceptor counts it by reason (server/tls.py rule 5).
 2. On a plain ``http2`` address a connection whose first 24 bytes are the
    HTTP/2 preface speaks HTTP/2; anything else is HTTP/1.1, as nginx's
    ``http2 on`` does on a plain port. A client that sends nothing is closed
@@ -39,10 +38,8 @@ class TlsChoice:
     def __init__(self, state: ServerState, listen: Listen) -> None:
         self.state = state
         self.listen = listen
-        self.made = False
 
     def connection_made(self, transport: Any) -> None:
-        self.made = True
         ssl_object = transport.get_extra_info("ssl_object")
         self.state.count_handshake(ssl_object.version() or "unknown")
         proto: Any
@@ -55,10 +52,6 @@ class TlsChoice:
 
     def connection_lost(self, exc: Exception | None) -> None:
         pass
-
-    def __del__(self) -> None:
-        if not self.made:
-            self.state.count_handshake_failure()
 
 
 class PrefaceChoice:

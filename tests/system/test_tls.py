@@ -211,9 +211,60 @@ def test_modern_defaults_and_ssl_protocols(served) -> None:
 
     # handshakes by version and failures reach /metrics (reported by the worker every second)
     found = wait_for(lambda: (f := figures()).get('pyresty_tls_handshakes_total{version="TLSv1.3"}')
-                     and f.get("pyresty_tls_handshake_failures_total", 0) >= 2 and f, 10,
+                     and f.get('pyresty_tls_handshake_failures_total{reason="unsupported_protocol"}', 0)
+                     >= 2 and f, 10,
                      "TLS figures in /metrics")
     assert found['pyresty_tls_handshakes_total{version="TLSv1.3"}'] >= 1
+
+
+def test_failed_handshakes_are_counted_and_logged_by_reason(served) -> None:
+    certs, build = served
+    srv = build("client_header_timeout = 1")    # bounds the handshake too, as in nginx
+    expected: dict[str, int] = {}
+
+    def handshake(ctx: ssl.SSLContext, reason: str) -> None:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        with pytest.raises(ssl.SSLError):
+            ctx.wrap_socket(raw, server_hostname="a.test")
+        raw.close()
+        expected[reason] = expected.get(reason, 0) + 1
+
+    old = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    old.check_hostname, old.verify_mode = False, ssl.CERT_NONE
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("DEFAULT:@SECLEVEL=0")
+    handshake(old, "unsupported_protocol")              # a TLS 1.1-only client
+    handshake(ssl.create_default_context(), "unknown_ca")   # the test CA is not in its store
+    tls12 = certs.client_context()
+    tls12.maximum_version = ssl.TLSVersion.TLSv1_2
+    tls12.set_ciphers("AES128-SHA")                     # nothing HIGH:!aNULL:!MD5 with ECDHE
+    handshake(tls12, "no_shared_cipher")
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as plain:
+        plain.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")   # plain HTTP to the TLS port
+        plain.recv(1000)
+    expected["http_request"] = 1
+    socket.create_connection(("127.0.0.1", srv.port), timeout=10).close()   # connects and leaves
+    expected["eof"] = 1
+    silent = socket.create_connection(("127.0.0.1", srv.port), timeout=10)   # says nothing
+    expected["timeout"] = 1
+    assert silent.recv(100) == b""                      # closed by client_header_timeout
+    silent.close()
+
+    def failures() -> dict[str, float]:
+        conn = http.client.HTTPConnection("127.0.0.1", srv.ports[2], timeout=10)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        prefix = 'pyresty_tls_handshake_failures_total{reason="'
+        return {line[len(prefix):].split('"')[0]: float(line.split(" ")[1])
+                for line in text.splitlines() if line.startswith(prefix)}
+    wait_for(lambda: failures() == expected, 10, f"failures by reason {expected} in /metrics")
+    srv.wait_log(r"\[info\] .*SSL_do_handshake\(\) failed \(\[SSL: UNSUPPORTED_PROTOCOL\] "
+                 r"unsupported protocol .*\) while SSL handshaking, client: 127\.0\.0\.1, "
+                 r"server: 127\.0\.0\.1:\d+")
 
 
 def test_reload_reads_renewed_certificates(served, tmp_path: Path) -> None:
