@@ -30,7 +30,7 @@ from pyresty.runtime import lifecycle
 from pyresty.server.access_log import AccessLog
 from pyresty.server.acceptor import Acceptor, Limits
 from pyresty.server.connection import HttpConnection
-from pyresty.server.negotiation import PrefaceChoice, TlsChoice
+from pyresty.server.negotiation import PlainOnTls, PrefaceChoice, TlsChoice
 from pyresty.server.state import ServerState, open_access_logs
 from pyresty.server.tls import handshake_failed, open_tls
 
@@ -87,7 +87,8 @@ class HttpServer(ServerState):
                 self.loop, sock, functools.partial(factory, self, listen), self.limits, ssl=tls,
                 # the handshake is bounded and its failures counted as nginx's (tls.py rule 5)
                 handshake_timeout=self.default_server(listen).client_header_timeout if tls else None,
-                handshake_failed=functools.partial(handshake_failed, self, listen) if tls else None))
+                handshake_failed=functools.partial(handshake_failed, self, listen) if tls else None,
+                plain_factory=functools.partial(PlainOnTls, self, listen) if tls else None))
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop_accepting(self) -> None:

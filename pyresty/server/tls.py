@@ -36,6 +36,11 @@ Rules
    failure is logged at ``info`` in nginx's words (``SSL_do_handshake()
    failed (...) while SSL handshaking, client: ..., server: ...``), at most
    one line a second with the count of those left out.
+6. Plain HTTP on a TLS port is answered as nginx does: the acceptor peeks at
+   the first byte (``looks_like_tls``); a connection that does not start a
+   TLS record has its request head read and gets 400 "The plain HTTP
+   request was sent to HTTPS port", then is closed, counted as
+   ``http_request`` (negotiation.PlainOnTls).
 """
 from __future__ import annotations
 
@@ -51,7 +56,8 @@ if TYPE_CHECKING:
     from pyresty.config.model import Config, Listen, Server
     from pyresty.server.state import ServerState
 
-__all__ = ["H2", "HTTP11", "failure_reason", "handshake_failed", "open_tls", "server_context"]
+__all__ = ["H2", "HTTP11", "PlainHttpRequest", "failure_reason", "handshake_failed",
+           "looks_like_tls", "open_tls", "server_context"]
 
 log = logging.getLogger("pyresty.http")
 
@@ -112,8 +118,21 @@ _ALERT_PREFIXES = ("sslv3_alert_", "tlsv1_alert_", "tlsv13_alert_")
 _lines = LogThrottle(log, logging.INFO)
 
 
+class PlainHttpRequest(OSError):
+    """A client spoke plain HTTP to a TLS port (answered 400 by negotiation.PlainOnTls)."""
+
+
+def looks_like_tls(first: bytes) -> bool:
+    """Whether a connection's first byte starts a TLS handshake record (0x16), or an
+    SSLv2-style hello (high bit set), as nginx's ``ngx_http_ssl_handshake`` checks;
+    anything else on a TLS port is taken for plain HTTP (rule 6)."""
+    return not first or first[0] == 0x16 or bool(first[0] & 0x80)
+
+
 def failure_reason(exc: BaseException) -> str:
     """The ``reason`` label of a failed handshake (rule 5)."""
+    if isinstance(exc, PlainHttpRequest):
+        return "http_request"
     if isinstance(exc, ssl.SSLError):
         if isinstance(exc, ssl.SSLEOFError):
             return "eof"
@@ -134,7 +153,9 @@ def handshake_failed(state: ServerState, listen: Listen, exc: BaseException, cli
     reason = failure_reason(exc)
     state.count_handshake_failure(reason)
     host = client[0] if isinstance(client, tuple) and client else "-"
-    if reason == "timeout":
+    if reason == "http_request" and not isinstance(exc, ssl.SSLError):
+        what = "client sent plain HTTP request to HTTPS port"
+    elif reason == "timeout":
         what = "client timed out (110: Connection timed out)"
     elif reason in ("eof", "reset"):
         what = "peer closed connection in SSL handshake"

@@ -244,7 +244,12 @@ def test_failed_handshakes_are_counted_and_logged_by_reason(served) -> None:
     handshake(tls12, "no_shared_cipher")
     with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as plain:
         plain.sendall(b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n")   # plain HTTP to the TLS port
-        plain.recv(1000)
+        answer = plain.makefile("rb").read()
+    assert answer.startswith(b"HTTP/1.1 400 Bad Request\r\n")     # nginx's answer and words
+    assert b"Connection: close\r\n" in answer
+    assert b"<center>The plain HTTP request was sent to HTTPS port</center>" in answer
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Content-Length: %d\r\n" % len(body) in head
     expected["http_request"] = 1
     socket.create_connection(("127.0.0.1", srv.port), timeout=10).close()   # connects and leaves
     expected["eof"] = 1
@@ -265,6 +270,9 @@ def test_failed_handshakes_are_counted_and_logged_by_reason(served) -> None:
     srv.wait_log(r"\[info\] .*SSL_do_handshake\(\) failed \(\[SSL: UNSUPPORTED_PROTOCOL\] "
                  r"unsupported protocol .*\) while SSL handshaking, client: 127\.0\.0\.1, "
                  r"server: 127\.0\.0\.1:\d+")
+    # one line a second at most: the others are counted in the next line
+    srv.wait_log(r"\[info\] .* while SSL handshaking, client: 127\.0\.0\.1, "
+                 r"server: 127\.0\.0\.1:\d+ \(\d+ more since the last report\)")
 
 
 def test_reload_reads_renewed_certificates(served, tmp_path: Path) -> None:
