@@ -286,6 +286,8 @@ def test_reload_reads_renewed_certificates(served, tmp_path: Path) -> None:
     done = srv.cli("-s", "reload")
     assert done.returncode == 0, done.stderr
     srv.wait_log(r"generation 2 ready")
+    # until the old worker closed its copy of the listener it may still accept (old certificate)
+    srv.wait_log(r"generation 1\) exited")
     _, _, after = https(srv.port, renewed.client_context(), "a.test")
     assert after["serialNumber"] != before["serialNumber"]
     with pytest.raises(ssl.SSLError):     # the old CA no longer vouches for it
