@@ -323,6 +323,32 @@ def test_status_shows_connections_by_protocol(served) -> None:
             workers = [p for p in state["processes"] if p["role"] == "worker"]
             return sum(p.get("protocols", {}).get("http/1.1", 0) for p in workers)
         wait_for(lambda: http11_connections() == 1, 10, "one HTTP/1.1 connection in /status")
+        # and the command line's table, column H1/H2
+        lines = srv.cli("status").stdout.splitlines()
+        column = lines[0].split().index("H1/H2")
+        assert [line.split()[column] for line in lines[1:] if line.startswith("worker")] == ["1/0"]
+
+
+def test_a_reload_rotates_session_tickets(served) -> None:
+    certs, build = served
+    srv = build()
+    ctx = certs.client_context()
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_2    # the session is there once the handshake is
+
+    def connect(session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        raw = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        return ctx.wrap_socket(raw, server_hostname="a.test", session=session)
+
+    with connect() as first:
+        session = first.session
+    assert session is not None and session.has_ticket
+    with connect(session) as again:
+        assert again.session_reused                   # the same worker resumes it
+    assert srv.cli("-s", "reload").returncode == 0
+    srv.wait_log(r"generation 1\) exited")
+    with connect(session) as after:
+        assert not after.session_reused               # new keys: a full handshake
+        assert after.session is not None and after.session.has_ticket
 
 
 PROXY_CONFIG = """
