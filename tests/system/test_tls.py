@@ -581,3 +581,48 @@ def test_proxy_ssl_name_is_the_sni_sent_and_the_name_verified(make_server, sni_u
     assert _get(srv.port, f"/cosocket?port={up.port}&name=only.test") == (200, b"only.test 6 reused=1")
     # connections whose handshake failed (the peer refused the certificate) have no number
     assert up.names == ["only.test", "only.test", "alt.test", None, None, "only.test", "alt.test"]
+
+
+def test_keys_readable_by_root_only_are_opened_before_workers_drop_privileges(tmp_path: Path) -> None:
+    import os
+    import pwd
+    import shutil
+    import tempfile
+
+    from harness import Pyresty
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change user")
+    nobody = pwd.getpwnam("nobody")
+    certs = Certs(tmp_path / "certs-src", ("a.test",))
+    prefix = Path(tempfile.mkdtemp(prefix="pyresty-tls-user-"))   # readable by nobody
+    os.chmod(prefix, 0o755)
+    server = Pyresty(prefix, """
+        workers = 1
+        user = "nobody"
+        [[server]]
+        listen = "127.0.0.1:{port} ssl"
+        ssl_certificate = "certs/a.test.pem"
+        ssl_certificate_key = "certs/a.test.key"
+        [[server.location]]
+        path = "/"
+        content = "app:who"
+    """, {"app.py": APP, "certs/a.test.pem": Path(certs.cert("a.test")).read_text(),
+          "certs/a.test.key": Path(certs.key("a.test")).read_text()}, ())
+    try:
+        os.chmod(prefix / "app.py", 0o644)
+        # root's alone, as in /etc/ssl/private: nobody cannot read it
+        os.chmod(prefix / "certs" / "a.test.key", 0o600)
+        server.start()
+        for generation in (1, 2):   # the first workers, then those of a reload
+            status, body, _ = https(server.port, certs.client_context(), "a.test")
+            assert status == 200 and body.startswith(b"server=a")
+            if generation == 1:
+                assert server.cli("-s", "reload").returncode == 0
+                server.wait_log(r"generation 1\) exited")
+        uids = {next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text()
+                     .splitlines() if line.startswith("Uid:"))
+                for pid in server.processes() if "worker" in Path(f"/proc/{pid}/cmdline").read_text()}
+        assert uids == {nobody.pw_uid}
+    finally:
+        server.stop()
+        shutil.rmtree(prefix, ignore_errors=True)
