@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from pyresty.server.connection import HttpConnection
 from pyresty.server.h2connection import Http2Connection
+from pyresty.http.parser import MAX_HEAD, head_ended
 from pyresty.http.response import plain_http_on_tls_response
 from pyresty.server.tls import H2, PlainHttpRequest, handshake_failed
 
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
     from pyresty.server.state import ServerState
 
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-HEAD_LIMIT: Final = 32 * 1024    # plain HTTP on a TLS port: head bytes read before the 400 (nginx's 4 x 8k)
 
 
 class TlsChoice:
@@ -76,7 +76,7 @@ class PlainOnTls:
 
     def data_received(self, data: bytes) -> None:
         self.head += data
-        if b"\r\n\r\n" in self.head or len(self.head) > HEAD_LIMIT:
+        if head_ended(self.head) or len(self.head) > MAX_HEAD:
             self.answer()
 
     def eof_received(self) -> bool:
