@@ -626,3 +626,28 @@ def test_keys_readable_by_root_only_are_opened_before_workers_drop_privileges(tm
     finally:
         server.stop()
         shutil.rmtree(prefix, ignore_errors=True)
+
+
+HEALTH_CONFIG = """
+workers = 1
+[upstream."only.test"]
+servers = ["127.0.0.1:{up}"]
+health_check = {{ path = "/", interval = "200ms", timeout = "2s", healthy = 1, unhealthy = 1 }}
+[[server]]
+listen = ["127.0.0.1:{port}"]
+[[server.location]]
+path = "/"
+proxy_pass = "https://only.test/"
+proxy_ssl_trusted_certificate = "ca.pem"
+"""
+
+
+def test_active_health_checks_of_an_https_upstream_speak_tls_as_its_location(
+        make_server, sni_upstream) -> None:
+    up, ca = sni_upstream
+    srv = make_server(HEALTH_CONFIG.replace("{up}", str(up.port)), {"ca.pem": ca.read_text()})
+    # each check is a new TLS connection with the location's server name as SNI
+    wait_for(lambda: len(up.names) >= 3, 10, "three health checks over TLS")
+    assert set(up.names) == {"only.test"}
+    assert _get(srv.port, "/x")[0] == 200
+    assert "is down" not in srv.log_text()
