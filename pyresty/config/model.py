@@ -85,6 +85,8 @@ class Location:
     proxy_http_version: str = "1.1"          # "1.1" keeps upstream connections alive
     proxy_ssl_verify: bool = True            # https:// upstreams: check the certificate and name
     proxy_ssl_trusted_certificate: str | None = None   # PEM CA bundle instead of the system store
+    proxy_ssl_server_name: bool = True       # send proxy_ssl_name as SNI (nginx's default is off)
+    proxy_ssl_name: str | None = None        # SNI and name checked; None: proxy_pass's host/upstream
     root: str | None = None
     index: tuple[str, ...] = ("index.html",)
     client_max_body_size: int | None = None  # None: inherit the server's

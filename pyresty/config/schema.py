@@ -205,6 +205,21 @@ def ssl_protocols(value: Any) -> tuple[str, ...]:
     return tuple(sorted(set(items)))
 
 
+def ssl_name(value: Any) -> str:
+    """A server name to send as SNI and check a certificate against: a DNS name
+    (letters, digits, ``-``, ``_``, dots) or an IP address, without a port."""
+    if isinstance(value, str) and value:
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            labels = value.rstrip(".").split(".")
+            if all(label and len(label) < 64 and all(c.isascii() and (c.isalnum() or c in "-_")
+                                                      for c in label) for label in labels):
+                return value
+    raise invalid(value, "a host name or IP address, without a port")
+
+
 # --- addresses ---------------------------------------------------------------
 
 def listen(value: Any) -> Listen:
@@ -585,6 +600,8 @@ LOCATION: dict[str, Validator] = {
     "proxy_http_version": one_of(("1.0", "1.1")),
     "proxy_ssl_verify": boolean,
     "proxy_ssl_trusted_certificate": text,
+    "proxy_ssl_server_name": boolean,
+    "proxy_ssl_name": ssl_name,
     "root": text,
     "index": strings(min_items=1),
     "client_max_body_size": size(),

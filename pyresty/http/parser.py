@@ -80,6 +80,12 @@ _HIGH_BYTE: Final = re.compile(rb"[\x80-\xff]")
 _TOKEN: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
+def head_ended(data: bytes) -> bool:
+    """Whether ``data``, the first bytes of a request, hold the empty line that
+    ends its head (RFC 9112 §2.2 lets a recipient accept a bare LF)."""
+    return b"\r\n\r\n" in data or b"\n\n" in data
+
+
 class HttpError(Exception):
     """A request the server must refuse with ``status`` and then close."""
 

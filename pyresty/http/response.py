@@ -201,6 +201,15 @@ def error_response(status: int, *, close: bool = True, head: bool = False,
     return b"".join(lines)
 
 
+def plain_http_on_tls_response() -> bytes:
+    """400 to a plain HTTP request on a TLS port, with nginx's words for it
+    (nginx's internal 497, shown as 400); the connection closes after it."""
+    body = error_body(400).replace(
+        b"<hr>", b"<center>The plain HTTP request was sent to HTTPS port</center>\r\n<hr>", 1)
+    return b"".join([status_line(400), date_lines(), b"Content-Type: text/html\r\n",
+                     b"Content-Length: %d\r\n" % len(body), b"Connection: close\r\n\r\n", body])
+
+
 # Responses that never carry a body (RFC 9110 §6.4.1).
 def bodiless(status: int) -> bool:
     return status < 200 or status in (204, 304)

@@ -24,6 +24,10 @@ Rules
    request.
 4. Reads wait for data as it arrives; past ``READ_LIMIT`` unread bytes the
    connection stops reading until the caller takes some.
+5. ``ssl=True`` verifies the peer (the system CA store) against
+   ``server_name`` (default ``host``) and sends it as SNI; pooled TLS
+   connections are keyed by that name, so a connection made for one name is
+   never handed to a ``connect`` for another.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import asyncio
 from typing import Final
 
 from pyresty.errors import SocketError, SocketTimeout
-from pyresty.runtime.client_tls import client_context
+from pyresty.runtime.client_tls import client_tls
 from pyresty.upstream.pool import READ_LIMIT, PooledSocket, pools
 
 __all__ = ["Socket", "connect"]
@@ -40,24 +44,29 @@ MAX_LINE: Final = 64 * 1024     # receive_line/receive_until give up past this m
 
 
 async def connect(host: str, port: int, *, timeout: float = 60.0, pool: str | None = None,
-                  ssl: bool = False) -> Socket:
-    """A connected ``Socket`` (rule 1). Raises ``SocketError`` (refused, unreachable,
-    bad arguments) or ``SocketTimeout``."""
+                  ssl: bool = False, server_name: str | None = None) -> Socket:
+    """A connected ``Socket`` (rule 1). With ``ssl`` the peer's certificate is
+    verified against ``server_name`` (default ``host``), which is also sent as SNI
+    (rule 5). Raises ``SocketError`` (refused, unreachable, a failed handshake or
+    verification, bad arguments) or ``SocketTimeout``."""
     if not isinstance(host, str) or not host:
         raise SocketError(f"invalid host {host!r}")
     if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
         raise SocketError(f"invalid port {port!r}")
     if timeout <= 0:
         raise SocketError(f"invalid timeout {timeout!r}")
-    name = "socket:" + (pool if pool is not None else f"{host}:{port}") + (":ssl" if ssl else "")
+    if server_name is not None and (not ssl or not isinstance(server_name, str) or not server_name):
+        raise SocketError(f"invalid server_name {server_name!r} (a non-empty name, with ssl=True)")
+    tls = client_tls(server_name or host) if ssl else None    # runtime/client_tls.py
+    name = "socket:" + (pool if pool is not None else f"{host}:{port}") + (
+        " " + tls.pool_tag if tls is not None else "")
     key = (host, port, name)
     loop = asyncio.get_running_loop()
     all_pools = pools()
     sock = all_pools.take(key, loop.time())
     if sock is None:
-        context = client_context() if ssl else None    # verified, SNI: runtime/client_tls.py
         try:
-            sock = await all_pools.connect(key, timeout, context)
+            sock = await all_pools.connect(key, timeout, tls)
         except TimeoutError:
             raise SocketTimeout(f"connect to {host}:{port} timed out after {timeout:g} s") from None
         except OSError as exc:

@@ -42,6 +42,7 @@ from typing import Any, Final
 from pyresty.errorlog import ALERT
 from pyresty.runtime.throttle import LogThrottle
 from pyresty.server.connection import PARSER_REST, Deadline
+from pyresty.server.tls import looks_like_tls
 
 log = logging.getLogger("pyresty.http")
 
@@ -106,12 +107,17 @@ class Acceptor:
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
                  protocol_factory: Callable[[], Any], limits: Limits,
-                 ssl: ssl_module.SSLContext | None = None) -> None:
+                 ssl: ssl_module.SSLContext | None = None, handshake_timeout: float | None = None,
+                 handshake_failed: Callable[[BaseException, Any], None] | None = None,
+                 plain_factory: Callable[[], Any] | None = None) -> None:
         self.loop = loop
         self.sock = sock
         self.factory = protocol_factory
         self.limits = limits
         self.ssl = ssl      # a TLS listener: uvloop's SSLProtocol wraps the connection
+        self.handshake_timeout = handshake_timeout
+        self.handshake_failed = handshake_failed    # (exception, client address): server/tls.py
+        self.plain_factory = plain_factory    # plain HTTP on this TLS port (server/tls.py rule 6)
         self.paused: asyncio.TimerHandle | None = None
         self.closed = False
         sock.setblocking(False)
@@ -139,7 +145,7 @@ class Acceptor:
                 self._pause()
                 return
             try:
-                conn, _ = self.sock.accept()
+                conn, client = self.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:
@@ -149,16 +155,42 @@ class Acceptor:
                 log.info("accept4() failed (%d: %s)", exc.errno, exc.strerror)
                 continue
             limits.handing_over += 1
-            self.loop.create_task(self._connect(conn))
+            self.loop.create_task(self._connect(conn, client))
 
-    async def _connect(self, conn: socket.socket) -> None:
+    async def _connect(self, conn: socket.socket, client: Any) -> None:
         try:
-            await self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl)
+            if self.plain_factory is not None and not looks_like_tls(await self._first_byte(conn)):
+                await self.loop.connect_accepted_socket(self.plain_factory, conn)
+                return
+            await self.loop.connect_accepted_socket(self.factory, conn, ssl=self.ssl,
+                                                    ssl_handshake_timeout=self.handshake_timeout)
         except OSError as exc:   # the client was gone before its transport was made
-            log.info("cannot set up an accepted connection: %s", exc)
+            if self.handshake_failed is not None:
+                self.handshake_failed(exc, client)     # or its TLS handshake failed
+            else:
+                log.info("cannot set up an accepted connection: %s", exc)
             conn.close()
         finally:
             self.limits.handing_over -= 1
+
+    async def _first_byte(self, conn: socket.socket) -> bytes:
+        """The connection's first byte, left in the socket (nginx peeks too); b"" at EOF.
+        Raises ConnectionAbortedError when nothing came within the handshake's time."""
+        conn.setblocking(False)      # uvloop makes it non-blocking anyway
+        try:
+            return conn.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            pass
+        fd = conn.fileno()
+        readable = self.loop.create_future()
+        self.loop.add_reader(fd, lambda: readable.done() or readable.set_result(None))
+        try:
+            await asyncio.wait_for(readable, self.handshake_timeout)
+        except TimeoutError:
+            raise ConnectionAbortedError("no TLS handshake within the time allowed") from None
+        finally:
+            self.loop.remove_reader(fd)
+        return conn.recv(1, socket.MSG_PEEK)
 
     def _out_of_files(self, exc: OSError) -> None:
         limits = self.limits

@@ -17,7 +17,9 @@ Rules
    ``client_max_body_size`` (past it: 413, or a reset once answered).
 2. ``SETTINGS``: at most ``MAX_CONCURRENT_STREAMS`` (128, nginx's
    ``http2_max_concurrent_streams``) open streams, header lists up to
-   ``MAX_HEADER_LIST_SIZE`` (32 KiB, the HTTP/1.1 limit of SPEC §11).
+   ``MAX_HEADER_LIST_SIZE`` (32 KiB, the HTTP/1.1 limit of SPEC §11). A
+   stream past the limit is refused alone (``REFUSED_STREAM``, RFC 9113
+   §5.1.2), the others go on; refusals count as resets (rule 4).
 3. One failed stream is reset (``RST_STREAM``) and the others go on; a
    protocol error of the connection is answered with ``GOAWAY`` and the code
    h2 chose (``COMPRESSION_ERROR`` for bad HPACK, RFC 9113 §4.3), then close.
@@ -294,14 +296,15 @@ class Http2Connection:
         if isinstance(peer, tuple):
             self.peer_host = peer[0]
         h2conn = self.h2
-        h2conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: MAX_CONCURRENT_STREAMS,
-            h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
-        })
+        h2conn.local_settings = _settings(MAX_CONCURRENT_STREAMS)
         # h2 applies MAX_HEADER_LIST_SIZE to its decoder only once the client
         # acknowledged it; the limit holds from the first header block
         h2conn.decoder.max_header_list_size = MAX_HEADER_LIST_SIZE
-        h2conn.initiate_connection()
+        h2conn.initiate_connection()      # announces the settings
+        # h2 ends the whole connection at one stream past the announced limit, and
+        # drops the other streams of that read; RFC 9113 §5.1.2 makes it a stream
+        # error: h2 holds a looser bound, on_request refuses past ours (rule 2)
+        h2conn.local_settings = _settings(2 * MAX_CONCURRENT_STREAMS)
         self.flush()
         self.state.connection_opened(self)
         if not self.going_away:
@@ -374,6 +377,14 @@ class Http2Connection:
         if self.going_away and stream_id > self.last_stream_id:
             self.refuse_stream(stream_id)   # rule 5
             return
+        if len(self.streams) >= MAX_CONCURRENT_STREAMS and self.open_streams() >= MAX_CONCURRENT_STREAMS:
+            # rule 2: past SETTINGS_MAX_CONCURRENT_STREAMS, this stream only
+            self.refuse_stream(stream_id)
+            log.info("HTTP/2 client %s opened more than %d streams at once: stream %d refused",
+                     self.peer_host, MAX_CONCURRENT_STREAMS, stream_id)
+            if self.resets.hit(self.loop.time()):
+                self.calm("streams refused past SETTINGS_MAX_CONCURRENT_STREAMS")
+            return
         if len(self.streams) >= 2 * MAX_CONCURRENT_STREAMS:
             # handlers of streams the client reset still run (rule 4)
             self.refuse_stream(stream_id)
@@ -406,6 +417,12 @@ class Http2Connection:
                 return
         req.queued = True
         start_request(state, req)
+
+    def open_streams(self) -> int:
+        """Streams open as the client counts them: not reset, not answered in full
+        (h2's own count, read while a read's events are handled, includes streams
+        of that read not yet seen here)."""
+        return sum(1 for stream in self.streams.values() if not stream.closed)
 
     def refuse_stream(self, stream_id: int) -> None:
         """RST_STREAM REFUSED_STREAM, unless the client reset it first (same read)."""
@@ -648,6 +665,13 @@ class Http2Connection:
 def _body_timeout(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_exception(ClientBodyTimeout("client_body_timeout"))
+
+
+def _settings(max_streams: int) -> h2.settings.Settings:
+    return h2.settings.Settings(client=False, initial_values={
+        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: max_streams,
+        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: MAX_HEADER_LIST_SIZE,
+    })
 
 
 def _request_fields(headers: list[tuple[bytes, bytes]]) -> tuple[str, bytes, list[tuple[bytes, bytes]]]:

@@ -31,9 +31,9 @@ from pyresty.server.access_log import AccessLog
 from pyresty.server import heap
 from pyresty.server.acceptor import Acceptor, Limits
 from pyresty.server.connection import HttpConnection
-from pyresty.server.negotiation import PrefaceChoice, TlsChoice
+from pyresty.server.negotiation import PlainOnTls, PrefaceChoice, TlsChoice
 from pyresty.server.state import ServerState, open_access_logs
-from pyresty.server.tls import open_tls
+from pyresty.server.tls import handshake_failed, open_tls
 
 if TYPE_CHECKING:
     import ssl
@@ -85,9 +85,13 @@ class HttpServer(ServerState):
             # a plain http2 address: by the first bytes (negotiation.py)
             factory: Any = TlsChoice if listen.ssl else (
                 PrefaceChoice if listen.http2 else HttpConnection)
-            self._listeners.append(Acceptor(self.loop, sock,
-                                            functools.partial(factory, self, listen),
-                                            self.limits, ssl=self._tls.get(listen)))
+            tls = self._tls.get(listen)
+            self._listeners.append(Acceptor(
+                self.loop, sock, functools.partial(factory, self, listen), self.limits, ssl=tls,
+                # the handshake is bounded and its failures counted as nginx's (tls.py rule 5)
+                handshake_timeout=self.default_server(listen).client_header_timeout if tls else None,
+                handshake_failed=functools.partial(handshake_failed, self, listen) if tls else None,
+                plain_factory=functools.partial(PlainOnTls, self, listen) if tls else None))
         self._sweeper = self.loop.call_later(SWEEP_INTERVAL, self._sweep)
 
     def stop_accepting(self) -> None:
@@ -213,7 +217,7 @@ class HttpServer(ServerState):
             "access_log_errors": sum(a.errors for a in self.access_logs.values()),
             "connections_by_protocol": {"http/1.1": len(self.connections) - h2, "h2": h2},
             "tls_handshakes": dict(self.tls_handshakes),
-            "tls_handshake_failures": self.tls_handshake_failures,
+            "tls_handshake_failures": dict(self.tls_handshake_failures),
             "h2_streams": self.h2_streams_total,
             "h2_floods": self.h2_floods_total,
         }

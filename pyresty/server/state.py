@@ -69,7 +69,7 @@ class ServerState:
         self.connections_total = 0
         self.refused_total = 0
         self.tls_handshakes: dict[str, int] = {}   # by negotiated version
-        self.tls_handshake_failures = 0
+        self.tls_handshake_failures: dict[str, int] = {}   # by reason (server/tls.py rule 5)
         self.h2_streams_total = 0
         self.h2_floods_total = 0                    # connections closed with ENHANCE_YOUR_CALM
         self._idle_waiter: asyncio.Future[None] | None = None
@@ -103,8 +103,8 @@ class ServerState:
     def count_handshake(self, version: str) -> None:
         self.tls_handshakes[version] = self.tls_handshakes.get(version, 0) + 1
 
-    def count_handshake_failure(self) -> None:
-        self.tls_handshake_failures += 1
+    def count_handshake_failure(self, reason: str) -> None:
+        self.tls_handshake_failures[reason] = self.tls_handshake_failures.get(reason, 0) + 1
 
     def log_refused(self, server: VirtualServer, peer_host: str, status: int,
                     body_size: int) -> None:

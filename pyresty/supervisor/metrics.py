@@ -237,9 +237,10 @@ def _websockets(workers: Sequence[Row]) -> Iterator[Metric]:
 def _tls_and_h2(workers: Sequence[Row]) -> Iterator[Metric]:
     """TLS handshakes by version and failures; HTTP/2 streams, floods, connections by protocol."""
     handshakes: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
     for row in workers:
         handshakes.update(row.tls)
-    failed = handshakes.pop("failed", 0)
+        failed.update(row.tls_failures)
     if handshakes or failed:
         family = CounterMetricFamily("pyresty_tls_handshakes", "Completed TLS handshakes",
                                      labels=["version"])
@@ -247,9 +248,10 @@ def _tls_and_h2(workers: Sequence[Row]) -> Iterator[Metric]:
             family.add_metric([version], n)
         yield family
         failures = CounterMetricFamily("pyresty_tls_handshake_failures",
-                                       "TLS handshakes that failed (version, cipher, certificate, "
-                                       "timeout or a client that left)")
-        failures.add_metric([], failed)
+                                       "TLS handshakes that failed, by reason (OpenSSL's, or "
+                                       "eof, reset, timeout)", labels=["reason"])
+        for reason, n in sorted(failed.items()):
+            failures.add_metric([reason], n)
         yield failures
     protocols = GaugeMetricFamily("pyresty_connections_by_protocol",
                                   "Open client connections by protocol", labels=["protocol"])

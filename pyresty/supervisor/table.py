@@ -97,7 +97,8 @@ class Row:
     websocket: Mapping[str, int] = field(default_factory=dict)   # ws_* counters: /metrics only
     counters: Mapping[str, float] = field(default_factory=dict)   # COUNTERS -> value
     protocols: Mapping[str, int] = field(default_factory=dict)   # open connections: "http/1.1", "h2"
-    tls: Mapping[str, int] = field(default_factory=dict)   # handshakes by version; "failed"
+    tls: Mapping[str, int] = field(default_factory=dict)   # handshakes by version
+    tls_failures: Mapping[str, int] = field(default_factory=dict)   # failed handshakes by reason
     h2_streams: int = 0                  # HTTP/2 streams opened
     h2_floods: int = 0                   # HTTP/2 connections closed with ENHANCE_YOUR_CALM
 
@@ -140,8 +141,8 @@ def serving_row(role: str, worker_id: int | None, pid: int, generation: int, sta
                counters={name: value for name, value in {**server, **stats.counters}.items()
                          if name in COUNTERS},
                protocols=server.get("connections_by_protocol", {}),
-               tls={**server.get("tls_handshakes", {}),
-                    "failed": server.get("tls_handshake_failures", 0)},
+               tls=server.get("tls_handshakes", {}),
+               tls_failures=server.get("tls_handshake_failures", {}),
                h2_streams=server.get("h2_streams", 0), h2_floods=server.get("h2_floods", 0))
 
 

@@ -18,6 +18,11 @@ Rules
    anything else fails with a reason: ``connection refused``,
    ``timed out``, ``status 503``, ``invalid response: ...``. The peers of an
    upstream are checked concurrently; the connection is closed after the head.
+   An upstream that a location proxies to over ``https://`` is checked over
+   TLS as that location connects (``proxy_ssl_name``, ``proxy_ssl_server_name``,
+   ``proxy_ssl_verify``, ``proxy_ssl_trusted_certificate``; nginx's
+   ``health_check`` sits in the location and uses its settings too): plain
+   HTTP to a TLS port would mark every peer down.
 3. Verdicts. ``healthy`` consecutive passes mark a down peer up; ``unhealthy``
    consecutive failures mark an up peer down. A peer no check has judged is
    up. Each change is logged (``[warn]`` down, ``[notice]`` up) with the count
@@ -36,6 +41,7 @@ Rules
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from collections.abc import Callable, Coroutine
@@ -43,14 +49,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from pyresty.config.model import HEALTH_DICT, Config, HealthCheck, Upstream
+from pyresty.config.schema import proxy_upstream
 from pyresty.errorlog import NOTICE
 from pyresty.http.client import ResponseParser, UpstreamError, request_head
 from pyresty.runtime import timer
+from pyresty.runtime.client_tls import ClientTls, client_tls
 from pyresty.runtime.shared import SharedDict, shared
 from pyresty.upstream.balancer import Balancer, PeerState, balancers
 
 __all__ = ["CheckFailed", "Record", "check_peer", "check_upstream", "judge", "key_of", "refresh",
-           "start"]
+           "start", "tls_of"]
 
 log = logging.getLogger("pyresty.upstream")
 
@@ -117,16 +125,17 @@ class _Head:
 
 
 async def check_peer(host: str, port: int, path: str, timeout: float, *,
-                     valid: tuple[int, ...] = (), host_header: str | None = None) -> int:
-    """GET ``path`` from ``host:port``; the status of a valid answer within ``timeout``
-    (one of ``valid``, or any 2xx/3xx when it is empty). ``Host`` is ``host_header``,
-    else the peer's address.
+                     valid: tuple[int, ...] = (), host_header: str | None = None,
+                     tls: ClientTls | None = None) -> int:
+    """GET ``path`` from ``host:port`` (over TLS with ``tls``); the status of a valid
+    answer within ``timeout`` (one of ``valid``, or any 2xx/3xx when it is empty).
+    ``Host`` is ``host_header``, else the peer's address.
 
     Raises CheckFailed with the reason otherwise.
     """
     try:
         async with asyncio.timeout(timeout):
-            status = await _probe(host, port, path, host_header)
+            status = await _probe(host, port, path, host_header, tls)
     except TimeoutError:
         raise CheckFailed("timed out") from None
     passed = status in valid if valid else 200 <= status < 400
@@ -135,9 +144,19 @@ async def check_peer(host: str, port: int, path: str, timeout: float, *,
     return status
 
 
-async def _probe(host: str, port: int, path: str, host_header: str | None) -> int:
+async def _probe(host: str, port: int, path: str, host_header: str | None,
+                 tls: ClientTls | None) -> int:
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        if tls is None:
+            reader, writer = await asyncio.open_connection(host, port)
+        else:
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls.context, server_hostname=tls.server_hostname)
+            try:
+                tls.check(writer.transport)
+            except OSError:
+                writer.close()
+                raise
     except ConnectionRefusedError:
         raise CheckFailed("connection refused") from None
     except OSError as exc:
@@ -181,12 +200,14 @@ def judge(record: Record, passed: bool, reason: str, healthy: int, unhealthy: in
     return False
 
 
-async def check_upstream(upstream: Upstream, balancer: Balancer) -> None:
-    """One round of checks of every peer of ``upstream``; publishes and applies the verdicts."""
+async def check_upstream(upstream: Upstream, balancer: Balancer,
+                         tls: ClientTls | None = None) -> None:
+    """One round of checks of every peer of ``upstream`` (over TLS with ``tls``);
+    publishes and applies the verdicts."""
     hc = upstream.health_check
     assert hc is not None
     store = _store()
-    outcomes = await asyncio.gather(*(_outcome(peer, hc) for peer in balancer.peers))
+    outcomes = await asyncio.gather(*(_outcome(peer, hc, tls) for peer in balancer.peers))
     for peer, (passed, reason) in zip(balancer.peers, outcomes):
         key = key_of(upstream.name, peer)
         record = Record.loads(await store.get(key))
@@ -201,10 +222,11 @@ async def check_upstream(upstream: Upstream, balancer: Balancer) -> None:
         apply(peer, record)
 
 
-async def _outcome(peer: PeerState, hc: HealthCheck) -> tuple[bool, str]:
+async def _outcome(peer: PeerState, hc: HealthCheck,
+                   tls: ClientTls | None) -> tuple[bool, str]:
     try:
         await check_peer(peer.host, peer.port, hc.path, hc.timeout, valid=hc.valid_statuses,
-                         host_header=hc.host)
+                         host_header=hc.host, tls=tls)
     except CheckFailed as exc:
         return False, str(exc)
     return True, ""
@@ -243,11 +265,26 @@ async def start(config: Config) -> None:
             continue
         balancer = found[upstream.name]
         await refresh(upstream, balancer)
-        timer.every(hc.interval, _job("check", upstream, balancer, check_upstream), once=True)
+        check = functools.partial(check_upstream, tls=tls_of(config, upstream))
+        timer.every(hc.interval, _job("check", upstream, balancer, check), once=True)
         timer.every(hc.interval, _job("refresh", upstream, balancer, refresh))
 
 
-Step = Callable[[Upstream, Balancer], Coroutine[Any, Any, None]]
+def tls_of(config: Config, upstream: Upstream) -> ClientTls | None:
+    """How the checks of ``upstream`` speak TLS: as the first location that proxies
+    to it over ``https://`` (rule 2), or not at all."""
+    for server in config.servers:
+        for location in server.locations:
+            url = location.proxy_pass or ""
+            if url.startswith("https://") and proxy_upstream(url) == upstream.name:
+                return client_tls(location.proxy_ssl_name or upstream.name,
+                                  sni=location.proxy_ssl_server_name,
+                                  verify=location.proxy_ssl_verify,
+                                  trusted_certificate=location.proxy_ssl_trusted_certificate)
+    return None
+
+
+Step = Callable[..., Coroutine[Any, Any, None]]
 
 
 def _job(kind: str, upstream: Upstream, balancer: Balancer,

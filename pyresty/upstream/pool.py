@@ -3,7 +3,9 @@
 A ``PooledSocket`` is the asyncio protocol of one connection to an upstream
 peer; whoever uses it (a proxied request, a cosocket) is its ``owner`` and
 gets its bytes. An idle pooled socket has no owner. ``Pools`` keeps the idle
-sockets of this process by key ``(host, port, pool name)``.
+sockets of this process by key ``(host, port, pool name)``; the pool name of
+a TLS connection carries the server name it was made and verified for
+(``ClientTls.pool_tag``), so it is never reused for another name.
 
 Rules
 -----
@@ -31,11 +33,11 @@ import asyncio
 import logging
 import os
 import socket
-import ssl
 from collections import deque
 from typing import Any, Final
 
 from pyresty.runtime import lifecycle
+from pyresty.runtime.client_tls import ClientTls
 
 log = logging.getLogger("pyresty.upstream")
 
@@ -204,9 +206,9 @@ class Pools:
         return None
 
     async def connect(self, key: PoolKey, timeout: float,
-                      tls: ssl.SSLContext | None = None) -> PooledSocket:
-        """A new connection to ``key``'s host and port (over TLS with ``tls``);
-        raises OSError or TimeoutError."""
+                      tls: ClientTls | None = None) -> PooledSocket:
+        """A new connection to ``key``'s host and port (over TLS with ``tls``, whose
+        server name is part of ``key``'s pool name); raises OSError or TimeoutError."""
         if not self._registered:
             self._register()
         loop = asyncio.get_running_loop()
@@ -214,11 +216,16 @@ class Pools:
         sock = PooledSocket(self, key)
         host, port, _ = key
         # PooledSocket has a Protocol's methods, not its base class (mypyc)
-        server_name = host if tls is not None else None
-        connecting = loop.create_connection(  # type: ignore[type-var]
-            lambda: sock, host, port, ssl=tls, server_hostname=server_name)
+        if tls is None:
+            connecting = loop.create_connection(  # type: ignore[type-var]
+                lambda: sock, host, port)
+        else:
+            connecting = loop.create_connection(  # type: ignore[type-var]
+                lambda: sock, host, port, ssl=tls.context, server_hostname=tls.server_hostname)
         try:
             await asyncio.wait_for(connecting, timeout)
+            if tls is not None:
+                tls.check(sock.transport)
         except BaseException:
             sock.abort()
             raise

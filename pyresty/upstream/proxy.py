@@ -59,7 +59,7 @@ from urllib.parse import quote
 
 from pyresty.http.client import BodyWriter, ForwardHead, ResponseParser, UpstreamError
 from pyresty.http.headers import Headers
-from pyresty.runtime.client_tls import client_context
+from pyresty.runtime.client_tls import client_tls
 from pyresty.upstream import balancer as balancers
 from pyresty.upstream import pool
 from pyresty.upstream.pool import READ_LIMIT, PooledSocket, PoolKey, pools
@@ -368,10 +368,12 @@ class ProxyPlan:
         url = location.proxy_pass or ""
         scheme, _, url_rest = url.partition("://")
         authority, _, rest = url_rest.partition("/")
-        # https:// upstreams: verified by default (runtime/client_tls.py); their
-        # pooled connections are kept apart from plain ones to the same peer
-        self.tls = client_context(verify=location.proxy_ssl_verify,
-                                  trusted_certificate=location.proxy_ssl_trusted_certificate) \
+        # https:// upstreams: verified by default against proxy_ssl_name, nginx's
+        # $proxy_host without its port (runtime/client_tls.py)
+        self.tls = client_tls(location.proxy_ssl_name or _ssl_name(authority),
+                              sni=location.proxy_ssl_server_name,
+                              verify=location.proxy_ssl_verify,
+                              trusted_certificate=location.proxy_ssl_trusted_certificate) \
             if scheme == "https" else None
         self.uri_part: str | None = "/" + rest if (rest or url.endswith("/")) else None
         self.prefix = location.pattern if location.kind in ("", "^~") else None
@@ -386,11 +388,10 @@ class ProxyPlan:
                                 keepalive=DIRECT_POOL, max_fails=0)
         self.upstream = upstream
         self.name = upstream.name
-        # a pooled TLS connection was verified as its location said: keep it to locations
-        # that verify the same way
+        # a pooled TLS connection was made for one server name and verified as its
+        # location said: keep it to locations that name and verify the same way
         self.pool_name = upstream.name if self.tls is None else (
-            f"{upstream.name} tls verify={location.proxy_ssl_verify} "
-            f"ca={location.proxy_ssl_trusted_certificate or 'system'}")
+            f"{upstream.name} {self.tls.pool_tag}")
         self.pool_size = upstream.keepalive
         self.pool_timeout = upstream.keepalive_timeout
         self.pool_requests = upstream.keepalive_requests
@@ -468,6 +469,13 @@ class ProxyPlan:
             if cname == name:
                 return cvalue
         return ""
+
+
+def _ssl_name(authority: str) -> str:
+    """nginx's ``$proxy_host`` without its port: the upstream's name, or the host."""
+    if authority.startswith("["):
+        return authority[1:].partition("]")[0]
+    return authority.rpartition(":")[0] if ":" in authority else authority
 
 
 def _find_upstream(config: Config, name: str) -> Upstream | None:

@@ -1,6 +1,7 @@
 """The client-side TLS context (runtime/client_tls.py) against a real TLS
 listener on 127.0.0.1: verification on by default, a trusted certificate
-file, SNI and the host-name check, and ``verify=False`` as a decision."""
+file, SNI and the host-name check, no SNI with the name checked after the
+handshake, and ``verify=False`` as a decision."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pyresty.runtime.client_tls import client_context
+from pyresty.runtime.client_tls import ClientTls, client_tls
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from certs import Certs  # noqa: E402
@@ -33,31 +34,42 @@ async def _serve(certs: Certs) -> tuple[asyncio.AbstractServer, int, list[str | 
     return server, server.sockets[0].getsockname()[1], names
 
 
-async def _fetch(port: int, ctx: ssl.SSLContext, name: str) -> bytes:
-    reader, writer = await asyncio.wait_for(
-        asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=name), 10)
-    data = await reader.read()
-    writer.close()
-    return data
+async def _fetch(port: int, tls: ClientTls) -> bytes:
+    reader, writer = await asyncio.wait_for(asyncio.open_connection(
+        "127.0.0.1", port, ssl=tls.context, server_hostname=tls.server_hostname), 10)
+    try:
+        tls.check(writer.transport)
+        return await reader.read()
+    finally:
+        writer.close()
 
 
-def test_client_context(tmp_path: Path) -> None:
+def test_client_tls(tmp_path: Path) -> None:
     certs = Certs(tmp_path)
+    ca = str(certs.ca_file)
 
     async def main() -> None:
         server, port, names = await _serve(certs)
         async with server:
-            trusted = client_context(trusted_certificate=str(certs.ca_file))
-            assert await _fetch(port, trusted, "a.test") == b"hello"
+            assert await _fetch(port, client_tls("a.test", trusted_certificate=ca)) == b"hello"
             assert names[-1] == "a.test"                       # SNI sent
             with pytest.raises(ssl.SSLCertVerificationError):  # the name is checked
-                await _fetch(port, trusted, "b.test")
+                await _fetch(port, client_tls("b.test", trusted_certificate=ca))
             with pytest.raises(ssl.SSLCertVerificationError):  # the system store does not know the CA
-                await _fetch(port, client_context(), "a.test")
-            assert await _fetch(port, client_context(verify=False), "a.test") == b"hello"
+                await _fetch(port, client_tls("a.test"))
+            assert await _fetch(port, client_tls("a.test", verify=False)) == b"hello"
+            # without SNI: nothing sent, the name still checked after the handshake
+            assert await _fetch(port, client_tls("a.test", sni=False, trusted_certificate=ca)) \
+                == b"hello"
+            assert names[-1] is None
+            with pytest.raises(ssl.SSLCertVerificationError, match="Hostname mismatch"):
+                await _fetch(port, client_tls("b.test", sni=False, trusted_certificate=ca))
+            # an IP address is never sent as SNI (RFC 6066), but it is checked
+            assert await _fetch(port, client_tls("127.0.0.1", trusted_certificate=ca)) == b"hello"
+            assert names[-1] is None
 
     asyncio.run(main())
-    assert client_context() is client_context()    # cached per settings
-    assert client_context().verify_mode == ssl.CERT_REQUIRED and client_context().check_hostname
+    assert client_tls("a.test").context is client_tls("b.test").context    # cached per settings
+    assert client_tls("a.test").context.verify_mode == ssl.CERT_REQUIRED
     with pytest.raises(OSError):
-        client_context(trusted_certificate=str(tmp_path / "missing.pem"))
+        client_tls("a.test", trusted_certificate=str(tmp_path / "missing.pem"))

@@ -2,7 +2,8 @@
 concurrent streams on one connection, flow control per stream, request
 bodies, RST_STREAM of one stream, curl --http2, GOAWAY at reload with the
 in-flight streams completed and the old worker gone in time, floods closed
-with ENHANCE_YOUR_CALM, and framing errors answered with the right codes.
+with ENHANCE_YOUR_CALM, framing errors answered with the right codes, and the
+SETTINGS limits (streams, header list) announced and enforced.
 """
 from __future__ import annotations
 
@@ -394,3 +395,77 @@ def test_framing_errors_get_the_right_codes(served) -> None:
     client = H2Client(port)
     assert client.get("/").body == b"hello 2.0"
     client.close()
+
+
+def frames_until(sock: socket.socket, done, timeout: float = 10.0) -> list:
+    """The frames the server sent until ``done(frames)`` holds (or ``timeout``)."""
+    from hyperframe.frame import Frame
+    deadline = time.monotonic() + timeout
+    data, frames = b"", []
+    while not done(frames) and time.monotonic() < deadline:
+        sock.settimeout(max(0.01, deadline - time.monotonic()))
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+        while len(data) >= 9:
+            frame, length = Frame.parse_frame_header(memoryview(data[:9]))
+            if len(data) < 9 + length:
+                break
+            frame.parse_body(memoryview(data[9:9 + length]))
+            frames.append(frame)
+            data = data[9 + length:]
+    return frames
+
+
+def test_settings_limits_are_announced_and_enforced(served) -> None:
+    certs, build = served
+    srv = build()
+    port = srv.ports[1]
+    # the server's SETTINGS: 128 streams, a 32 KiB header list
+    with raw_h2(port) as sock:
+        sock.sendall(headers_frame(1).serialize())
+        frames = frames_until(sock, lambda fs: any(isinstance(f, HeadersFrame) for f in fs))
+        settings = next(f for f in frames if isinstance(f, SettingsFrame) and "ACK" not in f.flags)
+        assert settings.settings[SettingsFrame.MAX_CONCURRENT_STREAMS] == 128
+        assert settings.settings[SettingsFrame.MAX_HEADER_LIST_SIZE] == 32 * 1024
+    # the 129th stream open at once is refused, alone: the first 128 are answered
+    with raw_h2(port) as sock:
+        sock.sendall(b"".join(headers_frame(1 + 2 * i, "/slow?s=1").serialize()
+                              for i in range(129)))
+        frames = frames_until(sock, lambda fs: sum(isinstance(f, HeadersFrame) for f in fs) >= 128
+                              and any(isinstance(f, RstStreamFrame) for f in fs))
+        refused = [f.stream_id for f in frames
+                   if isinstance(f, RstStreamFrame) and f.error_code == REFUSED_STREAM]
+        answered = {f.stream_id for f in frames if isinstance(f, HeadersFrame)}
+        assert refused == [1 + 2 * 128]
+        assert answered == {1 + 2 * i for i in range(128)}
+        assert goaway_code(frames) is None
+    # a header list over 32 KiB
+    with raw_h2(port) as sock:
+        block = Encoder().encode([(":method", "GET"), (":path", "/"), (":scheme", "http"),
+                                  (":authority", "a"), ("x-big", "x" * 40000)])
+        parts = [block[i:i + 16384] for i in range(0, len(block), 16384)]
+        frame = HeadersFrame(1)
+        frame.data = parts[0]
+        frame.flags.add("END_STREAM")
+        blocks = [frame.serialize()]
+        for n, part in enumerate(parts[1:], 1):
+            more = ContinuationFrame(1)
+            more.data = part
+            if n == len(parts) - 1:
+                more.flags.add("END_HEADERS")
+            blocks.append(more.serialize())
+        try:
+            sock.sendall(b"".join(blocks))
+        except OSError:
+            pass
+        assert goaway_code(read_frames(sock)) == ENHANCE_YOUR_CALM
+    # SETTINGS flood
+    with raw_h2(port) as sock:
+        try:
+            sock.sendall(SettingsFrame(0).serialize() * 500)
+        except OSError:
+            pass
+        assert goaway_code(read_frames(sock)) == ENHANCE_YOUR_CALM
+    srv.wait_log(r"\[warn\] .*SETTINGS flood.*ENHANCE_YOUR_CALM")

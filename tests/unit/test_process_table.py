@@ -86,14 +86,16 @@ def test_the_status_table_shows_the_longest_recent_loop_stall() -> None:
 def test_metrics_show_tls_handshakes_and_http2_figures() -> None:
     rows = [Row("worker", 0, 101, 1, "serving", connections=3, requests=2, active_requests=0,
                 timers_pending=0, timers_running=0, protocols={"http/1.1": 1, "h2": 2},
-                tls={"TLSv1.3": 5, "TLSv1.2": 1, "failed": 2}, h2_streams=40, h2_floods=1),
+                tls={"TLSv1.3": 5, "TLSv1.2": 1},
+                tls_failures={"unknown_ca": 1, "eof": 1}, h2_streams=40, h2_floods=1),
             Row("worker", 1, 102, 1, "serving", connections=1, requests=2, active_requests=0,
                 timers_pending=0, timers_running=0, protocols={"h2": 1},
-                tls={"TLSv1.3": 2, "failed": 0}, h2_streams=2)]
+                tls={"TLSv1.3": 2}, tls_failures={"eof": 2}, h2_streams=2)]
     text = render(rows).decode()
     assert 'pyresty_tls_handshakes_total{version="TLSv1.3"} 7.0' in text
     assert 'pyresty_tls_handshakes_total{version="TLSv1.2"} 1.0' in text
-    assert "pyresty_tls_handshake_failures_total 2.0" in text
+    assert 'pyresty_tls_handshake_failures_total{reason="eof"} 3.0' in text
+    assert 'pyresty_tls_handshake_failures_total{reason="unknown_ca"} 1.0' in text
     assert 'pyresty_connections_by_protocol{protocol="h2"} 3.0' in text
     assert 'pyresty_connections_by_protocol{protocol="http/1.1"} 1.0' in text
     assert "pyresty_http2_streams_total 42.0" in text

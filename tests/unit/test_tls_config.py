@@ -169,3 +169,41 @@ proxy_ssl_verify = false
     a, b = load("pyresty.toml").servers[0].locations
     assert a.proxy_ssl_verify and a.proxy_ssl_trusted_certificate == str(folder / "certs" / "ca.pem")
     assert not b.proxy_ssl_verify and b.proxy_ssl_trusted_certificate is None
+
+
+def test_proxy_ssl_name_and_proxy_ssl_server_name(folder: Path) -> None:
+    (folder / "pyresty.toml").write_text('''
+[[server]]
+listen = "8080"
+[[server.location]]
+path = "/a/"
+proxy_pass = "https://127.0.0.1:8443/"
+proxy_ssl_name = "api.example.com"
+proxy_ssl_server_name = false
+[[server.location]]
+path = "/b/"
+proxy_pass = "https://127.0.0.1:8443"
+''')
+    a, b = load("pyresty.toml").servers[0].locations
+    assert (a.proxy_ssl_name, a.proxy_ssl_server_name) == ("api.example.com", False)
+    assert (b.proxy_ssl_name, b.proxy_ssl_server_name) == (None, True)   # SNI on by default
+
+
+@pytest.mark.parametrize("value, shown", [
+    ('"api.example.com:443"', '"api.example.com:443"'), ('"a b"', '"a b"'), ('""', '""'),
+    ("1", "1"), ('"bad..name"', '"bad..name"')])
+def test_proxy_ssl_name_errors_name_the_key(folder: Path, value: str, shown: str) -> None:
+    text = f'''
+[[server]]
+listen = "8080"
+[[server.location]]
+path = "/"
+proxy_pass = "https://127.0.0.1:8443"
+proxy_ssl_name = {value}
+proxy_ssl_server_name = "yes"
+'''
+    assert problems(folder, text) == [
+        f"pyresty.toml: server[0].location[0].proxy_ssl_name: invalid value {shown} "
+        "(expected a host name or IP address, without a port)",
+        'pyresty.toml: server[0].location[0].proxy_ssl_server_name: invalid value "yes" '
+        "(expected true or false)"]
