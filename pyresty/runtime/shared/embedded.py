@@ -65,7 +65,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar
 
 import lmdb
 
@@ -120,8 +120,11 @@ wall_time: Final = time.time
 UNCHANGED, DELETE = contract.UNCHANGED, contract.DELETE
 R = TypeVar("R")
 
-if TYPE_CHECKING:
-    Txn = lmdb.Transaction[bytes]     # values come back as bytes (buffers=False)
+# An LMDB transaction (values come back as bytes: buffers=False). Typed as
+# Any: the compiled build runs mypy where lmdb is not installed yet (a fresh
+# venv builds pyresty before its dependencies), and a method call on lmdb's
+# C type is a generic call either way.
+Txn: TypeAlias = Any
 
 
 def map_size_for(capacity: int, path: str) -> int:
