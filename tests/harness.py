@@ -131,12 +131,17 @@ class Pyresty:
         regex = re.compile(pattern)
 
         def found() -> str | None:
-            if self.proc is not None and self.proc.poll() is not None:
+            # exit status first, the log after it: a line written just before
+            # the process exited is still found (a shutdown's last words)
+            exited = self.proc is not None and self.proc.poll() is not None
+            matches = regex.findall(self.log_text()[since:])
+            if len(matches) >= count:
+                return matches[-1]
+            if exited:
                 out = self.proc.stdout.read().decode() if self.proc.stdout else ""
                 raise AssertionError(f"pyresty exited with {self.proc.returncode} waiting for "
                                      f"{pattern!r}\n{out}\n{self.log_text()}")
-            matches = regex.findall(self.log_text()[since:])
-            return matches[-1] if len(matches) >= count else None
+            return None
 
         return wait_for(found, timeout, f"log line {pattern!r}")
 
