@@ -47,6 +47,19 @@ def _config(body: str, workers: int = 0) -> str:
     '''
 
 
+def _proxied(target: str, *lines: str) -> str:
+    """One server whose location ``/`` proxies to ``target``, plus ``lines``
+    (more settings of that location)."""
+    location = "".join(f"        {line}\n" for line in lines)
+    return _config(f'''
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/"
+        proxy_pass = "{target}"
+{location}    ''')
+
+
 def test_proxy_pass_forwards_request_and_response(make_server, upstream, mode_env):
     up = upstream(lambda req: response(201, b"made " + req.body,
                                        {"X-Up": "1", "Server": "up", "Keep-Alive": "timeout=5"}))
@@ -298,15 +311,8 @@ def test_function_balancer_tries_and_last_failure(make_server, upstream):
 def test_large_response_streams_and_filters_run(make_server, upstream, mode_env):
     big = b"x" * (3 * 1024 * 1024 + 17)
     up = upstream(lambda req: response(200, big))
-    server = make_server(_config(f'''
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "/"
-        proxy_pass = "http://{up.addr}"
-        header_filter = "filters:head"
-        body_filter = "filters:body"
-    '''), {"filters.py": '''
+    server = make_server(_proxied(f"http://{up.addr}", 'header_filter = "filters:head"',
+                                  'body_filter = "filters:body"'), {"filters.py": '''
         def head(r):
             r.headers_out["X-Filtered"] = str(r.status)
         def body(r, chunk):
@@ -326,13 +332,7 @@ def test_upstream_killed_mid_response_truncates_never_hangs(make_server, upstrea
         return pieces()
 
     up = upstream(half)
-    server = make_server(_config(f'''
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "/"
-        proxy_pass = "http://{up.addr}"
-    '''))
+    server = make_server(_proxied(f"http://{up.addr}"))
     began = time.monotonic()
     raw = client.exchange(server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", timeout=10)
     assert time.monotonic() - began < 5
@@ -384,13 +384,7 @@ def test_1gib_response_to_a_slow_reader_keeps_rss_bounded(make_server, upstream)
         return pieces()
 
     up = upstream(huge)
-    server = make_server(_config(f'''
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "/"
-        proxy_pass = "http://{up.addr}"
-    '''))
+    server = make_server(_proxied(f"http://{up.addr}"))
     before = _rss_kb(server.pid)
     sock = socket.create_connection(("127.0.0.1", server.port))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
@@ -547,14 +541,8 @@ def test_unbuffered_request_body_streams_as_it_arrives(make_server, upstream, mo
         await writer.drain()
 
     up = upstream(raw=handle)
-    server = make_server(_config(f'''
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "/"
-        proxy_pass = "http://127.0.0.1:{up.port}"
-        proxy_request_buffering = false
-    '''), env=mode_env)
+    server = make_server(_proxied(f"http://127.0.0.1:{up.port}", "proxy_request_buffering = false"),
+                         env=mode_env)
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"POST /up HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
                      b"5\r\nhello\r\n")
@@ -589,14 +577,7 @@ def test_unbuffered_request_body_with_a_length_goes_as_it_is(make_server, upstre
         await reader.read(65536)
 
     up = upstream(raw=handle)
-    server = make_server(_config(f'''
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "/"
-        proxy_pass = "http://127.0.0.1:{up.port}"
-        proxy_request_buffering = false
-    '''))
+    server = make_server(_proxied(f"http://127.0.0.1:{up.port}", "proxy_request_buffering = false"))
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
         sock.sendall(b"PUT /up HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello")
         assert first_part.wait(5), "the first part did not reach the upstream before the rest"
