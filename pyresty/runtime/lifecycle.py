@@ -95,9 +95,12 @@ class Deadlines:
     Raises ValueError for a table that breaks that chain.
     """
 
-    linger: float = 0.1
+    linger: float = 0.5
     """Step 2: how long an idle keepalive connection may still bring a request
-    (a client that just sent one gets an answer, not a reset); one sweep tick."""
+    (a client that just sent one gets an answer, not a reset). Five sweep
+    ticks: a client between two requests on a loaded machine (a thread that
+    waited 100-200 ms for a CPU) still finds its connection open and gets a
+    ``Connection: close`` answer; nginx closes idle connections at once."""
     cancel_grace: float = 0.2
     """Step 5: how long cancelled timer callbacks and every other deadline step
     may take to end, all together."""
