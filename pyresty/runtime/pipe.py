@@ -77,7 +77,7 @@ from typing import Any, TypeVar
 from pyresty.errors import PipeError
 from pyresty.runtime import lifecycle
 
-__all__ = ["PipeTimeout", "Proc", "close_all", "kill_all", "live_count", "spawn"]
+__all__ = ["PipeTimeout", "Proc", "close_all", "kill_all", "leaders", "live_count", "spawn"]
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds; ngx.pipe's default for each of write/stdout_read/stderr_read/wait."""
@@ -615,6 +615,12 @@ def live_count() -> int:
     """Children of this process not yet reaped, or whose pipes are still open."""
     _prune_orphans()
     return len(_live)
+
+
+def leaders() -> set[int]:
+    """Pids of the children this module started and still owns (``children``
+    leaves them to it)."""
+    return {pid for pid, child in _live.items() if child.owner == os.getpid()}
 
 
 def kill_all(sig: int = signal.SIGKILL) -> int:

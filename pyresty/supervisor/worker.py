@@ -56,7 +56,7 @@ import uvloop
 
 from pyresty import errorlog
 from pyresty.config.model import Config, Listen
-from pyresty.runtime import context, identity, lifecycle, loader
+from pyresty.runtime import children, context, identity, lifecycle, loader
 from pyresty.runtime import timer as timers
 from pyresty.runtime.identity import Role
 from pyresty.runtime.lifecycle import SHUTDOWN
@@ -319,6 +319,7 @@ class WorkerProcess:
             self.loop, max_pending=config.max_pending_timers,
             max_running=config.max_running_timers, has_agent=config.privileged_agent)
         timers.install(self.scheduler)
+        children.register()           # what user code leaves running is killed at exit
         self._step("shared dicts, timers")
         if self.role is not Role.AGENT:
             try:

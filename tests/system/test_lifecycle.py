@@ -232,5 +232,5 @@ def test_reload_walks_the_registry_within_its_bounds(make_server):
     assert time.monotonic() - hup_at < 1.0 + 1.0 + 1.0   # ready + timeout + 1 s
     wait_for(lambda: not os.path.exists(f"/proc/{child}") or
              open(f"/proc/{child}/stat").read().split()[2] == "Z", 3, "the child to be killed")
-    assert re.search(r"gracefully shutting down \(http server, timers, pipes, access logs\)",
+    assert re.search(r"gracefully shutting down \(http server, timers, child processes, pipes, access logs\)",
                      server.log_text())
