@@ -80,6 +80,7 @@ log = logging.getLogger("pyresty.master")
 READY_TIMEOUT = 60.0       # s a new generation may take to boot before the reload is abandoned
 RESPAWN_BACKOFF = 5.0      # s between attempts to respawn a worker that fails at boot
 TICK = 0.1                 # s, the longest the loop sleeps when deadlines are pending
+BOOT_WARN = 5.0            # s a process may boot before the master says it is not ready yet
 
 
 @dataclass
@@ -703,6 +704,7 @@ class Master:
     def _check_deadlines(self) -> None:
         now = time.monotonic()
         self._expire_checks(now)
+        self._warn_slow_boots(now)
         for child in list(self.children.values()):
             if child.stop_deadline is not None and now > child.stop_deadline:
                 log.warning("%s still running %.1f s after it was asked to stop; killing it",
@@ -728,6 +730,23 @@ class Master:
         if self.pending is not None and self.current is not None and \
                 now - self.pending_since > READY_TIMEOUT:
             self._abandon_pending(f"the new workers were not ready within {READY_TIMEOUT:.0f} s")
+
+    def _warn_slow_boots(self, now: float) -> None:
+        """A process still booting ``BOOT_WARN`` after its fork (or promotion) is
+        named once: a hung import or ``init_worker`` otherwise left a server that
+        never served and said nothing (at start, on the terminal too)."""
+        for child in self.children.values():
+            began = child.promoted or child.started
+            if child.state is not State.STARTING or child.boot_warned or now - began < BOOT_WARN:
+                continue
+            child.boot_warned = True
+            message = (f"{child.label} not ready {now - began:.1f} s after it started: its "
+                       f"handler imports or its init_worker hook have not returned; it "
+                       f"serves nothing until they do")
+            if self.current is None and self.stopping is None:
+                terminal.warn(self.config, message)
+            else:
+                log.warning("%s", message)
 
     def _replace_large_workers(self, gen: Generation, now: float) -> None:
         """worker_max_rss: a new worker with the same id first, then the old one stops."""

@@ -56,6 +56,7 @@ class Child:
     reader: LineReader = field(default_factory=LineReader)
     spare: bool = False          # not a worker yet: waits to replace one that dies
     promoted: float | None = None   # when it was promoted (monotonic), until it is serving
+    boot_warned: bool = False    # the master said it is slow to boot (master.BOOT_WARN)
 
     @property
     def label(self) -> str:

@@ -138,6 +138,7 @@ class WorkerProcess:
         self.scheduler: timers.TimerScheduler | None = None
         self.stop_kind: Stop | None = None
         self._stop_event: asyncio.Event | None = None
+        self._booting: asyncio.Future[None] | None = None   # the boot, until it ends
         self._exit_hook: Callable[..., Any] | None = None
         self.state = "starting"
         self.shutdown_started = 0.0
@@ -253,12 +254,23 @@ class WorkerProcess:
 
     async def _main(self) -> int:
         self._stop_event = asyncio.Event()
+        self._booting = asyncio.ensure_future(self._boot())
         try:
-            await self._boot()
+            await self._booting
         except BootError as exc:
             log.critical("%s", exc)
             self._send(BootFailed(str(exc)))
             return WORKER_BOOT_ERROR
+        except asyncio.CancelledError:
+            if not self._booting.cancelled() or self.stop_kind is None:
+                raise
+            # asked to stop while init_worker (or an import) had not returned
+            log.info("stopped while starting (%s shutdown)", self.stop_kind.value)
+            self._exit_hook = None     # its init_worker never finished
+            await self._shutdown_fast()
+            self._close_runtime()
+            return 0
+        self._booting = None
         self.state = "serving"
         _settle_collector()
         if self.config.loop_block_warn > 0:
@@ -379,11 +391,20 @@ class WorkerProcess:
             signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
     def request_stop(self, kind: Stop) -> None:
-        """Record a stop request (signal handler: nothing else happens here)."""
-        if self.stop_kind is None or kind is Stop.FAST:
+        """Record a stop request (signal handler: nothing else happens here but,
+        during the boot, arming its end: at once for a fast stop, at
+        ``worker_shutdown_timeout`` for a graceful one)."""
+        first = self.stop_kind is None
+        if first or kind is Stop.FAST:
             self.stop_kind = kind
         if self._stop_event is not None:
             self._stop_event.set()
+        booting = self._booting
+        if booting is not None and not booting.done():
+            if kind is Stop.FAST:
+                booting.cancel()
+            elif first:
+                self.loop.call_later(self.config.worker_shutdown_timeout, booting.cancel)
 
     def _reopen_logs(self) -> None:
         errorlog.reopen()

@@ -1,0 +1,70 @@
+"""A worker that does not finish booting: an ``init_worker`` (or an import)
+that hangs must not leave the operator looking at a silent server, and a stop
+must not wait for it."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import pytest
+
+from harness import PYRESTY, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+STUCK = '''
+import asyncio, logging, os
+import pyresty
+
+async def init():
+    if os.path.exists("stuck"):
+        logging.getLogger("app").warning("init_worker stuck")
+        await asyncio.sleep(3600)
+'''
+
+CONFIG = '''
+workers = 1
+worker_shutdown_timeout = "1s"
+[hooks]
+init_worker = "app:init"
+[[server]]
+listen = "127.0.0.1:{port}"
+'''
+
+
+def _start_stuck(make_server):
+    server = make_server(CONFIG, {"app.py": STUCK, "stuck": ""}, start=False)
+    server.proc = subprocess.Popen([*PYRESTY, "-c", str(server.config_path)], cwd=server.prefix,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+    server.wait_log(r"init_worker stuck")
+    return server
+
+
+def test_a_worker_stuck_in_init_worker_at_start_is_reported(make_server):
+    server = _start_stuck(make_server)
+    line = server.wait_log(r"\[warn\] .*worker #0 .* not ready .*", timeout=10)
+    assert "init_worker" in line
+    server.stop(signal.SIGQUIT)
+    assert b"not ready" in server.proc.stderr.read()     # at start, on the terminal too
+
+
+def test_term_does_not_wait_for_a_stuck_init_worker(make_server):
+    server = _start_stuck(make_server)
+    asked = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - asked < 2.0
+    assert "killed by signal" not in server.log_text()
+
+
+def test_a_reload_stuck_in_init_worker_is_reported_and_quit_ends_it(make_server):
+    server = make_server(CONFIG, {"app.py": STUCK},
+                         ready=r"\[notice\] .*generation 1 ready")
+    (server.prefix / "stuck").write_text("")
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"\[warn\] .*worker #0 \(pid \d+, generation 2\) not ready", timeout=10)
+    asked = time.monotonic()
+    assert server.stop(signal.SIGQUIT) == 0
+    assert time.monotonic() - asked < 1.0 + 1.0 + 1.0
+    wait_for(lambda: not server.processes(), 2, "every process gone")
