@@ -43,6 +43,7 @@ knows of each child is a ``table.Child``; ``rows()`` is the process table.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -51,6 +52,7 @@ import signal
 import socket
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +135,8 @@ class Master:
         self.control: ControlServer | None = None
         self.status_server: StatusServer | None = None
         self.rss_guard = RssGuard()                 # worker_max_rss (rss_guard.py)
+        self.exits: Counter[tuple[str, str]] = Counter()   # (role, crashed|boot_failed|killed)
+        self.reloads: Counter[str] = Counter()             # started | refused | abandoned
         self._wake_r, self._wake_w = os.pipe()
 
     # main loop
@@ -302,6 +306,7 @@ class Master:
             return self._refuse(f"{exc}; still serving the old configuration")
         self.pending = self._start_generation(config)
         self.pending_since = time.monotonic()
+        self.reloads["started"] += 1
         return None
 
     def _load_config(self) -> Config:
@@ -310,6 +315,7 @@ class Master:
 
     def _refuse(self, reason: str) -> str:
         log.error("reload refused: %s", reason)
+        self.reloads["refused"] += 1
         return reason
 
     def request_reload(self, checked: Config | None = None) -> tuple[str, str]:
@@ -453,6 +459,7 @@ class Master:
         if gen is None:
             return
         self.pending = None
+        self.reloads["abandoned"] += 1
         log.error("reload abandoned: %s; still serving generation %d", reason,
                   self.current.number if self.current else 0)
         now = time.monotonic()
@@ -460,6 +467,7 @@ class Master:
             if child.generation == gen.number:
                 child.state = State.SHUTTING_DOWN
                 child.stop_started, child.stop_deadline = now, now + SHUTDOWN.kill_margin
+                child.killed = True     # counted as the reload abandoned, not as a kill
                 self._kill(child, signal.SIGKILL)
         in_use = set(listeners.listens_of(self.config))
         for listen in [l for l in self.sockets if l not in in_use]:
@@ -543,6 +551,13 @@ class Master:
         child.state = State.SHUTTING_DOWN
         self._kill(child, signal.SIGQUIT)
 
+    def _kill_at_deadline(self, child: Child) -> None:
+        """SIGKILL a child that outlived its stop deadline (counted once)."""
+        if not child.killed:
+            child.killed = True
+            self.exits[(child.role_name, "killed")] += 1
+        self._kill(child, signal.SIGKILL)
+
     def _kill(self, child: Child, sig: int) -> None:
         try:
             os.kill(child.pid, sig)
@@ -581,6 +596,9 @@ class Master:
         took = f" after {time.monotonic() - child.stop_started:.3f} s" if child.stop_started else ""
         log.log(level, "%s %s%s", child.label, how, took)
         if not expected:
+            boot_failed = child.state is State.STARTING and os.WIFEXITED(status) and \
+                os.WEXITSTATUS(status) == WORKER_BOOT_ERROR
+            self.exits[(child.role_name, "boot_failed" if boot_failed else "crashed")] += 1
             self._replace(child, status, how)
         self._reader_check()    # after the replacement: it only tidies the shared dicts
 
@@ -706,11 +724,13 @@ class Master:
         self._expire_checks(now)
         self._warn_slow_boots(now)
         for child in list(self.children.values()):
-            if child.stop_deadline is not None and now > child.stop_deadline:
+            # its stop_deadline stays set: the death that follows was asked for
+            # (a worker the memory guard replaced must not be respawned beside
+            # its replacement)
+            if child.stop_deadline is not None and now > child.stop_deadline and not child.killed:
                 log.warning("%s still running %.1f s after it was asked to stop; killing it",
                             child.label, now - (child.stop_started or now))
-                child.stop_deadline = None
-                self._kill(child, signal.SIGKILL)
+                self._kill_at_deadline(child)
         for key, when in list(self.respawns.items()):
             if now >= when:
                 del self.respawns[key]
@@ -726,7 +746,8 @@ class Master:
             self._replace_large_workers(self.current, now)
         if self.stopping == "fast" and now > self.fast_deadline:
             for child in list(self.children.values()):
-                self._kill(child, signal.SIGKILL)
+                if not child.killed:
+                    self._kill_at_deadline(child)
         if self.pending is not None and self.current is not None and \
                 now - self.pending_since > READY_TIMEOUT:
             self._abandon_pending(f"the new workers were not ready within {READY_TIMEOUT:.0f} s")
@@ -789,7 +810,14 @@ class Master:
         master = Row(role="master", id=None, pid=self.pid, generation=generation, state=state,
                      rss=rss_of(self.pid))
         draining = generation if self.draining else None
+        master = dataclasses.replace(master, exits=self._exit_counts(), reloads=dict(self.reloads))
         return [master, *child_rows(self.children.values(), time.monotonic(), draining)]
+
+    def _exit_counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for (role, reason), n in self.exits.items():
+            counts.setdefault(role, {})[reason] = n
+        return counts
 
     def _cleanup(self) -> None:
         for check in list(self.checks.values()):    # a -s reload still checking: told, not left

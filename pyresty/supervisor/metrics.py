@@ -47,6 +47,7 @@ class _RowsCollector:
         draining = GaugeMetricFamily("pyresty_draining", "1 while the server drains (pyresty drain)")
         draining.add_metric([], 1 if self.draining else 0)
         yield from (requests, conns, pending, running, rss, per_gen, draining)
+        yield from _supervision(rows)
         yield from _shared(workers)
         yield from _limits(workers)
         yield from _peers(rows)
@@ -54,6 +55,30 @@ class _RowsCollector:
         yield from _websockets(workers)
         yield from _counters(workers)
         yield from _tls_and_h2(workers)
+
+
+EXIT_REASONS = ("crashed", "boot_failed", "killed")
+RELOAD_OUTCOMES = ("started", "refused", "abandoned")
+
+
+def _supervision(rows: Sequence[Row]) -> Iterator[Metric]:
+    """What the master lived through: processes that died unasked (``crashed``),
+    could not boot (``boot_failed``) or were SIGKILLed past their stop deadline
+    (``killed``), and reloads by outcome. Every series is present from the start
+    (at 0), so an alert on its increase sees the first one."""
+    master = next((r for r in rows if r.role == "master"), None)
+    if master is None:
+        return
+    exits = CounterMetricFamily("pyresty_worker_exits", "Processes that died unasked, could "
+                                "not boot, or were killed past their shutdown deadline",
+                                labels=["role", "reason"])
+    for role in ("worker", "agent", "spare"):
+        for reason in EXIT_REASONS:
+            exits.add_metric([role, reason], master.exits.get(role, {}).get(reason, 0))
+    reloads = CounterMetricFamily("pyresty_reloads", "Reloads by outcome", labels=["outcome"])
+    for outcome in RELOAD_OUTCOMES:
+        reloads.add_metric([outcome], master.reloads.get(outcome, 0))
+    yield from (exits, reloads)
 
 
 def _shared(workers: Sequence[Row]) -> Iterator[Metric]:

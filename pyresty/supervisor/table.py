@@ -57,6 +57,12 @@ class Child:
     spare: bool = False          # not a worker yet: waits to replace one that dies
     promoted: float | None = None   # when it was promoted (monotonic), until it is serving
     boot_warned: bool = False    # the master said it is slow to boot (master.BOOT_WARN)
+    killed: bool = False         # SIGKILLed past its stop deadline (counted once)
+
+    @property
+    def role_name(self) -> str:
+        """``worker``, ``agent`` or ``spare``, as rows and metrics name it."""
+        return "spare" if self.spare else "agent" if self.role is Role.AGENT else "worker"
 
     @property
     def label(self) -> str:
@@ -102,6 +108,8 @@ class Row:
     tls_failures: Mapping[str, int] = field(default_factory=dict)   # failed handshakes by reason
     h2_streams: int = 0                  # HTTP/2 streams opened
     h2_floods: int = 0                   # HTTP/2 connections closed with ENHANCE_YOUR_CALM
+    exits: Mapping[str, Mapping[str, int]] = field(default_factory=dict)   # master: role -> how -> n
+    reloads: Mapping[str, int] = field(default_factory=dict)   # master: outcome -> n
 
     def to_json(self) -> dict[str, Any]:
         """The row as ``/status`` and the control socket send it (shared dicts: /metrics only)."""
@@ -116,6 +124,10 @@ class Row:
             obj["counters"] = dict(self.counters)
         if self.protocols:
             obj["protocols"] = dict(self.protocols)
+        if self.exits:
+            obj["exits"] = {role: dict(how) for role, how in self.exits.items()}
+        if self.reloads:
+            obj["reloads"] = dict(self.reloads)
         return obj
 
     @classmethod
@@ -156,8 +168,7 @@ def child_rows(children: Iterable[Child], now: float, draining_generation: int |
             state = f"shutting down for {now - child.stop_started:.1f} s"
         elif child.state is State.SERVING and child.generation == draining_generation:
             state = State.DRAINING.value
-        role = "spare" if child.spare else "agent" if child.role is Role.AGENT else "worker"
-        rows.append(serving_row(role,
+        rows.append(serving_row(child.role_name,
                                 child.worker_id, child.pid, child.generation, state, child.stats))
     return rows
 

@@ -257,3 +257,49 @@ def test_quit_during_start_up_stops_gracefully(make_server):
     server.signal(signal.SIGQUIT)
     assert server.proc.wait(10) == 0
     assert "reload abandoned" not in server.log_text()
+
+
+GROW = '''
+import time
+
+KEPT = []
+
+async def grow(r):
+    KEPT.append(b"x" * (120 << 20))   # past worker_max_rss: the guard replaces this worker
+    await r.say("grown")
+    await r.flush()
+    time.sleep(20)                    # and its loop is blocked: it cannot stop by itself
+'''
+
+
+@pytest.mark.timeout(60)
+def test_a_replaced_worker_killed_at_its_deadline_is_not_respawned(make_server):
+    """The memory guard asks a worker of the *current* generation to stop; one
+    stuck past its deadline is SIGKILLed, and that death was asked for: its
+    replacement already serves, so it must not get a second one (two workers #0)."""
+    server = make_server('''
+        workers = 1
+        worker_shutdown_timeout = "0.5s"
+        worker_max_rss = "100m"
+        [status]
+        listen = "127.0.0.1:{port2}"
+        [[server]]
+        listen = "127.0.0.1:{port}"
+        [[server.location]]
+        path = "= /grow"
+        content = "app:grow"
+    ''', {"app.py": GROW}, ready=READY)
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    conn.sendall(b"GET /grow HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"grown" in conn.recv(4096)
+    server.wait_log(r"above worker_max_rss", timeout=10)
+    server.wait_log(r"still running .* killing it", timeout=10)
+    server.wait_log(r"worker #0 .* killed by signal 9", timeout=5)
+    # the master answers /status after it handled the death: any respawn is in the table
+    import json
+    rows = json.loads(http_get(server.ports[1], "/status")[2])["processes"]
+    workers = [r for r in rows if r["role"] == "worker"]
+    assert len(workers) == 1, workers
+    assert "killed by signal 9" not in "".join(
+        line for line in server.log_text().splitlines() if "[error]" in line)
+    conn.close()
