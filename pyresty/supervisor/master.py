@@ -621,9 +621,11 @@ class Master:
         if self.rss_guard.exited(child):
             return
         if self.current is not None and child.generation == self.current.number:
-            if boot_error and child.state is State.STARTING:
+            if child.state is State.STARTING:
                 # A respawn that cannot boot (its code changed on disk since the
-                # reload): keep the rest serving and try again later.
+                # reload, or it crashes in init_worker: a segfault is no boot-error
+                # exit code but a failed boot all the same): keep the rest serving
+                # and try again later, never in a loop.
                 log.error("%s failed to start; trying again in %.0f s", child.label, RESPAWN_BACKOFF)
                 self.respawns[(child.generation, child.role, child.worker_id)] = \
                     time.monotonic() + RESPAWN_BACKOFF

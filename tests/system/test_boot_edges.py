@@ -3,6 +3,7 @@ that hangs must not leave the operator looking at a silent server, and a stop
 must not wait for it."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -68,3 +69,30 @@ def test_a_reload_stuck_in_init_worker_is_reported_and_quit_ends_it(make_server)
     assert server.stop(signal.SIGQUIT) == 0
     assert time.monotonic() - asked < 1.0 + 1.0 + 1.0
     wait_for(lambda: not server.processes(), 2, "every process gone")
+
+
+CRASH = '''
+import os, signal
+
+def init():
+    if os.path.exists("crash"):
+        os.kill(os.getpid(), signal.SIGSEGV)   # a C extension that crashes at init
+'''
+
+
+def test_a_respawn_that_crashes_while_booting_is_not_retried_in_a_loop(make_server):
+    """A respawned worker that dies before it is ready (a segfault, not the
+    boot-error exit code) is a failed boot: tried again after the back-off, not
+    forked again at once, forever (it was ~75 forks a second)."""
+    server = make_server(CONFIG.replace("app:init", "app:init"), {"app.py": CRASH},
+                         ready=r"\[notice\] .*generation 1 ready")
+    (server.prefix / "crash").write_text("")
+    victim = next(pid for pid in server.processes() if pid != server.pid)
+    os.kill(victim, signal.SIGKILL)
+    server.wait_log(r"failed to start; trying again in 5 s", timeout=10)
+    # the master's own line comes after it forked (and logged) every attempt
+    started = server.log_text().count("started worker #0")
+    assert started == 2, server.log_text()
+    (server.prefix / "crash").unlink()
+    server.wait_log(r"started worker #0", count=3, timeout=10)    # after the back-off
+    server.wait_log(r"serving \(generation 1\)", count=2, timeout=10)
