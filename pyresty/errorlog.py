@@ -62,12 +62,19 @@ class NginxFormatter(logging.Formatter):
 class _ReopenableFileHandler(logging.FileHandler):
     """A file handler that USR1 can point at a fresh file (log rotation)."""
 
-    def reopen(self) -> None:
+    def reopen(self) -> OSError | None:
+        """Point at a fresh file; when it cannot be opened (its folder moved
+        or removed, no permission), keep the one open and return why."""
         self.acquire()
         try:
-            if self.stream:
-                self.stream.close()
-            self.stream = self._open()
+            try:
+                stream = self._open()
+            except OSError as exc:
+                return exc
+            old, self.stream = self.stream, stream
+            if old:
+                old.close()
+            return None
         finally:
             self.release()
 
@@ -100,9 +107,14 @@ def set_worker_tag(tag: object) -> None:
 
 
 def reopen() -> None:
-    """Reopen the log file (USR1)."""
+    """Reopen the log file (USR1). Never raises: a file that cannot be opened
+    is an ``[alert]`` in the file still in use, which stays in use (nginx
+    does the same); a reopen used to stop the master, and with it the server."""
     if isinstance(_handler, _ReopenableFileHandler):
-        _handler.reopen()
+        exc = _handler.reopen()
+        if exc is not None:
+            log.log(ALERT, 'could not reopen the error log "%s" (%s); still writing to '
+                    "the file already open", _handler.baseFilename, exc.strerror or exc)
 
 
 class PrintToLog(io.TextIOBase):

@@ -1,0 +1,52 @@
+"""USR1 (``pyresty -s reopen``) when the log file cannot be opened again: its
+folder was moved or removed. nginx logs an alert and keeps writing to the
+file it has; a reopen must never stop a process, let alone the server."""
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from harness import http_get, wait_for
+
+pytestmark = pytest.mark.timeout(60)
+
+READY = r"\[notice\] .*generation (\d+) ready"
+
+APP = '''
+import logging
+
+async def hello(r):
+    logging.getLogger("app").warning("hello served")
+    await r.say("hello")
+'''
+
+
+@pytest.mark.parametrize("workers", [1, 0])
+def test_a_reopen_that_cannot_open_the_log_keeps_the_server_serving(make_server, workers):
+    server = make_server(f'''
+        workers = {workers}
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "= /hello"
+        content = "app:hello"
+    ''', {"app.py": APP}, ready=READY if workers else r"ready: single process")
+    logs, moved = server.prefix / "logs", server.prefix / "logs.rotated"
+    logs.rename(moved)                       # the folder is gone: open() fails
+    server.signal(signal.SIGUSR1)
+    old = moved / "error.log"
+    wait_for(lambda: "could not reopen" in old.read_text(), 5, "the alert in the old file")
+    assert server.proc.poll() is None
+    assert http_get(server.port, "/hello")[0] == 200
+    wait_for(lambda: old.read_text().count("hello served") == 1, 5,
+             "the worker to log on in the file it had")
+    # the folder is back: the next reopen takes the new file
+    logs.mkdir()
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: (logs / "error.log").exists(), 5, "the new error log")
+    assert http_get(server.port, "/hello")[0] == 200
+    wait_for(lambda: "hello served" in (logs / "error.log").read_text(), 5,
+             "the worker to log in the new file")
+    alerts = [line for line in old.read_text().splitlines() if "[alert]" in line]
+    assert alerts and all("could not reopen the error log" in line for line in alerts), alerts
