@@ -187,7 +187,12 @@ class Master:
         # docs' advice for servers that fork). Done once: a freeze before each
         # fork would keep every later cycle of the master forever.
         gc.freeze()
-        self.pending = self._start_generation(config)
+        try:
+            self.pending = self._start_generation(config)
+        except OSError as exc:
+            terminal.fatal(config, f"cannot start the workers: {exc.strerror or exc}")
+            self.exit_code = EXIT_FAILURE
+            self.handle_term()
         self.pending_since = time.monotonic()
         try:
             while not self._finished():
@@ -277,10 +282,14 @@ class Master:
         self.generations += 1
         sockets = [(listen, self.sockets[listen]) for listen in listeners.listens_of(config)]
         gen = Generation(self.generations, config, sockets)
-        for worker_id in range(config.workers):
-            self.spawn_worker(gen, Role.WORKER, worker_id)
-        if config.privileged_agent:
-            self.spawn_worker(gen, Role.AGENT, None)
+        try:
+            for worker_id in range(config.workers):
+                self.spawn_worker(gen, Role.WORKER, worker_id)
+            if config.privileged_agent:
+                self.spawn_worker(gen, Role.AGENT, None)
+        except OSError:
+            self._kill_generation(gen.number)    # no half generation is left behind
+            raise
         return gen
 
     def reload(self, checked: Config | None = None) -> str | None:
@@ -304,7 +313,12 @@ class Master:
             self.sockets.update(listeners.bind_all(listeners.listens_of(config), keep=self.sockets))
         except OSError as exc:
             return self._refuse(f"{exc}; still serving the old configuration")
-        self.pending = self._start_generation(config)
+        try:
+            self.pending = self._start_generation(config)
+        except OSError as exc:     # out of descriptors or memory: fork, socketpair
+            self._close_unused_listeners()
+            return self._refuse(f"cannot start the new generation: {exc.strerror or exc}; "
+                                f"still serving the old configuration")
         self.pending_since = time.monotonic()
         self.reloads["started"] += 1
         return None
@@ -462,21 +476,42 @@ class Master:
         self.reloads["abandoned"] += 1
         log.error("reload abandoned: %s; still serving generation %d", reason,
                   self.current.number if self.current else 0)
-        now = time.monotonic()
-        for child in list(self.children.values()):
-            if child.generation == gen.number:
-                child.state = State.SHUTTING_DOWN
-                child.stop_started, child.stop_deadline = now, now + SHUTDOWN.kill_margin
-                child.killed = True     # counted as the reload abandoned, not as a kill
-                self._kill(child, signal.SIGKILL)
-        in_use = set(listeners.listens_of(self.config))
-        for listen in [l for l in self.sockets if l not in in_use]:
-            self.sockets.pop(listen).close()
+        self._kill_generation(gen.number)
+        self._close_unused_listeners()
         if self.reload_queued and self.stopping is None:
             self.reload_queued = False   # a HUP that came during the failed reload
             self.reload()
 
+    def _kill_generation(self, number: int) -> None:
+        """SIGKILL a generation that never served (an abandoned or failed start)."""
+        now = time.monotonic()
+        for child in list(self.children.values()):
+            if child.generation == number:
+                child.state = State.SHUTTING_DOWN
+                child.stop_started, child.stop_deadline = now, now + SHUTDOWN.kill_margin
+                child.killed = True     # counted as the reload abandoned, not as a kill
+                self._kill(child, signal.SIGKILL)
+
+    def _close_unused_listeners(self) -> None:
+        """Close the listeners a refused or abandoned reload bound (the serving
+        generation's are kept)."""
+        in_use = set(listeners.listens_of(self.config))
+        for listen in [l for l in self.sockets if l not in in_use]:
+            self.sockets.pop(listen).close()
+
     # children
+    def respawn(self, gen: Generation, role: Role, worker_id: int | None) -> None:
+        """Start a worker in place of one that died; when the master cannot
+        (out of descriptors or memory), say so and try again after
+        ``RESPAWN_BACKOFF`` instead of stopping the server."""
+        try:
+            self.spawn_worker(gen, role, worker_id)
+        except OSError as exc:
+            name = "the privileged agent" if role is Role.AGENT else f"worker #{worker_id}"
+            log.error("cannot start %s: %s; trying again in %.0f s", name,
+                      exc.strerror or exc, RESPAWN_BACKOFF)
+            self.respawns[(gen.number, role, worker_id)] = time.monotonic() + RESPAWN_BACKOFF
+
     def spawn_worker(self, gen: Generation, role: Role, worker_id: int | None,
                      spare: bool = False) -> Child:
         parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -631,7 +666,7 @@ class Master:
                     time.monotonic() + RESPAWN_BACKOFF
                 return
             if not self._promote_spare(child):
-                self.spawn_worker(self.current, child.role, child.worker_id)
+                self.respawn(self.current, child.role, child.worker_id)
 
     # the spare (worker_spare)
     def ensure_spare(self) -> None:
@@ -644,7 +679,12 @@ class Master:
         mine = [c for c in self.children.values() if c.generation == gen.number]
         if any(c.spare or c.state is State.STARTING for c in mine):
             return
-        self.spawn_worker(gen, Role.WORKER, None, spare=True)
+        try:
+            self.spawn_worker(gen, Role.WORKER, None, spare=True)
+        except OSError as exc:
+            log.error("cannot start a spare: %s; trying again in %.0f s", exc.strerror or exc,
+                      RESPAWN_BACKOFF)
+            self.spare_retry_at = time.monotonic() + RESPAWN_BACKOFF
 
     def _promote_spare(self, dead: Child) -> bool:
         """Make the current generation's waiting spare worker ``dead.worker_id``."""
@@ -739,7 +779,7 @@ class Master:
                 generation, role, worker_id = key
                 current = self.current
                 if current is not None and current.number == generation and self.stopping is None:
-                    self.spawn_worker(current, role, worker_id)
+                    self.respawn(current, role, worker_id)
         if self.spare_retry_at is not None and now >= self.spare_retry_at:
             self.spare_retry_at = None
             self.ensure_spare()
@@ -777,7 +817,11 @@ class Master:
         for child, rss in self.rss_guard.over_limit(self.children.values(), gen.number, limit, now):
             log.warning("%s: RSS %.1f MiB is above worker_max_rss (%.1f MiB); replacing it",
                         child.label, rss / 1048576, limit / 1048576)
-            self.rss_guard.replace(self.spawn_worker(gen, child.role, child.worker_id), child)
+            try:
+                self.rss_guard.replace(self.spawn_worker(gen, child.role, child.worker_id), child)
+            except OSError as exc:
+                log.error("cannot start a replacement for %s: %s", child.label,
+                          exc.strerror or exc)
 
     # control (control.Supervised)
     def _tell(self, child: Child, message: Message) -> None:
