@@ -17,6 +17,13 @@ Rules
    waits costs no extra trip through the event loop. On 3.11 it starts on
    the loop's next iteration (``bench/`` measures what that costs).
 
+4. User code cannot end its process by raising: ``SystemExit`` (``sys.exit``,
+   argparse and click on bad input) or ``KeyboardInterrupt`` raised in a timer
+   callback or a hook becomes a ``ProcessExitRefused`` (a ``RuntimeError``,
+   chained to it), a failure logged like any other. Escaping a Task, either
+   would stop the event loop, and the worker with every request it served.
+   A process ends through ``pyresty.process.signal_master`` or its signals.
+
 Header and body filters are plain functions called on the write path; they
 run inside the task of the request that writes, so they see its context too.
 """
@@ -59,14 +66,27 @@ def spawn(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T],
     return loop.create_task(coro, name=name, context=fresh())
 
 
+class ProcessExitRefused(RuntimeError):
+    """User code raised ``SystemExit`` or ``KeyboardInterrupt`` where it cannot
+    end the process (rule 4); ``__cause__`` is what it raised."""
+
+
 async def call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call user code ``fn(*args)`` (sync or async) in a Task and Context of its
-    own and return its result; exceptions propagate to the caller."""
-    return await spawn(asyncio.get_running_loop(), _invoke(fn, args))
+    own and return its result; exceptions propagate to the caller
+    (``SystemExit`` and ``KeyboardInterrupt`` as ``ProcessExitRefused``)."""
+    return await spawn(asyncio.get_running_loop(), invoke(fn, *args))
 
 
-async def _invoke(fn: Callable[..., Any], args: tuple[Any, ...]) -> Any:
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        result = await result
+async def invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)``, awaited if it returns an awaitable (rule 4 applied)."""
+    try:
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            result = await result
+    except (SystemExit, KeyboardInterrupt) as exc:
+        raised = f"{exc.__class__.__name__}({', '.join(map(repr, exc.args))})"
+        raise ProcessExitRefused(
+            f"{raised} raised by user code: it cannot end a pyresty process "
+            f"(pyresty.process.signal_master can)") from exc
     return result

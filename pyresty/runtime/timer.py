@@ -79,7 +79,6 @@ import enum
 import fcntl
 import hashlib
 import heapq
-import inspect
 import itertools
 import logging
 import math
@@ -639,9 +638,7 @@ class TimerScheduler:
 
 async def _invoke(timer: Timer, premature: bool) -> None:
     timer.runs += 1
-    result = timer.callback(premature, *timer.args)
-    if result is not None and inspect.isawaitable(result):
-        await result
+    await context.invoke(timer.callback, premature, *timer.args)   # no SystemExit escapes
 
 
 async def _lease_op(timer: Timer, op: Awaitable[Any]) -> bool:
