@@ -111,6 +111,9 @@ def _load(args: argparse.Namespace) -> Config:
 def test_config(config: Config, args: argparse.Namespace) -> int:
     """``-t``: the config parsed (already) and every handler imported in a child."""
     problems = check_handlers(config, args)
+    log_problem = errorlog_problem(config)
+    if log_problem is not None:
+        problems.insert(0, log_problem)
     for problem in problems:
         print(problem, file=sys.stderr)
     if problems:
@@ -118,6 +121,13 @@ def test_config(config: Config, args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"pyresty: configuration file {config.path} test is successful")
     return EXIT_OK
+
+
+def errorlog_problem(config: Config) -> str | None:
+    """``error_log`` as the master would open it: None, or the problem with the file's name."""
+    from pyresty import errorlog
+    problem = errorlog.open_problem(config.error_log)
+    return None if problem is None else f"{config.path}: {problem}"
 
 
 def check_handlers(config: Config, args: argparse.Namespace | None = None) -> list[str]:
@@ -178,6 +188,10 @@ def start(config: Config, args: argparse.Namespace) -> int:
     from pyresty import errorlog   # here: -s, -t and status never configure logging
     from pyresty.supervisor.master import Master
     from pyresty.supervisor.single import run_single
+    problem = errorlog_problem(config)
+    if problem is not None:
+        print(problem, file=sys.stderr)
+        return EXIT_FAILURE
     errorlog.configure(config.error_log, config.error_log_level)
     http = http_layer()   # last: it records what is loaded, so no worker finds it again
     if config.workers == 0:

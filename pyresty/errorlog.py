@@ -86,16 +86,18 @@ _handler: logging.Handler | None = None
 def configure(path: str | None, level: str = "info") -> None:
     """Send the log to ``path`` (stderr when None or "stderr") at ``level``."""
     global _handler
-    if _handler is not None:
-        logging.getLogger().removeHandler(_handler)
-        _handler.close()
+    new: logging.Handler
     if path in (None, "stderr"):
-        _handler = logging.StreamHandler(sys.stderr)
-    else:
+        new = logging.StreamHandler(sys.stderr)
+    else:   # opened before the old one goes: an OSError leaves the log as it was
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-        _handler = _ReopenableFileHandler(path, encoding="utf-8", delay=False)
-    _handler.setFormatter(_formatter)
+        new = _ReopenableFileHandler(path, encoding="utf-8", delay=False)
+    new.setFormatter(_formatter)
     root = logging.getLogger()
+    if _handler is not None:
+        root.removeHandler(_handler)
+        _handler.close()
+    _handler = new
     root.addHandler(_handler)
     root.setLevel(LEVELS[level])
     logging.captureWarnings(True)
@@ -104,6 +106,23 @@ def configure(path: str | None, level: str = "info") -> None:
 def set_worker_tag(tag: object) -> None:
     """Show ``tag`` (the worker id) after the pid on every line."""
     NginxFormatter.worker_tag = "-" if tag is None else str(tag)
+
+
+def open_problem(path: str) -> str | None:
+    """Why the error log ``path`` cannot be opened for appending, or None (its
+    folders are created, as ``configure`` would). Checked by ``-t``, at start
+    and before a reload, so a path the master cannot open is refused while the
+    old log is still in use (it used to stop the master once the new
+    generation was ready)."""
+    if path == "stderr":
+        return None
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        return f'error_log: cannot open "{path}" ({exc.strerror or exc})'
+    return None
 
 
 def reopen() -> None:

@@ -307,6 +307,10 @@ class Master:
             return self._refuse("the configuration is invalid; still serving the old one")
         if config.workers == 0:
             return self._refuse("workers = 0 (single process) needs a restart")
+        problem = errorlog.open_problem(config.error_log)
+        if problem is not None:
+            log.error("%s: %s", config.path, problem)
+            return self._refuse(f"{config.path}: {problem}; still serving the old configuration")
         try:
             # keep the sockets only the current generation uses: _promote closes
             # them once it stops, _abandon_pending keeps them (they still serve)
@@ -446,7 +450,11 @@ class Master:
         self.current, self.pending = gen, None
         self.config = gen.config
         if old is not None:
-            errorlog.configure(gen.config.error_log, gen.config.error_log_level)
+            try:
+                errorlog.configure(gen.config.error_log, gen.config.error_log_level)
+            except OSError as exc:    # checked before the reload: gone since
+                log.log(errorlog.ALERT, 'cannot open the error log "%s" (%s); logging on '
+                        "to the one in use", gen.config.error_log, exc.strerror or exc)
         log.log(errorlog.NOTICE, "generation %d ready: %d workers%s", gen.number,
                 gen.config.workers, " and the privileged agent" if gen.config.privileged_agent else "")
         if old is None:

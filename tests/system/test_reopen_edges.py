@@ -50,3 +50,36 @@ def test_a_reopen_that_cannot_open_the_log_keeps_the_server_serving(make_server,
              "the worker to log in the new file")
     alerts = [line for line in old.read_text().splitlines() if "[alert]" in line]
     assert alerts and all("could not reopen the error log" in line for line in alerts), alerts
+
+
+def test_an_error_log_that_cannot_be_opened_is_refused_at_start_t_and_reload(make_server):
+    """A reload to an ``error_log`` the master cannot open passed every check,
+    then raised when the new generation became current: the master exited and
+    both generations with it. Now ``-t``, the start and the reload refuse it."""
+    config = '''
+        workers = 1
+        {error_log}
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "= /hello"
+        content = "app:hello"
+    '''
+    server = make_server(config.format(error_log=""), {"app.py": APP}, ready=READY)
+    bad = 'error_log = "/proc/no-such-dir/error.log"'
+    server.write_config(config.format(error_log=bad))
+    problem = 'error_log: cannot open "/proc/no-such-dir/error.log"'
+    checked = server.cli("-t")
+    assert checked.returncode == 1 and problem in checked.stderr, checked.stderr
+    reloaded = server.cli("-s", "reload")
+    assert reloaded.returncode == 1 and problem in reloaded.stderr, reloaded.stderr
+    server.signal(signal.SIGHUP)
+    server.wait_log(r"reload refused", count=2)
+    assert server.proc.poll() is None
+    assert http_get(server.port, "/hello")[0] == 200
+    import subprocess
+    from harness import PYRESTY
+    started = subprocess.run([*PYRESTY, "-c", str(server.config_path)], cwd=server.prefix,
+                             capture_output=True, text=True, timeout=20)
+    assert started.returncode == 1 and problem in started.stderr, started.stderr
+    assert "Traceback" not in started.stderr
