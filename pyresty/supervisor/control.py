@@ -196,6 +196,10 @@ class ControlServer(_Listener):
         _settimeout(conn, deadline)
         conn.sendall(reply)
 
+    def close(self) -> None:
+        super().close()
+        remove_control_socket(self.path)
+
 
 def _answer(conn: socket.socket, reply: dict[str, Any]) -> None:
     """Send a deferred reply and close; a client that left is no error."""
@@ -205,10 +209,6 @@ def _answer(conn: socket.socket, reply: dict[str, Any]) -> None:
             conn.sendall(json.dumps(reply).encode() + b"\n")
         except OSError:
             pass
-
-    def close(self) -> None:
-        super().close()
-        remove_control_socket(self.path)
 
 
 class StatusServer(_Listener):

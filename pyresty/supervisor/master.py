@@ -134,6 +134,7 @@ class Master:
         self.exit_code = EXIT_OK
         self.control: ControlServer | None = None
         self.status_server: StatusServer | None = None
+        self.pid_path = config.pid                  # where the pid file is (a reload may move it)
         self.rss_guard = RssGuard()                 # worker_max_rss (rss_guard.py)
         self.exits: Counter[tuple[str, str]] = Counter()   # (role, crashed|boot_failed|killed)
         self.reloads: Counter[str] = Counter()             # started | refused | abandoned
@@ -450,6 +451,7 @@ class Master:
         self.current, self.pending = gen, None
         self.config = gen.config
         if old is not None:
+            self._move_control(old.config, gen.config)
             try:
                 errorlog.configure(gen.config.error_log, gen.config.error_log_level)
             except OSError as exc:    # checked before the reload: gone since
@@ -475,6 +477,46 @@ class Master:
             self.reload_queued = False
             self.reload()
         self.ensure_spare()
+
+    def _move_control(self, old: Config, new: Config) -> None:
+        """A reload that changed ``pid`` or ``[status] listen``: the pid file and
+        the control socket beside it move (nginx writes the new pid file and
+        removes the old), the status listener rebinds. What cannot be opened
+        is an [alert], and the old one stays in use."""
+        if new.pid != self.pid_path:
+            try:
+                os.makedirs(os.path.dirname(new.control_socket) or ".", exist_ok=True)
+                control = ControlServer(self, self.selector, new.control_socket)
+            except OSError as exc:
+                log.log(errorlog.ALERT, "cannot open the control socket %s (%s); the pid "
+                        "file stays %s", new.control_socket, exc.strerror or exc, self.pid_path)
+            else:
+                try:
+                    write_pid(new.pid)
+                except OSError as exc:
+                    control.close()
+                    log.log(errorlog.ALERT, "cannot write the pid file %s (%s); it stays %s",
+                            new.pid, exc.strerror or exc, self.pid_path)
+                else:
+                    if self.control is not None:
+                        self.control.close()
+                    self.control = control
+                    remove_pid(self.pid_path)
+                    log.log(errorlog.NOTICE, "pid file moved to %s", new.pid)
+                    self.pid_path = new.pid
+        if new.status.listen != old.status.listen:
+            status: StatusServer | None = None
+            if new.status.listen is not None:
+                try:
+                    status = StatusServer(self, self.selector, new.status.listen)
+                except OSError as exc:
+                    log.log(errorlog.ALERT, "cannot listen for [status] on %s (%s); keeping %s",
+                            new.status.listen, exc.strerror or exc, old.status.listen)
+                    return
+            if self.status_server is not None:
+                self.status_server.close()
+            self.status_server = status
+            log.info("status listener: %s", new.status.listen or "off")
 
     def _abandon_pending(self, reason: str) -> None:
         gen = self.pending
@@ -886,7 +928,7 @@ class Master:
             self.status_server.close()
         for sock in self.sockets.values():
             sock.close()
-        remove_pid(self.config.pid)
+        remove_pid(self.pid_path)
         if self.config.shared and not self.children:
             # every child is gone (the loop ends when none is left): no store is open
             from pyresty.runtime import shared
