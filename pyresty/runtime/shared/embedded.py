@@ -65,7 +65,7 @@ import os
 import struct
 import time
 from collections.abc import Callable
-from typing import Any, Final, TypeAlias, TypeVar
+from typing import Any, Final, TypeAlias, TypeVar, cast
 
 import lmdb
 
@@ -725,7 +725,7 @@ class EmbeddedDict:
         if v is not None:
             self._add_used(txn, -self._remove(txn, sk, v))
 
-    async def incr(self, key: object, delta: Number = 1, init: Number | None = None,
+    async def incr(self, key: object, delta: object = 1, init: object = None,
                    init_ttl: float | None = None) -> Number | None:
         """Add ``delta`` atomically across processes and return the new number.
 
@@ -734,14 +734,18 @@ class EmbeddedDict:
         entry keeps its TTL. Raises TypeError if the entry is not a number or
         ``delta``/``init`` are not int/float, ValueError for ``init_ttl`` without ``init``.
         """
+        # typed ``object`` so that the contract's TypeError names the argument
+        # (a compiled ``Number`` parameter raised mypyc's own, which does not)
         if type(delta) is not int and type(delta) is not float:
             contract.check_number("delta", delta)
         contract.check_incr_init(init, init_ttl)
+        number = cast(Number, delta)
+        start = cast("Number | None", init)
         init_exp = contract.ttl_ns(init_ttl) if init_ttl is not None else 0
         k = key.encode() if type(key) is str else key
         if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:
-            return self._write(self._incr, k, k, delta, init, init_exp)
-        return self._write(self._incr, *self._keys(key), delta, init, init_exp)
+            return self._write(self._incr, k, k, number, start, init_exp)
+        return self._write(self._incr, *self._keys(key), number, start, init_exp)
 
     def _incr(self, txn: Txn, sk: bytes, full: bytes, delta: Number,
               init: Number | None, init_exp: int) -> Number | None:
