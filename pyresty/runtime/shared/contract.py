@@ -159,6 +159,13 @@ def ttl_ns(ttl: object) -> int:
     return max(1, int(ttl * 1e9))
 
 
+def count(max_count: object) -> int:
+    """``keys``/``flush_expired``'s ``max_count``: an int (0 or less = all). Raises TypeError."""
+    if type(max_count) is not int:
+        raise TypeError(f"max_count must be an int, not {type(max_count).__name__}")
+    return max_count
+
+
 def check_number(what: str, value: object) -> None:
     """Raise TypeError unless ``value`` is an int or float (bool is not a number here)."""
     if type(value) not in (int, float):

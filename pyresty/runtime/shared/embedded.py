@@ -604,9 +604,9 @@ class EmbeddedDict:
             return 0.0
         return (exp - now) / 1e9 if exp > now else None
 
-    async def keys(self, max_count: int = 1024) -> list[Key]:
+    async def keys(self, max_count: object = 1024) -> list[Key]:
         """Live keys, most recently used first; at most ``max_count`` (0 = all)."""
-        return self._read(self._keys_list, max_count)
+        return self._read(self._keys_list, contract.count(max_count))
 
     def _keys_list(self, txn: Txn, max_count: int) -> list[Key]:
         now = monotonic_ns()
@@ -655,30 +655,30 @@ class EmbeddedDict:
 
     # -- scalar writes ------------------------------------------------------
 
-    async def set(self, key: object, value: object, ttl: float | None = None) -> None:
+    async def set(self, key: object, value: object, ttl: object = None) -> None:
         """Store ``value`` (evicting LRU entries when full); ``None`` deletes.
 
         Raises SharedDictFull if the entry alone is larger than the dict.
         """
         self._store(key, value, ttl, SET, True)
 
-    async def safe_set(self, key: object, value: object, ttl: float | None = None) -> None:
+    async def safe_set(self, key: object, value: object, ttl: object = None) -> None:
         """Like ``set`` but never evicts a live entry: SharedDictFull instead."""
         self._store(key, value, ttl, SET, False)
 
-    async def add(self, key: object, value: object, ttl: float | None = None) -> bool:
+    async def add(self, key: object, value: object, ttl: object = None) -> bool:
         """Store only if no live entry exists; False otherwise. Evicts when full."""
         return self._store(key, value, ttl, ADD, True)
 
-    async def safe_add(self, key: object, value: object, ttl: float | None = None) -> bool:
+    async def safe_add(self, key: object, value: object, ttl: object = None) -> bool:
         """``add`` that never evicts a live entry: SharedDictFull instead."""
         return self._store(key, value, ttl, ADD, False)
 
-    async def replace(self, key: object, value: object, ttl: float | None = None) -> bool:
+    async def replace(self, key: object, value: object, ttl: object = None) -> bool:
         """Store only over a live entry; False if none. Evicts when full."""
         return self._store(key, value, ttl, REPLACE, True)
 
-    def _store(self, key: object, value: object, ttl: float | None,
+    def _store(self, key: object, value: object, ttl: object,
                mode: int, forcible: bool) -> bool:
         k = key.encode() if type(key) is str else key
         if type(k) is bytes and 0 < len(k) <= SHORT_KEY_MAX:
@@ -726,7 +726,7 @@ class EmbeddedDict:
             self._add_used(txn, -self._remove(txn, sk, v))
 
     async def incr(self, key: object, delta: object = 1, init: object = None,
-                   init_ttl: float | None = None) -> Number | None:
+                   init_ttl: object = None) -> Number | None:
         """Add ``delta`` atomically across processes and return the new number.
 
         An absent (or expired) key gives None unless ``init`` is given, in which
@@ -734,8 +734,9 @@ class EmbeddedDict:
         entry keeps its TTL. Raises TypeError if the entry is not a number or
         ``delta``/``init`` are not int/float, ValueError for ``init_ttl`` without ``init``.
         """
-        # typed ``object`` so that the contract's TypeError names the argument
-        # (a compiled ``Number`` parameter raised mypyc's own, which does not)
+        # the public parameters are typed ``object`` so that the contract's
+        # TypeError names the argument (a compiled ``Number`` or ``float``
+        # parameter raised mypyc's own check, which does not)
         if type(delta) is not int and type(delta) is not float:
             contract.check_number("delta", delta)
         contract.check_incr_init(init, init_ttl)
@@ -919,7 +920,7 @@ class EmbeddedDict:
         self._put(txn, sk, full, t, payload, exp, old if old is not None else txn.get(sk),
                   True, now)
 
-    async def expire(self, key: object, ttl: float | None) -> bool:
+    async def expire(self, key: object, ttl: object) -> bool:
         """Give a live entry a new TTL (None or 0: never expires); False if absent."""
         exp = contract.ttl_ns(ttl)
         return self._write(self._expire, *self._keys(key), exp)
@@ -950,10 +951,10 @@ class EmbeddedDict:
             txn.drop(db, delete=False)
         self._put_meta(txn, USED, 0)
 
-    async def flush_expired(self, max_count: int = 0) -> int:
+    async def flush_expired(self, max_count: object = 0) -> int:
         """Remove expired entries, soonest expiry first, at most ``max_count``
         (0 = all); returns how many were removed."""
-        return self._write(self._flush_expired, max_count)
+        return self._write(self._flush_expired, contract.count(max_count))
 
     def _flush_expired(self, txn: Txn, max_count: int) -> int:
         now = monotonic_ns()

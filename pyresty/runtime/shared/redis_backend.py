@@ -273,6 +273,7 @@ class RedisDict:
 
     async def keys(self, max_count: int = 1024) -> list[Key]:
         """Live keys (in SCAN order), at most ``max_count`` (0 = all)."""
+        max_count = contract.count(max_count)
         out: list[Key] = []
         start = len(self._value_prefix)
         async for name in self._scan(self._value_prefix):
@@ -435,7 +436,7 @@ class RedisDict:
     async def flush_expired(self, max_count: int = 0) -> int:
         """Remove stale copies whose value has expired, at most ``max_count``
         (0 = all); returns how many were removed."""
-        return await self._unlink_all(self._orphans(max_count))
+        return await self._unlink_all(self._orphans(contract.count(max_count)))
 
     async def _orphans(self, max_count: int) -> Any:
         start = len(self._stale_prefix)
