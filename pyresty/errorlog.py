@@ -81,11 +81,12 @@ class _ReopenableFileHandler(logging.FileHandler):
 
 _formatter = NginxFormatter()
 _handler: logging.Handler | None = None
+_configured: tuple[str | None, str] | None = None    # (path, level) of _handler
 
 
 def configure(path: str | None, level: str = "info") -> None:
     """Send the log to ``path`` (stderr when None or "stderr") at ``level``."""
-    global _handler
+    global _handler, _configured
     new: logging.Handler
     if path in (None, "stderr"):
         new = logging.StreamHandler(sys.stderr)
@@ -98,9 +99,20 @@ def configure(path: str | None, level: str = "info") -> None:
         root.removeHandler(_handler)
         _handler.close()
     _handler = new
+    _configured = (path, level)
     root.addHandler(_handler)
     root.setLevel(LEVELS[level])
     logging.captureWarnings(True)
+
+
+def ensure(path: str | None, level: str = "info") -> None:
+    """``configure`` unless the log already goes to ``path`` at ``level``. A
+    worker forked for a reload that changed either inherits the master's old
+    handler (the master switches once the new generation is ready): without
+    this, it wrote to the old file at the old level for its whole life.
+    Raises OSError as ``configure``."""
+    if _configured != (path, level):
+        configure(path, level)
 
 
 def set_worker_tag(tag: object) -> None:

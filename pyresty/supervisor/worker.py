@@ -152,6 +152,11 @@ class WorkerProcess:
     def run(self) -> int:
         """Run the process to its end; returns the exit code."""
         lifecycle.install(self.lifecycle)    # before anything that registers with it
+        try:   # a reload may have changed the error log: the master switches later
+            errorlog.ensure(self.config.error_log, self.config.error_log_level)
+        except OSError as exc:
+            log.critical('cannot open the error log "%s": %s', self.config.error_log, exc)
+            return WORKER_BOOT_ERROR
         errorlog.set_worker_tag(self.worker_id if self.role is not Role.AGENT else None)
         identity.become(self.role, self.worker_id, max(self.config.workers, 1), self.generation,
                         self.master_pid, self.config.prefix)

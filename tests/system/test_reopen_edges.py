@@ -83,3 +83,37 @@ def test_an_error_log_that_cannot_be_opened_is_refused_at_start_t_and_reload(mak
                              capture_output=True, text=True, timeout=20)
     assert started.returncode == 1 and problem in started.stderr, started.stderr
     assert "Traceback" not in started.stderr
+
+
+def test_a_reload_that_changes_error_log_and_its_level_moves_the_workers_too(make_server):
+    """The new generation was forked with the master's log handler, before the
+    master switched to the new file: its workers wrote on to the old file at
+    the old level (a reload to ``debug`` to look into a problem showed nothing)."""
+    app = '''
+        import logging, os
+
+        async def hello(r):
+            logging.getLogger("app").debug("debug from %s", os.getpid())
+            logging.getLogger("app").warning("warn from %s", os.getpid())
+            await r.say(os.getpid())
+    '''
+    config = '''
+        workers = 1
+        {error_log}
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "= /hello"
+        content = "app:hello"
+    '''
+    server = make_server(config.format(error_log=""), {"app.py": app}, ready=READY)
+    server.write_config(config.format(
+        error_log='error_log = "logs/new/error.log"\nerror_log_level = "debug"'))
+    server.signal(signal.SIGHUP)
+    new = server.prefix / "logs" / "new" / "error.log"
+    wait_for(lambda: new.exists() and "generation 2 ready" in new.read_text(), 10,
+             "the master in the new log")
+    pid = int(http_get(server.port, "/hello")[2])
+    wait_for(lambda: f"warn from {pid}" in new.read_text(), 5, "the worker in the new log")
+    assert f"debug from {pid}" in new.read_text()
+    assert f"from {pid}" not in server.error_log.read_text()
