@@ -91,6 +91,7 @@ from typing import Any, Awaitable, Callable
 from pyresty.errors import TimerError
 from pyresty.runtime import context, identity, lifecycle
 from pyresty.runtime.identity import Role
+from pyresty.runtime.throttle import LogThrottle
 
 __all__ = ["Timer", "TimerError", "at", "every", "pending_count", "running_count"]
 
@@ -311,6 +312,9 @@ class TimerScheduler:
         self._closed = False
         self._burst_peak = 0
         self._burst_warned = False
+        self.refused = 0                 # creations refused by max_pending (rule 3)
+        self.waited = 0                  # due timers that waited for a running slot (rule 4)
+        self._refusals = LogThrottle(log, logging.WARNING)
         lifecycle.register("timers", lifecycle.Layer.BACKGROUND, begin_exit=self.begin_exit,
                            wait=self.wait_idle, deadline=self._at_deadline)
 
@@ -320,6 +324,10 @@ class TimerScheduler:
 
     def running_count(self) -> int:
         return len(self._tasks)
+
+    def counters(self) -> dict[str, int]:
+        """What the limits did (for ``/metrics``): refused creations, waits for a slot."""
+        return {"timers_refused": self.refused, "timers_waited": self.waited}
 
     @property
     def exiting(self) -> bool:
@@ -375,6 +383,10 @@ class TimerScheduler:
         if self._exiting:
             raise TimerError("process exiting")
         if self._armed + len(self._queue) >= self.max_pending:
+            # the caller gets the error, and may swallow it: the log and the count stay
+            self.refused += 1
+            self._refusals.report("max_pending_timers (%d) reached: a timer of %s refused",
+                                  self.max_pending, _name_of(callback))
             raise TimerError("too many pending timers")
 
     @staticmethod
@@ -451,6 +463,7 @@ class TimerScheduler:
     def _enqueue(self, timer: Timer) -> None:
         timer._state = State.QUEUED
         self._queue.append(timer)
+        self.waited += 1
         self._idle.clear()
         self._burst_peak = max(self._burst_peak, len(self._queue))
         if not self._burst_warned:

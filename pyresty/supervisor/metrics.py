@@ -196,6 +196,10 @@ COUNTERS: dict[str, tuple[str, str, bool]] = {
     "loop_stalls": ("pyresty_loop_stalls", "Event-loop stalls longer than loop_block_warn", True),
     "loop_stall_longest_recent": ("pyresty_loop_stall_longest_seconds",
                                   "Longest event-loop stall of the last 5 minutes", False),
+    "timers_refused": ("pyresty_timers_refused", "Timers refused: max_pending_timers reached",
+                       True),
+    "timers_waited": ("pyresty_timers_waited", "Due timers that waited for a free slot: "
+                      "max_running_timers reached", True),
 }
 
 

@@ -78,7 +78,7 @@ FIGURES = ("connections", "requests", "active_requests", "websockets", "timers_p
 # Fault counters and gauges a process reports (``Stats.server`` and ``Stats.counters``),
 # shown in /metrics (metrics.COUNTERS says how) and in /status under "counters".
 COUNTERS = ("access_log_errors", "accept_errors", "worker_connections_full", "idle_closed_for_room",
-            "loop_stalls", "loop_stall_longest_recent")
+            "loop_stalls", "loop_stall_longest_recent", "timers_refused", "timers_waited")
 
 
 @dataclass(frozen=True, slots=True)

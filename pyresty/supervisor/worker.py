@@ -474,7 +474,8 @@ class WorkerProcess:
             upstreams=pool.stats() if (pool := sys.modules.get("pyresty.upstream.pool")) else {},
             shutdown_for=round(self.loop.time() - self.shutdown_started, 3)
             if self.state == "shutting down" else None,
-            counters=self.watchdog.counters() if self.watchdog is not None else {})
+            counters={**(self.watchdog.counters() if self.watchdog is not None else {}),
+                      **(scheduler.counters() if scheduler is not None else {})})
 
     def _report(self) -> None:
         self._send(self.stats())
