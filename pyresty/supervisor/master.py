@@ -75,14 +75,13 @@ from pyresty.supervisor.pidfile import remove_pid, running_master, write_pid
 from pyresty.supervisor.rss_guard import RssGuard
 from pyresty.supervisor.signals import CAUGHT, handler_name
 from pyresty.supervisor.table import Child, Row, State, child_rows, rss_of
-from pyresty.supervisor.worker import HttpLayer, WorkerProcess
+from pyresty.supervisor.worker import BOOT_WARN, HttpLayer, WorkerProcess
 
 log = logging.getLogger("pyresty.master")
 
 READY_TIMEOUT = 60.0       # s a new generation may take to boot before the reload is abandoned
 RESPAWN_BACKOFF = 5.0      # s between attempts to respawn a worker that fails at boot
 TICK = 0.1                 # s, the longest the loop sleeps when deadlines are pending
-BOOT_WARN = 5.0            # s a process may boot before the master says it is not ready yet
 
 
 @dataclass

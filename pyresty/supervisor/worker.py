@@ -69,6 +69,7 @@ from pyresty.supervisor.fdlimit import apply_nofile
 log = logging.getLogger("pyresty.process")
 
 STATS_INTERVAL = 0.5       # how often a worker reports its figures to the master
+BOOT_WARN = 5.0            # s a process may boot before it is named as not ready yet
 
 
 class Stop(enum.Enum):
@@ -260,6 +261,9 @@ class WorkerProcess:
     async def _main(self) -> int:
         self._stop_event = asyncio.Event()
         self._booting = asyncio.ensure_future(self._boot())
+        # a single process has no master to notice a boot that does not end
+        warn = self.loop.call_later(BOOT_WARN, self._warn_booting) \
+            if self.role is Role.SINGLE else None
         try:
             await self._booting
         except BootError as exc:
@@ -275,6 +279,9 @@ class WorkerProcess:
             await self._shutdown_fast()
             self._close_runtime()
             return 0
+        finally:
+            if warn is not None:
+                warn.cancel()
         self._booting = None
         self.state = "serving"
         _settle_collector()
@@ -297,6 +304,12 @@ class WorkerProcess:
         return 0
 
     # boot
+    def _warn_booting(self) -> None:
+        from pyresty.supervisor import terminal
+        terminal.warn(self.config, f"single process not ready {BOOT_WARN:.1f} s after it "
+                                   f"started: its init_worker hook has not returned; it "
+                                   f"serves nothing until it does")
+
     def _step(self, name: str) -> None:
         """A boot step's time since the fork, at debug level (issue 17: respawn time)."""
         if log.isEnabledFor(logging.DEBUG):

@@ -96,3 +96,18 @@ def test_a_respawn_that_crashes_while_booting_is_not_retried_in_a_loop(make_serv
     (server.prefix / "crash").unlink()
     server.wait_log(r"started worker #0", count=3, timeout=10)    # after the back-off
     server.wait_log(r"serving \(generation 1\)", count=2, timeout=10)
+
+
+def test_a_single_process_stuck_in_init_worker_is_reported(make_server):
+    """workers = 0 has no master to notice: the process says it itself."""
+    server = make_server(CONFIG.replace("workers = 1", "workers = 0"),
+                         {"app.py": STUCK, "stuck": ""}, start=False)
+    server.proc = subprocess.Popen([*PYRESTY, "-c", str(server.config_path)], cwd=server.prefix,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+    server.wait_log(r"init_worker stuck")
+    server.wait_log(r"\[warn\] .*not ready .* init_worker", timeout=10)
+    asked = time.monotonic()
+    assert server.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - asked < 2.0
+    assert b"not ready" in server.proc.stderr.read()
