@@ -482,7 +482,12 @@ class Master:
         the control socket beside it move (nginx writes the new pid file and
         removes the old), the status listener rebinds. What cannot be opened
         is an [alert], and the old one stays in use."""
-        if new.pid != self.pid_path:
+        other = running_master(new.pid) if new.pid != self.pid_path else None
+        if other is not None:
+            # never take over another server's pid file and control socket
+            log.log(errorlog.ALERT, "pid file %s belongs to another running server (pid %d); "
+                    "the pid file stays %s", new.pid, other, self.pid_path)
+        elif new.pid != self.pid_path:
             try:
                 os.makedirs(os.path.dirname(new.control_socket) or ".", exist_ok=True)
                 control = ControlServer(self, self.selector, new.control_socket)

@@ -73,3 +73,18 @@ def test_a_reload_that_moves_the_status_listener_rebinds_it(make_server):
     assert http_get(server.ports[2], "/status")[0] == 200
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", server.ports[1]), timeout=5).close()
+
+
+def test_a_reload_onto_another_servers_pid_file_leaves_it_alone(make_server):
+    first = make_server(CONFIG.format(pid=""), {"app.py": APP}, ready=READY)
+    theirs = first.prefix / "logs" / "pyresty.pid"
+    second = make_server(CONFIG.format(pid=""), {"app.py": APP}, ready=READY,
+                         expect_log=(r"belongs to another running server",))
+    second.write_config(CONFIG.format(pid=f'pid = "{theirs}"'))
+    second.signal(signal.SIGHUP)
+    second.wait_log(r"\[alert\] .*belongs to another running server")
+    assert theirs.read_text().strip() == str(first.pid)
+    assert (first.prefix / "logs" / "pyresty.sock").exists()
+    status = first.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert (second.prefix / "logs" / "pyresty.pid").read_text().strip() == str(second.pid)
