@@ -15,7 +15,18 @@ Rules (SPEC §4):
   ``runtime/lifecycle.py``); past it the master SIGKILLs it, whatever user code does.
 - A worker of the current generation that dies is respawned with the same id
   at once; one that fails at boot (``WORKER_BOOT_ERROR``) stops the master,
-  since respawning would fail the same way forever.
+  since respawning would fail the same way forever. A respawn that dies
+  before it is ready (whatever its exit code) is tried again after
+  ``RESPAWN_BACKOFF``, never in a loop; one still booting ``BOOT_WARN`` after
+  its fork is named once.
+- A child killed past its stop deadline keeps its deadline: its death was
+  asked for and is never "replaced". Unasked deaths (crashed, boot_failed),
+  such kills and reloads by outcome are counted for ``/metrics``.
+- Nothing a reload meets stops the master: a bad config, an address taken,
+  an error log that cannot be opened, a fork or channel that fails (out of
+  memory or descriptors) refuse the reload; a respawn that cannot be forked
+  is tried again later. A reload that moves ``pid`` moves the pid file and
+  the control socket; one that moves ``[status] listen`` rebinds it.
 - ``worker_spare``: the current generation keeps one spare, forked once the
   generation (or a respawned worker) is serving, so that it never competes
   with a boot. A worker that dies is replaced by promoting the spare (one
@@ -43,7 +54,6 @@ knows of each child is a ``table.Child``; ``rows()`` is the process table.
 """
 from __future__ import annotations
 
-import dataclasses
 import gc
 import logging
 import os
@@ -908,9 +918,8 @@ class Master:
         generation = self.current.number if self.current else 0
         state = "shutting down" if self.stopping else "draining" if self.draining else "serving"
         master = Row(role="master", id=None, pid=self.pid, generation=generation, state=state,
-                     rss=rss_of(self.pid))
+                     rss=rss_of(self.pid), exits=self._exit_counts(), reloads=dict(self.reloads))
         draining = generation if self.draining else None
-        master = dataclasses.replace(master, exits=self._exit_counts(), reloads=dict(self.reloads))
         return [master, *child_rows(self.children.values(), time.monotonic(), draining)]
 
     def _exit_counts(self) -> dict[str, dict[str, int]]:
