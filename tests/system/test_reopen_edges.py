@@ -117,3 +117,46 @@ def test_a_reload_that_changes_error_log_and_its_level_moves_the_workers_too(mak
     wait_for(lambda: f"warn from {pid}" in new.read_text(), 5, "the worker in the new log")
     assert f"debug from {pid}" in new.read_text()
     assert f"from {pid}" not in server.error_log.read_text()
+
+
+def test_a_reopen_that_cannot_open_the_access_log_keeps_it_and_sends_clients_nothing_else(
+        make_server):
+    """The access log closed its file before opening the new one: when the open
+    failed it kept the closed descriptor, which the next accepted connection
+    reused, and access-log lines went out inside that client's responses."""
+    server = make_server('''
+        workers = 1
+        [[server]]
+        listen = "127.0.0.1:{port}"
+        access_log = "logs/access.log"
+        [[server.location]]
+        path = "= /hello"
+        content = "app:hello"
+    ''', {"app.py": APP}, ready=READY)
+    import select
+
+    import client
+    logs, moved = server.prefix / "logs", server.prefix / "logs.rotated"
+    logs.rename(moved)
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: "could not reopen the access log" in (moved / "error.log").read_text(), 5,
+             "the alert")
+    old_access = moved / "access.log"
+    conn = client.Connection(server.port)
+    try:
+        for n in (1, 2, 3):
+            resp = conn.request("GET", "/hello")
+            assert resp.status == 200 and resp.body == b"hello\n"
+            # the line goes to the file still open, once flushed ...
+            wait_for(lambda: old_access.read_text().count("GET /hello") == n, 5,
+                     "the line in the access log still open")
+            # ... and nothing more to this client
+            assert select.select([conn.sock], [], [], 0)[0] == []
+    finally:
+        conn.close()
+    logs.mkdir()
+    server.signal(signal.SIGUSR1)
+    wait_for(lambda: (logs / "access.log").exists(), 5, "the new access log")
+    assert http_get(server.port, "/hello")[0] == 200
+    wait_for(lambda: "GET /hello" in (logs / "access.log").read_text(), 5,
+             "the line in the new access log")
