@@ -111,3 +111,24 @@ def test_a_single_process_stuck_in_init_worker_is_reported(make_server):
     assert server.stop(signal.SIGTERM) == 0
     assert time.monotonic() - asked < 2.0
     assert b"not ready" in server.proc.stderr.read()
+
+
+def test_a_terminal_that_went_away_does_not_stop_the_server(make_server):
+    """``pyresty ... | head -0``: the master's one line on stdout met a closed
+    pipe (BrokenPipeError) and the master exited as the server came up."""
+    server = make_server('''
+        workers = 1
+        [[server]]
+        listen = "127.0.0.1:{port}"
+    ''', start=False)
+    server.proc = subprocess.Popen([*PYRESTY, "-c", str(server.config_path)], cwd=server.prefix,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+    server.proc.stdout.close()          # the reader is gone before the server is up
+    server.wait_log(r"generation 1 ready")
+    from harness import http_get
+    assert http_get(server.port, "/")[0] == 404      # it answers (no location)
+    assert server.proc.poll() is None
+    server.proc.stdout = None
+    assert server.stop(signal.SIGQUIT) == 0
+    assert b"Traceback" not in server.proc.stderr.read()
