@@ -284,8 +284,32 @@ class Master:
     def handle_usr1(self) -> None:
         errorlog.reopen()
         log.log(errorlog.NOTICE, "reopening logs")
+        self._create_logs_for_workers()
         for child in list(self.children.values()):
             self._kill(child, signal.SIGUSR1)
+
+    def _create_logs_for_workers(self) -> None:
+        """Workers that dropped to ``user`` cannot create a file in a folder
+        root owns: after logrotate moved the logs, their reopen failed and they
+        wrote on into the rotated files. The master creates each log file first
+        and gives it to that user (nginx's ``ngx_reopen_files`` does the same);
+        the workers then open a file that exists and is theirs."""
+        owner = _owner(self.config)
+        if owner is None:
+            return
+        paths = [s.access_log for s in self.config.servers if s.access_log]
+        if self.config.error_log != "stderr":
+            paths.append(self.config.error_log)
+        for path in dict.fromkeys(paths):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.fchown(fd, *owner)
+                finally:
+                    os.close(fd)
+            except OSError as exc:
+                log.log(errorlog.ALERT, 'cannot create "%s" for the workers (%s)', path,
+                        exc.strerror or exc)
 
     # generations
     def _start_generation(self, config: Config) -> Generation:

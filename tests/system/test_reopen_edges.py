@@ -3,6 +3,7 @@ folder was moved or removed. nginx logs an alert and keeps writing to the
 file it has; a reopen must never stop a process, let alone the server."""
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -160,3 +161,54 @@ def test_a_reopen_that_cannot_open_the_access_log_keeps_it_and_sends_clients_not
     assert http_get(server.port, "/hello")[0] == 200
     wait_for(lambda: "GET /hello" in (logs / "access.log").read_text(), 5,
              "the line in the new access log")
+
+
+def test_logrotate_with_workers_dropped_to_a_user_reaches_the_new_files():
+    """Workers that run as ``user`` cannot create a file in a folder root owns:
+    after logrotate moved the logs, every USR1 left them on the rotated files
+    (and before that, on a closed error log and a reused access-log
+    descriptor). The master creates the new files for them first and hands
+    them to that user, as nginx does."""
+    import pathlib
+    import pwd
+    import shutil
+    import tempfile
+
+    from harness import Pyresty
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change user")
+    nobody = pwd.getpwnam("nobody")
+    prefix = tempfile.mkdtemp(prefix="pyresty-rotate-")
+    os.chmod(prefix, 0o755)      # readable by nobody (pytest's tmp folders are 0700)
+    try:
+        server = Pyresty(pathlib.Path(prefix), '''
+            workers = 1
+            user = "nobody"
+            [[server]]
+            listen = "127.0.0.1:{port}"
+            access_log = "logs/access.log"
+            [[server.location]]
+            path = "= /hello"
+            content = "app:hello"
+        ''', {"app.py": APP})
+        os.chmod(os.path.join(prefix, "app.py"), 0o644)
+        server.start(ready=READY)
+        try:
+            logs = server.prefix / "logs"
+            for name in ("error.log", "access.log"):
+                (logs / name).rename(logs / f"{name}.1")
+            server.signal(signal.SIGUSR1)
+            wait_for(lambda: (logs / "access.log").exists(), 5, "the new access log")
+            wait_for(lambda: "reopening logs" in (logs / "error.log").read_text(), 5,
+                     "the master in the new error log")
+            assert (logs / "access.log").stat().st_uid == nobody.pw_uid
+            assert http_get(server.port, "/hello")[0] == 200
+            wait_for(lambda: "hello served" in (logs / "error.log").read_text(), 5,
+                     "the worker in the new error log")
+            wait_for(lambda: "GET /hello" in (logs / "access.log").read_text(), 5,
+                     "the worker in the new access log")
+            assert "could not reopen" not in (logs / "error.log.1").read_text()
+        finally:
+            server.stop()
+    finally:
+        shutil.rmtree(prefix, ignore_errors=True)
