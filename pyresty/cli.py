@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from pyresty._version import __version__
 from pyresty.errors import ConfigError
@@ -50,19 +50,29 @@ def main(argv: list[str] | None = None) -> int:
     return run(_parser().parse_args(argv))
 
 
-def console() -> int:
-    """The ``pyresty`` command. A command that only asks the master something
-    (``-s``, ``-t``, ``status``, ``drain``) ends with ``os._exit`` once its output
-    is flushed: it has nothing to clean up, and the interpreter's teardown (a
-    collection of every object the config layer created) cost such a command
-    as much as its own work (issue 17: ``-s reload`` 15-200 ms of its time)."""
+def console() -> NoReturn:
+    """The ``pyresty`` command; it ends with ``os._exit`` once its output is
+    flushed. A command that only asks the master something (``-s``, ``-t``,
+    ``status``, ``drain``) has nothing to clean up, and the interpreter's
+    teardown (a collection of every object the config layer created) cost such
+    a command as much as its own work (issue 17: ``-s reload`` 15-200 ms of its
+    time); a server has walked its shutdown already (below)."""
     args = _parser().parse_args()
     code = run(args)
-    if args.signal or args.test or args.command in ("status", "drain"):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    if not (args.signal or args.test or args.command in ("status", "drain")):
+        # A server that ran ends here too, its shutdown walked: the interpreter's
+        # exit would join every non-daemon thread user code left (an executor's
+        # busy run_in_executor or to_thread job, a thread of init_worker), and a
+        # single process (workers = 0), which no master kills, outlived its
+        # worker_shutdown_timeout by as long as that thread ran.
+        import logging
+        logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):
+            pass
+    os._exit(code)
 
 
 def run(args: argparse.Namespace) -> int:

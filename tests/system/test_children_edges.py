@@ -108,3 +108,38 @@ def test_fast_shutdown_kills_them_too(make_server):
     wait_for(lambda: not any(_alive(pid) for pid in children), 2,
              "every child of the worker to be killed")
     server.streaming.close()
+
+
+THREADS = '''
+import asyncio, threading, time
+
+def start():
+    threading.Thread(target=time.sleep, args=(300,), name="user thread").start()
+
+async def popen_child(r):
+    pass
+
+async def busy(r):
+    await r.say("started")
+    await r.flush()
+    await asyncio.to_thread(time.sleep, 300)     # an executor thread, busy
+'''
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGQUIT])
+def test_a_single_process_ends_within_its_bound_whatever_threads_user_code_runs(
+        make_server, sig):
+    """workers = 0: the interpreter's exit joined the executor's busy thread
+    (and any other non-daemon thread), so the process outlived its shutdown
+    bound by as long as the thread ran; with no master, nothing killed it."""
+    import socket
+    server = make_server(CONFIG.replace("workers = 1", "workers = 0")
+                         .replace('content = "app:asyncio_child"', 'content = "app:busy"'),
+                         {"app.py": THREADS}, ready=r"ready: single process")
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    conn.sendall(b"GET /asyncio HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert b"started" in conn.recv(4096)
+    asked = time.monotonic()
+    assert server.stop(sig) == 0
+    assert time.monotonic() - asked < 1.0 + 1.0 + 1.0
+    conn.close()
