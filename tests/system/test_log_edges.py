@@ -1,6 +1,8 @@
-"""USR1 (``pyresty -s reopen``) when the log file cannot be opened again: its
-folder was moved or removed. nginx logs an alert and keeps writing to the
-file it has; a reopen must never stop a process, let alone the server."""
+"""The error and access logs at their edges: a reopen (USR1, ``pyresty -s
+reopen``) whose file cannot be opened again (its folder moved, workers dropped
+to ``user``), and reloads that change ``error_log`` or its level. nginx logs an
+alert and keeps the file it has; a reopen or a reload must never stop a
+process, let alone the server, nor leave a log on a closed descriptor."""
 from __future__ import annotations
 
 import os
