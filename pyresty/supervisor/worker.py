@@ -4,7 +4,10 @@ Boot, in order: identity and title, privileges dropped, error log, a fresh
 uvloop loop, user code imported from ``code_path`` (fresh after every fork:
 the master never imports it), shared dicts opened, timers, ``init_worker``,
 listeners. A failure anywhere in boot exits with ``WORKER_BOOT_ERROR`` so the
-master stops instead of respawning in a loop.
+master stops instead of respawning in a loop. A stop asked for during the
+boot ends it (TERM at once, QUIT at ``worker_shutdown_timeout``: an
+``init_worker`` that never returns cannot hold the process), and the process
+takes the fast shutdown's path without ``exit_worker``.
 
 A spare (``worker_spare``) boots in two halves. The first (``_load``: code
 path, shared dicts opened, the timer scheduler, handlers imported, routes)
@@ -30,7 +33,8 @@ pending timer fires once with ``premature=True`` and new timers are refused);
 ``worker_shutdown_timeout``; 5. the deadline steps: tasks cancelled, children
 killed, connections closed; 6. ``exit_worker`` runs (at most
 ``SHUTDOWN.exit_hook``, and never past ``worker_shutdown_timeout`` +
-``SHUTDOWN.worker_slack``); then the close steps, and the process exits. A fast
+``SHUTDOWN.worker_slack``); then the close steps (children that user code
+left running are killed there, ``runtime/children.py``), and the process exits. A fast
 shutdown (TERM/INT) is the same walk without step 4. Nothing user code does
 can extend these deadlines: they are the loop's timers, and the master SIGKILLs
 a worker ``SHUTDOWN.kill_margin`` past its timeout in case user code blocks the
