@@ -135,11 +135,22 @@ class AccessLog:
                                       self.path, written, len(data))
 
     def reopen(self) -> None:
+        """USR1: go on in a file at ``path`` again (logrotate moved the old one).
+        The new file is opened before the old one is closed: when it cannot be
+        (its folder moved, no permission), the log stays on the file it has
+        and says so, rather than keep a closed descriptor number that the next
+        accepted connection would reuse (its client would get log lines)."""
         if self._fd < 0:
             return
         self.flush()
+        try:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as exc:
+            log.log(ALERT, 'could not reopen the access log "%s" (%s); it stays on the '
+                    "file already open", self.path, exc.strerror or exc)
+            return
         os.close(self._fd)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = fd
 
     def close(self) -> None:
         """Write what is buffered and close (idempotent: the server and the

@@ -20,6 +20,9 @@ Rules
    ``[error]``, as OpenResty logs ``ngx.exit`` after the headers.
 4. A handler that raises gives a 500 page (or, once the response started, a
    cut connection) and a traceback in the error log; the worker serves on.
+   ``SystemExit`` and ``KeyboardInterrupt`` (``sys.exit()`` in a handler, a
+   library's argparse on bad input) count as such failures in every phase and
+   filter: a request cannot end the worker and every request in flight on it.
 5. A phase handler that returns a value other than None is logged once per
    location and phase at ``[warn]``: the value is ignored (nginx users write
    ``return 403`` where ``r.exit(403)`` is meant).
@@ -55,6 +58,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("pyresty.http")
 
 MAX_REMATCH: Final = 10
+HANDLER_FAILURES: Final = (Exception, SystemExit, KeyboardInterrupt)
+"""What user code may raise that fails its request, never the worker (rule 4)."""
 
 
 _EAGER: Final = context.EAGER
@@ -132,11 +137,9 @@ def _answer_exception(server: ServerState, r: Request, exc: BaseException) -> bo
     elif isinstance(exc, ClientBodyTimeout) and not r.started:
         _exit_response(r, 408, None)
         r.keep_alive = False
-    elif isinstance(exc, Exception):
-        log.error("handler failed on %s %s", r.method, r.uri, exc_info=exc)
-        _answer_failure(r)
     else:
-        return False   # KeyboardInterrupt, SystemExit: not ours to swallow
+        log.error("handler failed on %s %s", r.method, r.uri, exc_info=exc)
+        _answer_failure(r)   # SystemExit and KeyboardInterrupt too (rule 4)
     return True
 
 
@@ -158,7 +161,7 @@ def _complete(server: ServerState, r: Request) -> None:
     if not stream.closed and not r.finished:
         try:
             r.finish()
-        except Exception:
+        except HANDLER_FAILURES:
             # a filter raised, or a header value would split the response
             log.error("response failed on %s %s", r.method, r.uri, exc_info=True)
             if r.started:
@@ -273,5 +276,5 @@ async def _log_phase(r: Request) -> None:
     except Exit as exc:
         log.error("r.exit(%d) in the log phase does nothing: the response was sent%s, on %s %s",
                   exc.status, _where(exc), r.method, r.uri)
-    except Exception:
+    except HANDLER_FAILURES:
         log.error("log handler failed on %s %s", r.method, r.uri, exc_info=True)

@@ -432,18 +432,6 @@ class WorkerProcess:
         errorlog.reopen()
         if self.server is None:
             return
-        # An access log closes its file before it opens the new one: a path that
-        # cannot be opened (its folder moved, no permission for the worker's
-        # user) left it on a closed descriptor, which the next connection reused,
-        # and log lines went out in that client's responses. So every path is
-        # opened first; if one cannot be, every log keeps the file it has.
-        for path in self.access_logs:
-            try:
-                os.close(os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))
-            except OSError as exc:
-                log.log(errorlog.ALERT, 'could not reopen the access log "%s" (%s); every '
-                        "access log stays on the file already open", path, exc.strerror or exc)
-                return
         self.server.reopen_logs()
 
     def _single_reload(self) -> None:

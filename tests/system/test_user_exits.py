@@ -84,3 +84,68 @@ def test_sys_exit_in_init_worker_is_a_boot_failure(make_server):
     assert "worker crashed" not in server.log_text()
     os.unlink(server.prefix / "exit-at-init")
     wait_for(lambda: http_get(server.port, "/hello")[0] == 200, 5, "the old generation serving")
+
+
+REQUEST_APP = '''
+import os, sys
+
+async def hello(r):
+    await r.say(os.getpid())
+
+async def exits(r):
+    sys.exit("from a handler")
+
+async def interrupts(r):
+    raise KeyboardInterrupt
+
+async def fine(r):
+    await r.say("fine")
+
+def filter_exits(r):
+    sys.exit(4)
+
+def log_exits(r):
+    sys.exit(5)
+'''
+
+REQUEST_CONFIG = '''
+workers = 1
+[[server]]
+listen = "127.0.0.1:{port}"
+[[server.location]]
+path = "= /hello"
+content = "app:hello"
+[[server.location]]
+path = "= /exit"
+content = "app:exits"
+[[server.location]]
+path = "= /interrupt"
+content = "app:interrupts"
+[[server.location]]
+path = "= /filter"
+content = "app:fine"
+header_filter = "app:filter_exits"
+[[server.location]]
+path = "= /log"
+content = "app:fine"
+log = "app:log_exits"
+'''
+
+
+def test_sys_exit_in_a_request_is_a_500_and_the_worker_serves_on(make_server):
+    """A request's handler, filter or log phase raising SystemExit or
+    KeyboardInterrupt fails that request (a 500 and a traceback), never the
+    worker with every request in flight on it."""
+    server = make_server(REQUEST_CONFIG, {"app.py": REQUEST_APP}, ready=READY)
+    pid = http_get(server.port, "/hello")[2]
+    assert http_get(server.port, "/exit")[0] == 500
+    assert http_get(server.port, "/interrupt")[0] == 500
+    assert http_get(server.port, "/filter")[0] == 500
+    code, _, body = http_get(server.port, "/log")
+    assert (code, body) == (200, b"fine\n")
+    server.wait_log(r"\[error\] .*log handler failed on GET /log")
+    text = server.log_text()
+    assert "SystemExit: from a handler" in text and "KeyboardInterrupt" in text
+    assert "SystemExit: 4" in text and "SystemExit: 5" in text
+    assert http_get(server.port, "/hello")[2] == pid       # the same worker
+    assert "worker crashed" not in server.log_text()
