@@ -3,7 +3,7 @@
 The upstream side of a gateway (proxying, cosockets speaking HTTP, health
 checks) writes requests with ``request_head`` and feeds what the peer sends
 to a ``ResponseParser``, which calls its sink back:
-``on_response(status, version, fields, keep_alive)`` once per final response
+``on_response(status, fields, keep_alive)`` once per final response
 (after any ``on_interim(status, fields)`` for 1xx), ``on_body(data)`` for each
 piece of the body, then ``on_end()``. ``feed`` returns nothing; anything
 malformed raises ``UpstreamError`` (the proxy answers 502 and does not reuse
@@ -28,7 +28,8 @@ Rules: what is a response body (RFC 9112 §6.3), in the order they apply
    ``on_upgrade(fields, rest)`` receives the 101's fields and the bytes after
    its head (the start of the tunnel, never parsed as HTTP) and the parser
    takes no more input.
-3. Otherwise ``Transfer-Encoding: chunked`` frames the body, else
+3. Otherwise ``Transfer-Encoding: chunked`` frames the body (the fields of
+   its trailer section are dropped: nginx passes none on either), else
    ``Content-Length``, else the body runs to the end of the connection: the
    owner calls ``eof()`` when the peer closes, which ends such a body (and is
    an error for any other framing left incomplete: a truncated response).
@@ -48,7 +49,7 @@ import httptools
 from pyresty.http.headers import Headers
 from pyresty.http.parser import MAX_FIELD_LINE, MAX_FIELDS, MAX_HEAD
 from pyresty.http.persistence import connection_tokens, message_persists, response_persists, upgraded
-from pyresty.http.response import HOP_BY_HOP
+from pyresty.http.response import HOP_BY_HOP, WireFields
 
 _HEAD_ENDS: Final = (b"\r\n\r\n", b"\n\n")
 _NO_OPTIONS: Final[set[bytes]] = set()    # the Connection options of a head without one
@@ -61,7 +62,7 @@ class UpstreamError(Exception):
 class ResponseSink(Protocol):
     def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None: ...
 
-    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+    def on_response(self, status: int, fields: list[tuple[bytes, bytes]],
                     keep_alive: bool) -> None: ...
 
     def on_body(self, data: bytes) -> None: ...
@@ -101,6 +102,62 @@ def request_head(method: str, target: str, host: str, fields: Headers | None,
     return head, chunked
 
 
+# What a gateway never forwards of an upstream's response: RFC 9110 §7.6.1's
+# hop-by-hop fields, and Date and Server, which nginx hides (proxy_hide_header)
+# and the gateway writes itself
+RESPONSE_DROP: Final = frozenset({
+    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
+    b"upgrade", b"date", b"server"})
+# What forward_fields and the response parser make of a field name
+_KEEP: Final = 0
+_DROP: Final = 1
+_CONNECTION: Final = 2
+_LENGTH: Final = 3
+_TYPE: Final = 4
+_CHUNKED: Final = 5
+_KINDS: Final = {b"connection": _CONNECTION, b"content-length": _LENGTH,
+                 b"content-type": _TYPE, b"transfer-encoding": _CHUNKED}
+
+
+def _names_by_size(kinds: dict[bytes, int]) -> list[list[tuple[bytes, bytes, int]]]:
+    """``kinds`` (lowercase name -> kind) indexed by the names' length, each as
+    (usual spelling, lowercase, kind): ``_name_kind`` compares a name with the
+    few of its length, the usual spelling first, instead of hashing or
+    lowering every name (issue 12: ~0.4k instructions a field)."""
+    table: list[list[tuple[bytes, bytes, int]]] = [[] for _ in range(max(map(len, kinds)) + 1)]
+    for name, kind in kinds.items():
+        usual = b"TE" if name == b"te" else name.title()
+        table[len(name)].append((usual, name, kind))
+    return table
+
+
+def _name_kind(name: bytes, table: list[list[tuple[bytes, bytes, int]]]) -> int:
+    """The kind ``table`` (``_names_by_size``) gives ``name``, whatever its case; 0 if none."""
+    size = len(name)
+    if size >= len(table):
+        return 0
+    known = table[size]
+    if not known:
+        return 0
+    for usual, _, kind in known:
+        if name == usual:
+            return kind
+    lowered = name.lower()
+    for _, lowercase, kind in known:
+        if lowered == lowercase:
+            return kind
+    return 0
+
+
+_RESPONSE_KINDS: Final = _names_by_size(
+    {name: _KINDS.get(name, _DROP) for name in RESPONSE_DROP} | _KINDS)
+
+
+def _field_kind(name: bytes) -> int:
+    """What ``forward_fields`` and the response parser make of a field ``name``."""
+    return _name_kind(name, _RESPONSE_KINDS)
+
+
 # What a forwarded request never carries as the client sent it: RFC 9110 §7.6.1's
 # hop-by-hop fields, and the fields ``ForwardHead`` writes itself
 FORWARD_DROP: Final = frozenset({
@@ -108,6 +165,9 @@ FORWARD_DROP: Final = frozenset({
     b"upgrade", b"host", b"content-length", b"expect", b"x-real-ip", b"x-forwarded-for",
     b"x-forwarded-proto"})
 _BODILESS_METHODS: Final = frozenset({"GET", "HEAD", "DELETE", "OPTIONS", "TRACE"})
+_FORWARDED: Final = 6        # _name_kind of X-Forwarded-For in ForwardHead.build
+_PROTO_HTTP: Final = b"X-Forwarded-Proto: http\r\n"
+_PROTO_HTTPS: Final = b"X-Forwarded-Proto: https\r\n"
 
 
 class ForwardHead:
@@ -131,41 +191,61 @@ class ForwardHead:
         if b"host" not in self.set_names:
             self.set_lines = b"Host: %s\r\n" % host + self.set_lines
         self.drop = FORWARD_DROP | self.set_names
+        # the client's fields build drops (_name_kind: no lower() per field)
+        self.drop_kinds = _names_by_size({name: _FORWARDED if name == b"x-forwarded-for"
+                                         else _CONNECTION if name == b"connection" else _DROP
+                                         for name in self.drop})
+        self.real_ip = b"x-real-ip" not in self.set_names
+        self.forwarded_for = b"x-forwarded-for" not in self.set_names
+        self.forwarded_proto = b"x-forwarded-proto" not in self.set_names
         self.http11 = http11
 
     def build(self, method: str, target: str, fields: list[tuple[bytes, bytes]], client: str,
               scheme: str, length: int | None, upgrade: bytes = b"") -> bytes:
-        drop = self.drop
+        kinds = self.drop_kinds
         # pieces joined once at the end: bytes % and + cost several times as much
         parts = [method.encode("latin-1"), b" ", target.encode("latin-1"), b" HTTP/1.1\r\n",
                  self.set_lines]
         forwarded: bytes | None = None
         connection_tokens: set[bytes] | None = None
-        for name, value in fields:
-            lowered = name.lower()
-            if lowered in drop:
-                if lowered == b"x-forwarded-for":
+        for field in fields:
+            kind = _name_kind(field[0], kinds)
+            if kind:
+                if kind == _FORWARDED:
+                    value = field[1]
                     forwarded = value if forwarded is None else forwarded + b", " + value
-                elif lowered == b"connection":
-                    connection_tokens = {t.strip().lower() for t in value.split(b",")}
+                elif kind == _CONNECTION:
+                    connection_tokens = {t.strip().lower() for t in field[1].split(b",")}
                 continue
-            parts += (name, b": ", value, b"\r\n")
+            parts.append(field[0])
+            parts.append(b": ")
+            parts.append(field[1])
+            parts.append(b"\r\n")
         if connection_tokens:   # fields the client's Connection named are hop-by-hop too
             parts = self._without_named(fields, parts, connection_tokens)
         address = client.encode("latin-1")
-        if b"x-real-ip" not in self.set_names:
-            parts += (b"X-Real-IP: ", address, b"\r\n")
-        if b"x-forwarded-for" not in self.set_names:
-            parts += (b"X-Forwarded-For: ", forwarded + b", " + address if forwarded else address,
-                      b"\r\n")
-        if b"x-forwarded-proto" not in self.set_names:
-            parts.append(b"X-Forwarded-Proto: %s\r\n" % scheme.encode("latin-1"))
+        if self.real_ip:
+            parts.append(b"X-Real-IP: ")
+            parts.append(address)
+            parts.append(b"\r\n")
+        if self.forwarded_for:
+            parts.append(b"X-Forwarded-For: ")
+            if forwarded:
+                parts.append(forwarded)
+                parts.append(b", ")
+            parts.append(address)
+            parts.append(b"\r\n")
+        if self.forwarded_proto:
+            parts.append(_PROTO_HTTPS if scheme == "https" else _PROTO_HTTP if scheme == "http"
+                         else b"X-Forwarded-Proto: %s\r\n" % scheme.encode("latin-1"))
         if length is None:
             parts.append(b"Transfer-Encoding: chunked\r\n")
         elif length or method not in _BODILESS_METHODS:
             parts.append(b"Content-Length: %d\r\n" % length)
         if upgrade:
-            parts += (b"Upgrade: ", upgrade, b"\r\nConnection: Upgrade\r\n\r\n")
+            parts.append(b"Upgrade: ")
+            parts.append(upgrade)
+            parts.append(b"\r\nConnection: Upgrade\r\n\r\n")
         else:
             parts.append(b"\r\n" if self.http11 else b"Connection: close\r\n\r\n")
         return b"".join(parts)
@@ -181,6 +261,53 @@ class ForwardHead:
         if len(lines) > 2:
             lines = [p for p in lines if p.partition(b":")[0].lower() not in tokens]
         return lines
+
+
+_KEEP_ALIVE: Final = b"keep-alive"
+
+
+def _is_keep_alive(value: bytes) -> bool:
+    """A ``Connection`` value that is exactly the ``keep-alive`` option."""
+    return value == _KEEP_ALIVE or (len(value) == 10 and value.lower() == _KEEP_ALIVE)
+
+
+def forward_fields(fields: list[tuple[bytes, bytes]], drop_length: bool) -> WireFields:
+    """The fields of an upstream's response that a gateway passes on, as wire
+    lines (``WireFields``): without ``RESPONSE_DROP``'s, without those the
+    upstream's ``Connection`` names (hop-by-hop too, RFC 9110 §7.6.1), and
+    without ``Content-Length`` when ``drop_length`` (the gateway frames the
+    body itself: a body filter may change its size). Repeated fields stay
+    as they came, in order."""
+    parts: list[bytes] = []
+    kept: list[tuple[bytes, bytes]] = []
+    has_type = has_length = False
+    named: list[bytes] | None = None
+    for field in fields:
+        name = field[0]
+        kind = _field_kind(name)
+        if kind != _KEEP:
+            if kind == _DROP or kind == _CHUNKED:
+                continue
+            if kind == _CONNECTION:
+                if not _is_keep_alive(field[1]):     # it may name fields
+                    named = [field[1]] if named is None else named + [field[1]]
+                continue
+            if kind == _LENGTH:
+                if drop_length:
+                    continue
+                has_length = True
+            else:
+                has_type = True
+        kept.append(field)
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(field[1])
+        parts.append(b"\r\n")
+    if named is not None:
+        tokens = connection_tokens(named)
+        if any(name.lower() in tokens for name, _ in kept):
+            return forward_fields([(n, v) for n, v in kept if n.lower() not in tokens], False)
+    return WireFields(kept, b"".join(parts), has_type, has_length)
 
 
 _LAST_CHUNK: Final = b"0\r\n\r\n"
@@ -348,27 +475,35 @@ class ResponseParser:
             self.sink.on_end()
         return rest
 
-    def _persistence(self, parser: httptools.HttpResponseParser) -> tuple[str, bool, str]:
-        """The version, rule 4's first half (persistence.py) and rule 3's framing,
-        in one pass over the fields: ``(version, keep_alive, "chunked" | "length" |
-        "close")``."""
-        connection: list[bytes] = []
+    def _persistence(self, parser: httptools.HttpResponseParser) -> tuple[bool, str]:
+        """Rule 4's first half (persistence.py) and rule 3's framing, in one
+        pass over the fields: ``(keep_alive, "chunked" | "length" | "close")``.
+        The version is read only when the verdict depends on it: it costs a
+        string (~2k instructions), and so does splitting ``Connection``."""
+        connection: list[bytes] | None = None
         chunked = length = False
-        for name, value in self._fields:
-            size = len(name)              # lower-cased only when the length matches
-            if size == 10 and name.lower() == b"connection":
-                connection.append(value)
-            elif size == 17 and name.lower() == b"transfer-encoding":
+        for field in self._fields:
+            kind = _field_kind(field[0])
+            if kind == _CONNECTION:
+                connection = [field[1]] if connection is None else connection + [field[1]]
+            elif kind == _CHUNKED:
                 chunked = True
-            elif size == 14 and name.lower() == b"content-length":
+            elif kind == _LENGTH:
                 length = True
         framed = "chunked" if chunked else "length" if length else "close"
-        if not connection and parser.should_keep_alive():
-            # llhttp keeps HTTP/1.0 alive only for a Connection: keep-alive, so
-            # this is 1.1 (get_http_version builds a string: ~2k instructions)
-            return "1.1", message_persists(True, _NO_OPTIONS), framed
-        version = parser.get_http_version()
-        return version, message_persists(version == "1.1", connection_tokens(connection)), framed
+        if connection is None:
+            if parser.should_keep_alive():
+                # llhttp keeps HTTP/1.0 alive only for a Connection: keep-alive: 1.1
+                return True, framed
+            return message_persists(parser.get_http_version() == "1.1", _NO_OPTIONS), framed
+        if len(connection) == 1 and _is_keep_alive(connection[0]):
+            return True, framed           # HTTP/1.1 and 1.0 alike (RFC 9112 §9.3)
+        return message_persists(parser.get_http_version() == "1.1",
+                                connection_tokens(connection)), framed
+
+    def http_version(self) -> str:
+        """The HTTP version of the response being reported (in ``on_response``)."""
+        return self._parser.get_http_version()
 
     # httptools callbacks
     def on_message_begin(self) -> None:
@@ -383,8 +518,8 @@ class ResponseParser:
         pass
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._unasked:
-            return
+        if self._unasked or not self._in_head:
+            return                        # a trailer section's fields are dropped (rule 3)
         if len(name) + len(value) + 2 > MAX_FIELD_LINE:
             raise UpstreamError("response header line too long")
         self._fields.append((name, value.strip(b" \t")))
@@ -403,13 +538,13 @@ class ResponseParser:
             if not upgraded(status):      # 101: llhttp stops after it (_switch)
                 self.sink.on_interim(status, fields)
             return
-        version, keep_alive, framed = self._persistence(parser)
+        keep_alive, framed = self._persistence(parser)
         self._method = None
         # HEAD (its own parser), 204 and 304 have no body: llhttp ends them at once
         self._until_close = framed == "close" and parser is self._stream \
             and status not in (204, 304)
         self._in_body = True
-        self.sink.on_response(status, version, fields,
+        self.sink.on_response(status, fields,
                               response_persists(keep_alive, False, framed == "close"))
 
     def on_body(self, body: bytes) -> None:

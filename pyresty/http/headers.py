@@ -10,6 +10,9 @@ fields a server adds to every response (a limiter's ``RateLimit-*``, issue 15:
 formatting and checking them per response cost more than the decision). They
 read like any other field; ``encode`` sends the caller's lines for them until
 one of those names is changed, and from then on encodes them as usual.
+``Headers.from_wire`` uses the same mechanism for the fields of a response
+another server sent (a proxied response, read by a ``header_filter``): they
+go out as the lines they came in until one of them is changed.
 """
 from __future__ import annotations
 
@@ -18,16 +21,18 @@ from typing import Any
 
 
 class Headers(MutableMapping[str, str]):
-    __slots__ = ("_fields", "_encoded", "_encoded_names")
+    __slots__ = ("_fields", "_encoded", "_encoded_names", "_wire")
 
     _encoded: bytes             # the lines of the fields set by set_encoded
     _encoded_names: tuple[str, ...]   # their lowercased names (empty: none)
+    _wire: bool                 # _encoded are another server's lines (from_wire)
 
     def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
         # lowercased name -> [spelling, value, value, ...]
         self._fields: dict[str, list[str]] = {}
         self._encoded = b""
         self._encoded_names = ()
+        self._wire = False
         if items:
             for name, value in items:
                 self.add(name, value)
@@ -121,15 +126,33 @@ class Headers(MutableMapping[str, str]):
         self._encoded_names = lowered
 
     def encoded_alone(self) -> bytes | None:
-        """The ``set_encoded`` lines when those fields are all there is, else None."""
+        """The ``set_encoded`` lines when those fields are all there is, else None
+        (``from_wire`` lines are not: they may frame the body themselves)."""
         names = self._encoded_names
-        return self._encoded if names and len(names) == len(self._fields) else None
+        return self._encoded if names and len(names) == len(self._fields) \
+            and not self._wire else None
+
+    @staticmethod
+    def from_wire(fields: list[tuple[bytes, bytes]], lines: bytes) -> Headers:
+        """The fields of a message another server sent, ``fields`` as parsed and
+        ``lines`` their wire form (``Name: value\r\n`` each, in order, no
+        connection-specific field): ``encode`` sends ``lines`` as they are until
+        one of these fields is changed (the module's ``set_encoded`` rule)."""
+        headers = Headers()
+        for name, value in fields:
+            headers.add_raw(name, value)
+        if headers._fields:
+            headers._encoded = lines
+            headers._encoded_names = tuple(headers._fields)
+            headers._wire = True
+        return headers
 
     def _changed(self, lowered: str) -> None:
         """A field of ``set_encoded``'s may change: encode them all as usual from now on."""
         if lowered in self._encoded_names:
             self._encoded = b""
             self._encoded_names = ()
+            self._wire = False
 
     def has(self, lowered: str) -> bool:
         """``lowered in self`` for a name already in lower case (no lower() call)."""

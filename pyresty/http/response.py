@@ -120,17 +120,52 @@ def response_head(status: int, fields: Headers | None, length: int | None, http1
         lines = fields.encoded_alone()
         if lines is not None:   # a limited location's hello (Headers.set_encoded)
             return plain_200_head_with(lines, length), False, True
-    parts = [STATUS_LINES.get(status) or status_line(status), _dates.lines]
-    has_type = has_length = False
-    chunked = close_delimited = False
+    if not fields:
+        return _head(status, b"", False, False, False, length, http11, keep_alive)
     close_requested = False
-    if fields:
-        if fields.has("connection"):
-            values = [value.encode("latin-1") for value in fields.get_all("connection")]
-            close_requested = b"close" in connection_tokens(values)
-        parts.append(fields.encode(HOP_BY_HOP))
-        has_type = fields.has("content-type")
-        has_length = fields.has("content-length")
+    if fields.has("connection"):
+        values = [value.encode("latin-1") for value in fields.get_all("connection")]
+        close_requested = b"close" in connection_tokens(values)
+    return _head(status, fields.encode(HOP_BY_HOP), fields.has("content-type"),
+                 fields.has("content-length"), close_requested, length, http11, keep_alive)
+
+
+class WireFields:
+    """A response's end-to-end fields as another server sent them: a gateway
+    forwards an upstream's fields as their wire lines rather than make them
+    ``Headers`` and encode them again (issue 12: that cost a proxied request
+    ~14k instructions). ``fields`` are the parsed (name, value) pairs, ``lines``
+    the same as ``Name: value\r\n`` lines in order; neither holds a
+    connection-specific field (RFC 9110 §7.6.1), a CR or a LF.
+    ``headers()`` makes them ``Headers`` for whoever reads or edits them
+    (a ``header_filter``): those send the same lines until one is changed."""
+
+    __slots__ = ("fields", "lines", "has_type", "has_length")
+
+    def __init__(self, fields: list[tuple[bytes, bytes]], lines: bytes, has_type: bool,
+                 has_length: bool) -> None:
+        self.fields = fields
+        self.lines = lines
+        self.has_type = has_type          # a Content-Type is among them
+        self.has_length = has_length      # a Content-Length is: it frames the body
+
+    def headers(self) -> Headers:
+        return Headers.from_wire(self.fields, self.lines)
+
+
+def wire_head(status: int, wire: WireFields, length: int | None, http11: bool,
+              keep_alive: bool) -> tuple[bytes, bool, bool]:
+    """``response_head`` for fields taken from the wire (``WireFields``): the
+    same head, byte for byte, as ``response_head`` makes of ``wire.headers()``."""
+    return _head(status, wire.lines, wire.has_type, wire.has_length, False, length, http11,
+                 keep_alive)
+
+
+def _head(status: int, lines: bytes, has_type: bool, has_length: bool, close_requested: bool,
+          length: int | None, http11: bool, keep_alive: bool) -> tuple[bytes, bool, bool]:
+    """A response head around its fields' ``lines`` (``response_head``'s rules)."""
+    parts = [STATUS_LINES.get(status) or status_line(status), _dates.lines, lines]
+    chunked = close_delimited = False
     if not bodiless(status):
         if not has_type:
             parts.append(b"Content-Type: text/plain\r\n")

@@ -366,7 +366,9 @@ class HttpConnection(Stream):
             keep_alive = not self.state.draining   # the common case, without a call
         else:
             keep_alive = x.keep_alive and self.keepalive_allowed(x)
-        if status == 200 and keep_alive and length is not None and fields is None:
+        wire = x.fields_wire
+        if status == 200 and keep_alive and length is not None and fields is None \
+                and wire is None:
             # the common case: a 200 with a known length, kept alive
             head = response.plain_200_head(length)
             if body and x.method != "HEAD":
@@ -377,8 +379,13 @@ class HttpConnection(Stream):
             if not self.closed:
                 self.send(head)
             return
-        head, chunked, keep_alive = response.response_head(status, fields, length,
-                                                       x.http_version == "1.1", keep_alive)
+        if wire is not None:   # a proxied response's fields as the upstream sent them
+            head, chunked, keep_alive = response.wire_head(status, wire, length,
+                                                           x.http_version == "1.1", keep_alive)
+        else:
+            head, chunked, keep_alive = response.response_head(status, fields, length,
+                                                               x.http_version == "1.1",
+                                                               keep_alive)
         if not keep_alive:
             x.keep_alive = False
         self.chunked = chunked

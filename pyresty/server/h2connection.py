@@ -143,7 +143,7 @@ class H2Stream(Stream):
     # Stream
     def send_head(self, x: Exchange, length: int | None, body: bytes) -> None:
         status = x.status
-        headers = _response_headers(status, x.fields_out, length)
+        headers = _response_headers(status, x.out_fields(), length)
         conn = self.conn
         if self.closed:
             return

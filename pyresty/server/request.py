@@ -99,7 +99,7 @@ class Request(Exchange):
     @property
     def headers_out(self) -> Headers:
         """Response header fields; set before the response starts."""
-        headers = self.fields_out
+        headers = self.out_fields()
         if headers is None:
             headers = self.fields_out = Headers()
         return headers
@@ -108,6 +108,7 @@ class Request(Exchange):
     def headers_out(self, value: Headers | Mapping[str, Any]) -> None:
         # The explicit check matters compiled: mypyc does not type-check what a
         # property setter receives, and a dict stored as Headers crashed the process.
+        self.fields_wire = None
         if isinstance(value, Headers):
             self.fields_out = value
         elif isinstance(value, Mapping):
@@ -276,8 +277,8 @@ class Request(Exchange):
             except Exit:
                 # exit() in body_filter ends the body here (module docstring)
                 self._discarding = True
-                if self.started and self.fields_out is not None \
-                        and "content-length" in self.fields_out:
+                fields = self.out_fields()
+                if self.started and fields is not None and "content-length" in fields:
                     self.keep_alive = False   # the declared length will not be met
                 return b""
         return data
@@ -310,6 +311,7 @@ class Request(Exchange):
         self._discarding = True    # what the handler writes from now on is dropped
         self._out = []
         self._out_size = 0
+        self.fields_wire = None
         headers = self.fields_out = Headers()
         if response.bodiless(status):
             return b""
@@ -347,10 +349,11 @@ class Request(Exchange):
         300 and above, the output so far is replaced by that status's page."""
         if drop_fields:
             self.fields_out = None
+            self.fields_wire = None
         self.status = status
         if status >= 300:
             self.discard_output()
-            fields = self.fields_out
+            fields = self.out_fields()
             if fields is not None and "content-length" in fields:
                 del fields["content-length"]   # it framed the discarded body (RFC 9112 §6.3)
             if not response.bodiless(status):

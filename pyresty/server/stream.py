@@ -35,6 +35,7 @@ from __future__ import annotations
 from typing import Any, BinaryIO
 
 from pyresty.http.headers import Headers
+from pyresty.http.response import WireFields
 from pyresty.server.body_spool import FileSpool
 
 
@@ -51,6 +52,9 @@ class Exchange:
     fields: list[tuple[bytes, bytes]]   # request header fields, raw
     status = 200
     fields_out: Headers | None = None   # response header fields (None: none set)
+    # instead of fields_out, an upstream's fields as it sent them (a proxied
+    # response nobody has read the fields of: ``out_fields`` makes them Headers)
+    fields_wire: WireFields | None = None
     started = False             # the response head was handed to the stream
     finished = False            # the response is complete (or abandoned)
     queued = False              # handed to the stream's dispatch queue
@@ -64,6 +68,17 @@ class Exchange:
     # or the ChunkQueue of a handler iterating body_chunks() (body_spool.py)
     _sink: Any = None
     _buffered = 0               # body bytes in _body (what take_body has not taken)
+
+    def out_fields(self) -> Headers | None:
+        """The response fields as ``Headers`` (None: none set); a proxied
+        response's ``fields_wire`` become ``fields_out`` here, on first use."""
+        fields = self.fields_out
+        if fields is None:
+            wire = self.fields_wire
+            if wire is not None:
+                self.fields_wire = None
+                fields = self.fields_out = wire.headers()
+        return fields
 
     def header(self, name: bytes) -> bytes | None:
         """One raw request field (lowercase ``name``), without building Headers."""

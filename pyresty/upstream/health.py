@@ -110,7 +110,7 @@ class _Head:
     def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         pass
 
-    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+    def on_response(self, status: int, fields: list[tuple[bytes, bytes]],
                     keep_alive: bool) -> None:
         self.status = status
 

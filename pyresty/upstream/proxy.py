@@ -57,8 +57,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
-from pyresty.http.client import BodyWriter, ForwardHead, ResponseParser, UpstreamError
-from pyresty.http.headers import Headers
+from pyresty.http.client import BodyWriter, ForwardHead, ResponseParser, UpstreamError, forward_fields
 from pyresty.runtime.client_tls import client_tls
 from pyresty.upstream import balancer as balancers
 from pyresty.upstream import pool
@@ -70,11 +69,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pyresty.upstream")
 
-# RFC 9110 §7.6.1 hop-by-hop fields, and the fields the proxy writes itself
-# nginx hides Date and Server of the upstream and sends its own (proxy_hide_header)
-_RESPONSE_DROP: Final = frozenset({
-    b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer", b"transfer-encoding",
-    b"upgrade", b"date", b"server"})
 _IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE", "OPTIONS", "TRACE"})
 _STATUS_KINDS: Final = {500: "http_500", 502: "http_502", 503: "http_503", 504: "http_504",
                         403: "http_403", 404: "http_404", 429: "http_429"}
@@ -191,7 +185,7 @@ class Exchange:
     def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         pass    # 100 Continue and friends: the client gets the final response only
 
-    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+    def on_response(self, status: int, fields: list[tuple[bytes, bytes]],
                     keep_alive: bool) -> None:
         self.status = status
         self.fields = fields
@@ -772,14 +766,10 @@ async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Request, body: Bo
 async def _respond(plan: ProxyPlan, r: Request, ex: Exchange) -> None:
     """Rule 5: the upstream's response becomes the request's."""
     r.status = ex.status
-    fields = Headers()
-    framed_by_us = r.route.body_filter is not None
-    for name, value in ex.fields:
-        lowered = name.lower()
-        if lowered in _RESPONSE_DROP or (framed_by_us and lowered == b"content-length"):
-            continue
-        fields.add_raw(name, value)
-    r.fields_out = fields
+    # the upstream's lines go on as they came (Headers only if someone reads them);
+    # a body filter may change the body's size: then the length is the stream's
+    r.fields_out = None
+    r.fields_wire = forward_fields(ex.fields, r.route.body_filter is not None)
     if ex.ended:                     # the whole body came with the head: one write
         chunks = ex.take()
         if chunks:
@@ -791,6 +781,8 @@ async def _respond(plan: ProxyPlan, r: Request, ex: Exchange) -> None:
             r._out.extend(chunks)
         await r.flush()
         if ex.complete():
+            # what arrived while the client drained goes with the end (finish)
+            r._out.extend(ex.take())
             return
         failed = ex.failure()
         if failed is not None:

@@ -135,7 +135,7 @@ class _Answer:
     def on_interim(self, status: int, fields: list[tuple[bytes, bytes]]) -> None:
         pass
 
-    def on_response(self, status: int, version: str, fields: list[tuple[bytes, bytes]],
+    def on_response(self, status: int, fields: list[tuple[bytes, bytes]],
                     keep_alive: bool) -> None:
         self.status, self.fields = status, fields
 

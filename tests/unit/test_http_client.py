@@ -16,7 +16,10 @@ class Sink:
     def on_interim(self, status, fields):
         self.events.append(("interim", status))
 
-    def on_response(self, status, version, fields, keep_alive):
+    parser: ResponseParser | None = None     # the parser feeding it, for the version
+
+    def on_response(self, status, fields, keep_alive):
+        version = self.parser.http_version() if self.parser is not None else None
         self.events.append(("response", status, version, dict(fields), keep_alive))
 
     def on_body(self, data):
@@ -34,7 +37,7 @@ class Sink:
 
 def run(method: str, wire: bytes, step: int = 0, eof: bool = False) -> tuple[Sink, ResponseParser]:
     sink = Sink()
-    parser = ResponseParser(sink)
+    parser = sink.parser = ResponseParser(sink)
     parser.expect(method)
     step = step or len(wire)
     for i in range(0, len(wire), step):
@@ -97,7 +100,7 @@ def test_101_hands_its_fields_and_the_rest_to_the_tunnel(step: int, rest: bytes)
     when they look like it: those that came in the head's read go to
     ``on_upgrade``, the owner takes later ones from the socket (tunnel.py)."""
     sink = Sink()
-    parser = ResponseParser(sink)
+    parser = sink.parser = ResponseParser(sink)
     parser.expect("GET")
     wire = SWITCH + rest
     step = step or len(wire)
@@ -255,7 +258,7 @@ def test_one_parser_serves_a_connections_responses_in_turn(step: int) -> None:
     """The parser stays with its connection: length, chunked, HEAD (cut at its
     head), interim and bodiless responses one after the other, each asked for."""
     sink = Sink()
-    parser = ResponseParser(sink)
+    parser = sink.parser = ResponseParser(sink)
     exchanges = [
         ("GET", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc", [("body", b"abc")]),
         ("HEAD", b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n", []),
