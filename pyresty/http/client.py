@@ -522,7 +522,11 @@ class ResponseParser:
             return                        # a trailer section's fields are dropped (rule 3)
         if len(name) + len(value) + 2 > MAX_FIELD_LINE:
             raise UpstreamError("response header line too long")
-        self._fields.append((name, value.strip(b" \t")))
+        if value:
+            last = value[-1]
+            if last == 32 or last == 9:       # llhttp drops the leading OWS, not the trailing
+                value = value.rstrip(b" \t")
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         if self._unasked:

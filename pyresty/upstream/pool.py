@@ -51,7 +51,7 @@ class PooledSocket:
     """One upstream connection (asyncio's Protocol interface, module rules)."""
 
     __slots__ = ("pools", "key", "transport", "owner", "closed", "reused", "idle_since",
-                 "_connected", "_drain", "_paused", "peer", "parser")
+                 "idle_timeout", "stats", "_connected", "_drain", "_paused", "peer", "parser")
 
     def __init__(self, pools: Pools, key: PoolKey) -> None:
         self.pools = pools
@@ -62,6 +62,9 @@ class PooledSocket:
         self.closed = False
         self.reused = 0                   # times taken from the pool
         self.idle_since = 0.0
+        self.idle_timeout = 0.0           # its pool's keepalive_timeout, set by put
+        # its key's counters, found once: no tuple-keyed lookup per take and put
+        self.stats = pools.counters(key)
         self._connected: asyncio.Future[None] | None = None
         self._drain: asyncio.Future[None] | None = None
         self._paused = False
@@ -172,7 +175,6 @@ class Pools:
         self.opened: set[PooledSocket] = set()     # every open socket, idle or in use
         self.stats: dict[PoolKey, PoolStats] = {}
         self.exiting = False
-        self._timeouts: dict[PoolKey, float] = {}
         self._sweeper: asyncio.TimerHandle | None = None
         self._registered = False
 
@@ -195,13 +197,12 @@ class Pools:
             sock = queue.pop()
             if sock.closed:
                 continue
-            timeout = self._timeouts.get(key, 0.0)
-            if now - sock.idle_since > timeout:
-                self.counters(key).closed_idle += 1
+            if now - sock.idle_since > sock.idle_timeout:
+                sock.stats.closed_idle += 1
                 sock.close()
                 continue
             sock.reused += 1
-            self.counters(key).hits += 1
+            sock.stats.hits += 1
             return sock
         return None
 
@@ -212,8 +213,8 @@ class Pools:
         if not self._registered:
             self._register()
         loop = asyncio.get_running_loop()
-        self.counters(key).misses += 1
         sock = PooledSocket(self, key)
+        sock.stats.misses += 1
         host, port, _ = key
         # PooledSocket has a Protocol's methods, not its base class (mypyc)
         if tls is None:
@@ -241,15 +242,16 @@ class Pools:
             self._register()
         sock.owner = None
         sock.idle_since = now
+        sock.idle_timeout = timeout
         key = sock.key
-        self._timeouts[key] = timeout
         queue = self.idle.get(key)
         if queue is None:
             queue = self.idle[key] = deque()
         queue.append(sock)
         while len(queue) > size:
-            self.counters(key).closed_idle += 1
-            queue.popleft().close()    # rule 2: least recently used first
+            oldest = queue.popleft()       # rule 2: least recently used first
+            oldest.stats.closed_idle += 1
+            oldest.close()
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().call_later(SWEEP, self._sweep)
         return True
@@ -259,7 +261,7 @@ class Pools:
         queue = self.idle.get(sock.key)
         if queue and sock in queue:
             queue.remove(sock)
-            self.counters(sock.key).closed_idle += 1
+            sock.stats.closed_idle += 1
 
     def idle_count(self) -> int:
         return sum(len(q) for q in self.idle.values())
@@ -269,11 +271,11 @@ class Pools:
         loop = asyncio.get_running_loop()
         now = loop.time()
         left = False
-        for key, queue in self.idle.items():
-            timeout = self._timeouts.get(key, 0.0)
-            while queue and now - queue[0].idle_since > timeout:
-                self.counters(key).closed_idle += 1
-                queue.popleft().close()
+        for queue in self.idle.values():
+            while queue and now - queue[0].idle_since > queue[0].idle_timeout:
+                expired = queue.popleft()
+                expired.stats.closed_idle += 1
+                expired.close()
             left = left or bool(queue)
         if left and not self.exiting:
             self._sweeper = loop.call_later(SWEEP, self._sweep)
