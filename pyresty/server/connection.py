@@ -124,7 +124,7 @@ class HttpConnection(Stream):
     __slots__ = ("state", "default", "server", "listen", "transport", "parser", "peer_port",
                  "current", "parsing", "pending", "requests", "closing", "chunked", "continue_sent",
                  "_write_paused", "_drain_waiter", "_body_waiter", "deadline", "deadline_kind",
-                 "loop", "_reading_paused", "shared_listen", "half_closed", "refusal",
+                 "_reading_paused", "shared_listen", "half_closed", "refusal",
                  "send", "discarded", "upgraded", "held", "lingering", "linger_until",
                  "feeding")
 

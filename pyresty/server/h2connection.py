@@ -126,6 +126,7 @@ class H2Stream(Stream):
 
     def __init__(self, conn: Http2Connection, stream_id: int) -> None:
         self.conn = conn
+        self.loop = conn.loop
         self.stream_id = stream_id
         self.peer_host = conn.peer_host
         self.scheme = conn.scheme

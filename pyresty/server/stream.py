@@ -32,11 +32,14 @@ that compiled calls through them are native.
 """
 from __future__ import annotations
 
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from pyresty.http.headers import Headers
 from pyresty.http.response import WireFields
 from pyresty.server.body_spool import FileSpool
+
+if TYPE_CHECKING:
+    import asyncio
 
 
 class Exchange:
@@ -149,6 +152,9 @@ class Stream:
     peer_host = "-"
     scheme = "http"             # "https" when the connection came through a TLS listener
     closed = False
+    # the loop the exchange runs on: asyncio.get_running_loop() asks the kernel
+    # for the pid on every call in CPython 3.11 (a getpid syscall per call)
+    loop: asyncio.AbstractEventLoop
 
     def send_head(self, x: Exchange, length: int | None, body: bytes) -> None:
         raise NotImplementedError

@@ -221,10 +221,9 @@ class Exchange:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def wait(self, timeout: float, what: str) -> None:
+    async def wait(self, loop: asyncio.AbstractEventLoop, timeout: float, what: str) -> None:
         """Until the parser or the socket has news; Failure("timeout") after
         ``timeout`` (up to ``TICK`` later: ``ReadDeadlines``)."""
-        loop = asyncio.get_running_loop()
         waiter = self.waiter = loop.create_future()
         self.deadline = loop.time() + timeout
         deadlines = _deadlines
@@ -520,7 +519,7 @@ async def proxy(plan: ProxyPlan, r: Request) -> None:
         if tunnel.wants_websocket(r):     # a WebSocket: a tunnel (tunnel.py)
             await tunnel.proxy_websocket(plan, r)
             return
-    loop = asyncio.get_running_loop()
+    loop = r.stream.loop
     started = loop.time()
     body = b""
     streaming = False
@@ -624,7 +623,7 @@ async def _try_all(plan: ProxyPlan, r: Request, loop: asyncio.AbstractEventLoop,
                     failed = ex.failure()
                     if failed is not None:
                         raise failed
-                    await ex.wait(plan.read_timeout, "reading response header from upstream")
+                    await ex.wait(loop, plan.read_timeout, "reading response header from upstream")
                 failed = ex.failure()
                 if failed is not None and not ex.complete():
                     raise failed
@@ -790,7 +789,7 @@ async def _respond(plan: ProxyPlan, r: Request, ex: Exchange) -> None:
             return
         try:
             if not ex.chunks:
-                await ex.wait(plan.read_timeout, "reading upstream")
+                await ex.wait(r.stream.loop, plan.read_timeout, "reading upstream")
         except Failure as exc:
             _cut(plan, r, ex, exc.reason)
             return
