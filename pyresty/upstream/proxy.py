@@ -8,7 +8,9 @@ drop, the timeouts, the upstream's balancer and pool settings). The plan is
 the route's content handler: ``await plan(r)`` runs the try loop below, then
 hands the upstream's status, fields and body to the ``Request`` as if a
 handler had produced them, so ``header_filter`` and ``body_filter`` run on
-proxied responses as on any other.
+proxied responses as on any other. The fields go as the upstream's wire lines
+(``Request.fields_wire``, http/client.py ``forward_fields``): ``Headers`` are
+made of them only if something reads ``r.headers_out``.
 
 A response whose body arrived with its head (the common small response)
 is buffered and leaves in one write with its length; a longer one streams:

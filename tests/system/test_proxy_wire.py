@@ -93,12 +93,12 @@ def test_the_same_bytes_with_and_without_a_filter_reading_the_fields(proxied, ca
         assert plain.body == read.body
     else:
         assert same_bytes(plain) == same_bytes(read)
+    # a field the filter adds is the only difference
     edited = fetch(proxied, "edit", case)
-    # an added field follows the upstream's lines
     head = same_bytes(plain).split(b"\r\n\r\n")[0]
-    assert same_bytes(edited).split(b"\r\n\r\n")[0] == head.replace(
-        b"\r\nConnection: ", b"\r\nX-Filtered: 1\r\nConnection: ") or \
-        b"X-Filtered: 1\r\n" in edited.raw
+    edited_head = same_bytes(edited).split(b"\r\n\r\n")[0]
+    assert edited_head.count(b"\r\nX-Filtered: 1") == 1
+    assert edited_head.replace(b"\r\nX-Filtered: 1", b"") == head
 
 
 def test_what_the_client_sees(proxied) -> None:
