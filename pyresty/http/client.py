@@ -514,9 +514,6 @@ class ResponseParser:
         self._fields = []
         self._in_head = True
 
-    def on_status(self, status: bytes) -> None:
-        pass
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._unasked or not self._in_head:
             return                        # a trailer section's fields are dropped (rule 3)

@@ -504,12 +504,13 @@ def location_proxy(config: Config, location: Location,
 class _Tries:
     """What one request's tries left behind (for the access log and the answer)."""
 
-    __slots__ = ("addrs", "statuses", "times", "last_kind", "last_status", "sent")
+    __slots__ = ("addrs", "statuses", "times", "last_start", "last_kind", "last_status", "sent")
 
     def __init__(self) -> None:
         self.addrs: list[str] = []
         self.statuses: list[str] = []
         self.times: list[float] = []
+        self.last_start = 0.0         # when the last try began (loop time)
         self.last_kind = ""
         self.last_status = 0
         self.sent = 0
@@ -545,21 +546,27 @@ async def proxy(plan: ProxyPlan, r: Request) -> None:
     r.upstream_status = record.statuses[0] if len(record.statuses) == 1 \
         else ", ".join(record.statuses)
     if ex is None:
-        r.upstream_response_time = ", ".join(f"{t:.3f}" for t in record.times)
+        r.upstream_response_time = _response_times(record.times)
         r.exit(504 if record.last_kind == "timeout" else 502)
         return
-    try_started = loop.time()
     try:
         await _respond(plan, r, ex)
     finally:
-        record.times[-1] += loop.time() - try_started
-        r.upstream_response_time = ", ".join(f"{t:.3f}" for t in record.times)
+        now = loop.time()
+        record.times[-1] = now - record.last_start     # the last try's, body included
+        r.upstream_response_time = _response_times(record.times)
         if ex.sock.owner is ex:
             if ex.release():
-                pools().put(ex.sock, plan.pool_size, plan.pool_timeout, plan.pool_requests,
-                            loop.time())
+                pools().put(ex.sock, plan.pool_size, plan.pool_timeout, plan.pool_requests, now)
             else:
                 ex.sock.close()
+
+
+def _response_times(times: list[float]) -> str:
+    """``$upstream_response_time``: each try's seconds, ", "-separated (nginx)."""
+    if len(times) == 1:
+        return "%.3f" % times[0]
+    return ", ".join(["%.3f" % t for t in times])
 
 
 async def _try_all(plan: ProxyPlan, r: Request, loop: asyncio.AbstractEventLoop, started: float,
@@ -609,7 +616,7 @@ async def _try_all(plan: ProxyPlan, r: Request, loop: asyncio.AbstractEventLoop,
         if n:
             count.retries += 1
         n += 1
-        try_start = loop.time()
+        try_start = record.last_start = loop.time()
         if peer is not None and balancer is not None:
             balancer.started(peer)
         failure: Failure | None = None
