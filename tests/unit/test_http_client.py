@@ -277,3 +277,20 @@ def test_one_parser_serves_a_connections_responses_in_turn(step: int) -> None:
         assert len(finals) == 1 and finals[0][4] is True, (method, sink.events)
         assert [e for e in sink.events if e[0] == "body"] == body
         assert sink.events[-1] == ("end",) and parser.idle and parser.reusable
+
+
+@pytest.mark.parametrize("spell", [bytes.lower, bytes.upper, bytes.title])
+def test_forwarded_heads_drop_and_merge_fields_whatever_their_case(spell) -> None:
+    """ForwardHead finds the fields it drops or merges by comparing spellings
+    (no lower() per field): the head is the same in any case of the names."""
+    forward = ForwardHead(b"backend", [(b"X-Set", b"1"), (b"Accept", b"")], True)
+    fields = [(spell(b"Host"), b"client"), (spell(b"X-Forwarded-For"), b"10.0.0.9"),
+              (spell(b"Connection"), b"keep-alive, X-Hop"), (spell(b"X-Hop"), b"h"),
+              (spell(b"TE"), b"trailers"), (spell(b"Accept"), b"*/*"), (spell(b"X-Set"), b"2"),
+              (spell(b"X-Real-IP"), b"1.2.3.4"), (spell(b"User-Agent"), b"ua"),
+              (spell(b"Expect"), b"100-continue"), (spell(b"Content-Length"), b"3")]
+    head = forward.build("POST", "/p", fields, "10.0.0.1", "https", 3)
+    assert head == (b"POST /p HTTP/1.1\r\nHost: backend\r\nX-Set: 1\r\n"
+                    + spell(b"User-Agent") + b": ua\r\n"
+                    b"X-Real-IP: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.9, 10.0.0.1\r\n"
+                    b"X-Forwarded-Proto: https\r\nContent-Length: 3\r\n\r\n")
