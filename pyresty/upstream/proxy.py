@@ -49,6 +49,10 @@ Rules (SPEC §8, nginx's proxy_next_upstream)
    end, nothing more arrived, and neither side said ``Connection: close``
    (pool.py rule 1). The request never waits for that.
 7. Every failure is logged (nginx's words) and counted per upstream and peer.
+8. Fields set on the response before the proxy (limit_req's ``RateLimit-*``,
+   an access handler's ``r.headers_out``) stay on the proxied response, in
+   place of the upstream's fields of the same name, except those that
+   describe the body (``BODY_FIELDS``): those are the upstream's.
 """
 from __future__ import annotations
 
@@ -60,6 +64,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import quote
 
 from pyresty.http.client import BodyWriter, ForwardHead, ResponseParser, UpstreamError, forward_fields
+from pyresty.http.headers import Headers
 from pyresty.runtime.client_tls import client_tls
 from pyresty.upstream import balancer as balancers
 from pyresty.upstream import pool
@@ -771,13 +776,34 @@ async def _stream_body(plan: ProxyPlan, sock: PooledSocket, r: Request, body: Bo
         sock.write(end)
 
 
+# fields that describe the upstream's body: the upstream's own always win
+BODY_FIELDS: Final = frozenset(("content-length", "content-type", "content-encoding",
+                                "content-range", "transfer-encoding"))
+
+
+def _keep_earlier(r: Request, earlier: Headers) -> None:
+    """Rule 8: fields set before the proxy (limit_req's ``RateLimit-*``, an access
+    handler's ``r.headers_out``) stay on the proxied response, in place of the
+    upstream's fields of the same name (as nginx's ``add_header``, which also
+    adds to proxied responses); those that describe the body stay the upstream's."""
+    fields = r.out_fields()
+    assert fields is not None
+    for name in earlier:
+        if name.lower() not in BODY_FIELDS:
+            fields[name] = earlier.get_all(name)
+
+
 async def _respond(plan: ProxyPlan, r: Request, ex: Exchange) -> None:
     """Rule 5: the upstream's response becomes the request's."""
     r.status = ex.status
-    # the upstream's lines go on as they came (Headers only if someone reads them);
-    # a body filter may change the body's size: then the length is the stream's
+    # the upstream's lines go on as they came (Headers only if someone reads them,
+    # or fields were set before: rule 8); a body filter may change the body's
+    # size: then the length is the stream's
+    earlier = r.fields_out
     r.fields_out = None
     r.fields_wire = forward_fields(ex.fields, r.route.body_filter is not None)
+    if earlier:
+        _keep_earlier(r, earlier)
     if ex.ended:                     # the whole body came with the head: one write
         chunks = ex.take()
         if chunks:

@@ -170,3 +170,51 @@ def test_http2_clients_get_no_connection_specific_field(proxied) -> None:
         assert h2.get("/read/nginx").body == b"hello\n"
     finally:
         h2.close()
+
+
+EARLIER = '''
+async def mark(r):
+    r.headers_out["X-Gateway"] = "pyresty"
+    r.headers_out["X-One"] = "from the gateway"
+    r.headers_out["Content-Type"] = "application/x-not-the-body"
+'''
+
+
+def test_fields_set_before_the_proxy_stay_on_the_proxied_response(make_server) -> None:
+    """limit_req's RateLimit-* and an access handler's fields reach the client
+    of a proxied location (they were dropped for the upstream's), in place of
+    the upstream's of the same name; the body's own fields stay the upstream's."""
+    up = Upstream(lambda req: ANSWERS[req.target.rsplit("/", 1)[-1]])
+    server = make_server(f'''
+        workers = 0
+        [shared]
+        limits = "1m"
+        [limit_req.api]
+        dict = "limits"
+        key = "remote_addr"
+        rate = "600r/m"
+        [[server]]
+        listen = "127.0.0.1:{{port}}"
+        [[server.location]]
+        path = "/limited/"
+        proxy_pass = "http://{up.addr}"
+        limit_req = {{{{ zone = "api", burst = 100, nodelay = true }}}}
+        [[server.location]]
+        path = "/marked/"
+        proxy_pass = "http://{up.addr}"
+        access = "earlier:mark"
+    ''', {"earlier.py": EARLIER})
+    try:
+        resp = client.request(server.port, "GET", "/limited/nginx")
+        assert resp.status == 200 and resp.body == b"hello\n"
+        assert resp.get("RateLimit-Limit") == "101" and resp.get("RateLimit-Remaining") == "100"
+        assert resp.get("RateLimit-Reset") is not None
+        assert resp.get("Content-Type") == "text/plain" and resp.get("Content-Length") == "6"
+
+        resp = client.request(server.port, "GET", "/marked/repeated")
+        assert resp.body == b"ok" and resp.get("X-Gateway") == "pyresty"
+        assert resp.headers.get_all("X-One") == ["from the gateway"]
+        assert resp.headers.get_all("Set-Cookie") == ["a=1; Path=/", "b=2"]
+        assert resp.get("Content-Type") == "text/plain"     # the default: the upstream sent none
+    finally:
+        up.close()
