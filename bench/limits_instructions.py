@@ -16,13 +16,12 @@ of one request, start-up and warm-up cancelled out.
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from inprocess import Transport, callgrind
 
 RATE = 1_000_000       # r/s: every request runs the limiter and passes (bench/limits.py)
 BURST = 1000
@@ -54,37 +53,6 @@ content = "bench_app:hello"
 limit_req = {{ zone = "api", burst = {BURST}, nodelay = true }}
 limit_headers = false
 """
-
-
-class Transport:
-    """What HttpConnection needs of a transport; writes are counted, not sent."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 def serve(location: str, requests: int) -> None:
@@ -130,15 +98,7 @@ def serve(location: str, requests: int) -> None:
 
 
 def instructions(location: str, requests: int) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        done = subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                               sys.executable, __file__, "--child", location, str(requests)],
-                              capture_output=True, text=True)
-        found = re.search(r"Collected : (\d+)", done.stderr)
-        if done.returncode != 0 or found is None:
-            raise SystemExit(f"callgrind failed for {location}:\n{done.stderr[-2000:]}")
-        return int(found.group(1))
+    return callgrind(__file__, ["--child", location, str(requests)])
 
 
 def main() -> None:

@@ -22,14 +22,13 @@ parsed path); ``--keep DIR`` keeps the two callgrind files there, for
 from __future__ import annotations
 
 import asyncio
-import os
-import re
-import shutil
 import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
+
+from inprocess import Transport, callgrind
 
 CLIENTS = 50
 REQUEST = b"GET /hello HTTP/1.1\r\nHost: 127.0.0.1:8080\r\n\r\n"     # wrk's
@@ -50,37 +49,6 @@ keepalive_requests = 100000000
 path = "/"
 proxy_pass = "http://u"
 """
-
-
-class Transport:
-    """What HttpConnection needs of a transport; writes are counted, not sent."""
-
-    def __init__(self, counter: Counter) -> None:
-        self.counter = counter
-
-    def write(self, data: bytes) -> None:
-        self.counter.wrote()
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_write_buffer_size(self) -> int:
-        return 0
 
 
 class Counter:
@@ -147,7 +115,7 @@ def serve(port: int, requests: int, with_filter: bool) -> None:
         conns = []
         for _ in range(CLIENTS):
             conn = HttpConnection(server, config.servers[0].listen[0])
-            conn.connection_made(Transport(counter))  # type: ignore[arg-type]
+            conn.connection_made(Transport(counter.wrote))  # type: ignore[arg-type]
             conns.append(conn)
         _settle_collector()      # the collector as a worker sets it after boot
 
@@ -168,19 +136,8 @@ def serve(port: int, requests: int, with_filter: bool) -> None:
 
 
 def instructions(port: int, requests: int, with_filter: bool, keep: Path | None) -> int:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "callgrind.out")
-        command = ["valgrind", "--tool=callgrind", "--dump-instr=no",
-                   f"--callgrind-out-file={out}", sys.executable, __file__, "--child",
-                   str(port), str(requests)] + (["--filter"] if with_filter else [])
-        done = subprocess.run(command, capture_output=True, text=True)
-        found = re.search(r"Collected : (\d+)", done.stderr)
-        if done.returncode != 0 or found is None:
-            raise SystemExit(f"callgrind failed:\n{done.stderr[-2000:]}")
-        if keep is not None:
-            keep.mkdir(parents=True, exist_ok=True)
-            shutil.copy(out, keep / f"callgrind.{requests}")
-        return int(found.group(1))
+    args = ["--child", str(port), str(requests)] + (["--filter"] if with_filter else [])
+    return callgrind(__file__, args, keep / f"callgrind.{requests}" if keep else None)
 
 
 def main() -> None:
