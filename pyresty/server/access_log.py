@@ -44,7 +44,9 @@ class Logged(Protocol):
     start_time: float
     upstream_addr: str | None              # one entry per try, ", "-separated (nginx)
     upstream_status: str | None
-    upstream_response_time: str | None
+
+    @property
+    def upstream_response_time(self) -> str | None: ...
 
     @property
     def client_addr(self) -> str: ...

@@ -551,7 +551,7 @@ async def proxy(plan: ProxyPlan, r: Request) -> None:
     r.upstream_status = record.statuses[0] if len(record.statuses) == 1 \
         else ", ".join(record.statuses)
     if ex is None:
-        r.upstream_response_time = _response_times(record.times)
+        r.upstream_times = record.times
         r.exit(504 if record.last_kind == "timeout" else 502)
         return
     try:
@@ -559,19 +559,12 @@ async def proxy(plan: ProxyPlan, r: Request) -> None:
     finally:
         now = loop.time()
         record.times[-1] = now - record.last_start     # the last try's, body included
-        r.upstream_response_time = _response_times(record.times)
+        r.upstream_times = record.times
         if ex.sock.owner is ex:
             if ex.release():
                 pools().put(ex.sock, plan.pool_size, plan.pool_timeout, plan.pool_requests, now)
             else:
                 ex.sock.close()
-
-
-def _response_times(times: list[float]) -> str:
-    """``$upstream_response_time``: each try's seconds, ", "-separated (nginx)."""
-    if len(times) == 1:
-        return "%.3f" % times[0]
-    return ", ".join(["%.3f" % t for t in times])
 
 
 async def _try_all(plan: ProxyPlan, r: Request, loop: asyncio.AbstractEventLoop, started: float,

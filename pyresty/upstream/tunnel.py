@@ -194,7 +194,7 @@ async def proxy_websocket(plan: Any, r: Any) -> None:
         sock.close()
         _fail(r, addr, "upstream timed out (110: Connection timed out) while reading "
               + ("upstream" if answer.status else "response header from upstream"), 504)
-    r.upstream_response_time = f"{loop.time() - started:.3f}"
+    r.upstream_times = [loop.time() - started]
     if answer.upgraded:
         await _switch(plan, r, sock, answer, addr)
         return
