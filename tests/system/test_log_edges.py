@@ -25,6 +25,18 @@ async def hello(r):
 '''
 
 
+# one worker serving /hello, with an error_log line of the test's
+ERROR_LOG_CONFIG = '''
+    workers = 1
+    {error_log}
+    [[server]]
+    listen = "127.0.0.1:{{port}}"
+    [[server.location]]
+    path = "= /hello"
+    content = "app:hello"
+'''
+
+
 @pytest.mark.parametrize("workers", [1, 0])
 def test_a_reopen_that_cannot_open_the_log_keeps_the_server_serving(make_server, workers):
     server = make_server(f'''
@@ -59,18 +71,9 @@ def test_an_error_log_that_cannot_be_opened_is_refused_at_start_t_and_reload(mak
     """A reload to an ``error_log`` the master cannot open passed every check,
     then raised when the new generation became current: the master exited and
     both generations with it. Now ``-t``, the start and the reload refuse it."""
-    config = '''
-        workers = 1
-        {error_log}
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "= /hello"
-        content = "app:hello"
-    '''
-    server = make_server(config.format(error_log=""), {"app.py": APP}, ready=READY)
+    server = make_server(ERROR_LOG_CONFIG.format(error_log=""), {"app.py": APP}, ready=READY)
     bad = 'error_log = "/proc/no-such-dir/error.log"'
-    server.write_config(config.format(error_log=bad))
+    server.write_config(ERROR_LOG_CONFIG.format(error_log=bad))
     problem = 'error_log: cannot open "/proc/no-such-dir/error.log"'
     checked = server.cli("-t")
     assert checked.returncode == 1 and problem in checked.stderr, checked.stderr
@@ -100,17 +103,8 @@ def test_a_reload_that_changes_error_log_and_its_level_moves_the_workers_too(mak
             logging.getLogger("app").warning("warn from %s", os.getpid())
             await r.say(os.getpid())
     '''
-    config = '''
-        workers = 1
-        {error_log}
-        [[server]]
-        listen = "127.0.0.1:{{port}}"
-        [[server.location]]
-        path = "= /hello"
-        content = "app:hello"
-    '''
-    server = make_server(config.format(error_log=""), {"app.py": app}, ready=READY)
-    server.write_config(config.format(
+    server = make_server(ERROR_LOG_CONFIG.format(error_log=""), {"app.py": app}, ready=READY)
+    server.write_config(ERROR_LOG_CONFIG.format(
         error_log='error_log = "logs/new/error.log"\nerror_log_level = "debug"'))
     server.signal(signal.SIGHUP)
     new = server.prefix / "logs" / "new" / "error.log"
