@@ -134,15 +134,24 @@ class HttpServer(ServerState):
         self.draining = False
 
     async def wait_idle(self, timeout: float) -> bool:
-        """Shutdown step 4: wait until every connection has closed (True) or timeout."""
-        if not self.connections:
-            return True
-        self._idle_waiter = self.loop.create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._idle_waiter), timeout)
-            return True
-        except TimeoutError:
-            return False
+        """Shutdown step 4: wait until every connection has closed (True) or timeout.
+
+        A connection the loop accepted just before step 1 closed the listeners
+        is announced (``connection_made``) in a later callback of the loop: one
+        pass of the loop lets it in before the set counts as empty, or the
+        worker would exit under its request (its client saw the connection
+        close before an answer)."""
+        end = self.loop.time() + timeout
+        while True:
+            await asyncio.sleep(0)
+            if not self.connections:
+                return True
+            self._idle_waiter = self.loop.create_future()
+            try:
+                await asyncio.wait_for(asyncio.shield(self._idle_waiter),
+                                       max(0.0, end - self.loop.time()))
+            except TimeoutError:
+                return False
 
     def abort_all(self) -> None:
         """Shutdown step 5: cancel every request still running and close every connection."""
